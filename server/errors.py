@@ -1,0 +1,73 @@
+"""Domain errors. Each carries the gRPC status it maps to, so one interceptor can translate any of them.
+
+The core (model, evolve, store, data) raises these; only `server/rpc` turns them into statuses.
+Messages are written for the person who sent the request: say what was wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class MunetError(Exception):
+    """Base class: a failure with a precise gRPC status and an actionable message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(MunetError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class InvalidImage(InvalidArgument):
+    """An uploaded or predicted image could not be decoded or is out of bounds."""
+
+
+class InvalidDataset(InvalidArgument):
+    """An upload is structurally wrong: labels out of range, too few examples per class, ..."""
+
+
+class NotFound(MunetError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(MunetError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ResourceExhausted(MunetError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class FailedPrecondition(MunetError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unauthenticated(MunetError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(MunetError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Cancelled(MunetError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class DataLoss(MunetError):
+    """Stored bytes do not match their digest: a corrupted shard, snapshot or record."""
+
+    code = grpc.StatusCode.DATA_LOSS
+
+
+class CorruptShard(DataLoss):
+    pass
+
+
+class WeightsMismatch(FailedPrecondition):
+    """Root weights do not fit the model: missing or mis-shaped keys. Never load silently random."""
