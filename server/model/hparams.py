@@ -96,7 +96,7 @@ class SearchSpace:
             "opt_momentum": 0.9,
             "opt_nesterov": False,
             "ds_image_size": image_size,
-            "ds_area_range_min": 0.05,
+            "ds_area_range_min": 0.5,  # muNet: 0.05; small centred images (our data) lose the object
             "ds_aspect_ratio_range_min": 0.75,
             "ds_flip_left_right": True,
             "ds_brightness_delta": 0.0,

@@ -37,7 +37,7 @@ class RootConfig:
     weights: str = BUILTIN_LITE0
     image_size: int = 64  # default ds_image_size of new paths; small so CPUs stay responsive
     min_image_size: int = 32
-    max_image_size: int = 224
+    max_image_size: int = 112  # also the size uploads are stored at; raise it on a GPU
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -55,14 +55,14 @@ class RootConfig:
         return cls(**{k: d[k] for k in keys if k in d})
 
 
-def tiny_vit_config(**overrides: Any) -> RootConfig:
+def tiny_vit_config(weights: str = "random", **overrides: Any) -> RootConfig:
     """A 2-block, 64-wide ViT on 32 px images: cheap enough for tests on two CPU cores."""
     kw = dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2)
     kw.update(overrides)
     return RootConfig(
         model_name="vit_tiny_patch16_224",
         model_kwargs=kw,
-        weights="random",
+        weights=weights,
         image_size=32,
         min_image_size=16,
         max_image_size=64,
