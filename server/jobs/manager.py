@@ -32,7 +32,7 @@ from server.errors import (
     NotFound,
     ResourceExhausted,
 )
-from server.evolve.search import EvolutionSearch, SearchProgress
+from server.evolve.search import EvolutionSearch, Executor, SearchProgress
 from server.jobs.spec import AddTaskSpec
 from server.store.records import DatasetRecord, JobRecord
 from server.system import MunetSystem
@@ -49,12 +49,14 @@ class JobManager:
         max_pending: int = 8,
         on_commit: Callable[[str], None] | None = None,
         on_progress: Callable[[JobRecord], None] | None = None,
+        executor_factory: Callable[[], Executor] | None = None,
     ) -> None:
         self.system = system
         self.store = system.store
         self.max_pending = max_pending
         self.on_commit = on_commit
         self.on_progress = on_progress
+        self.executor_factory = executor_factory  # None: train candidates in this process
         self._jobs: dict[str, JobRecord] = {}
         self._versions: dict[str, int] = {}
         self._cancel: dict[str, threading.Event] = {}
@@ -97,18 +99,7 @@ class JobManager:
     def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> JobRecord:
         """Queue a search; marks the dataset complete and stores the job in one transaction."""
         with self._cond:
-            if spec.name in self.system.tasks:
-                raise AlreadyExists(
-                    f"task {spec.name!r} already exists; choose another name or delete it first"
-                )
-            if any(j.task_name == spec.name and j.state not in TERMINAL for j in self._jobs.values()):
-                raise AlreadyExists(f"task {spec.name!r} is already being added by another operation")
-            pending = sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
-            if pending >= self.max_pending:
-                raise ResourceExhausted(
-                    f"{pending} operations are already queued or running (limit {self.max_pending}); "
-                    "wait for one to finish or cancel one"
-                )
+            self.check_can_submit(spec.name)
             now = time.time()
             job = JobRecord(
                 id=uuid.uuid4().hex[:16],
@@ -131,6 +122,23 @@ class JobManager:
             self._queue.append(job.id)
             self._cond.notify_all()
             return job
+
+    def check_can_submit(self, name: str) -> None:
+        """Refuse a duplicate name or a full queue (called before an upload, and again at submit)."""
+        with self._cond:
+            if name in self.system.tasks:
+                raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
+            if any(j.task_name == name and j.state not in TERMINAL for j in self._jobs.values()):
+                raise AlreadyExists(f"task {name!r} is already being added by another operation")
+            pending = self.active()
+            if pending >= self.max_pending:
+                raise ResourceExhausted(
+                    f"{pending} operations are already queued or running (limit {self.max_pending}); "
+                    "wait for one to finish or cancel one"
+                )
+
+    def active(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
 
     def get(self, job_id: str) -> JobRecord:
         job = self._jobs.get(job_id)
@@ -233,6 +241,7 @@ class JobManager:
             progress=lambda p: self._on_progress(job_id, p),
             cancel=cancel,
             on_generation=lambda state, tensors: self._checkpoint(job_id, state, tensors),
+            executor=self.executor_factory() if self.executor_factory is not None else None,
         )
         ckpt = job.checkpoint
         if ckpt.get("state") and ckpt.get("shards"):
@@ -259,9 +268,9 @@ class JobManager:
             "phase": "done",
             "params_added": record.metrics["params_added"],
         }
-        self._finish(job_id, "SUCCEEDED", progress=progress)
-        if self.on_commit is not None:
+        if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
             self.on_commit(spec.name)
+        self._finish(job_id, "SUCCEEDED", progress=progress)
 
     # ---- state changes -------------------------------------------------------------------------
     def _on_progress(self, job_id: str, p: SearchProgress) -> None:
@@ -281,15 +290,15 @@ class JobManager:
         persist = now - self._last_persist.get(job_id, 0.0) > 5.0
         if persist:
             self._last_persist[job_id] = now
-        self._update(job_id, progress=progress, persist=persist)
+        self._update(job_id, progress={**self._jobs[job_id].progress, **progress}, persist=persist)
 
     def _checkpoint(self, job_id: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
         old = self._jobs[job_id].checkpoint.get("shards", [])
         digest = self.store.shards.put(tensors, metadata={"job": job_id}) if tensors else ""
         self._update(job_id, checkpoint={"state": state, "shards": [digest] if digest else []}, persist=True)
         for d in old:
-            if d != digest and self.store.shards.exists(d):
-                self.store.shards.remove(d)
+            if d != digest:
+                self.store.release_shard(d)
 
     def _update(self, job_id: str, persist: bool = False, **changes: Any) -> JobRecord:
         with self._cond:
@@ -315,11 +324,10 @@ class JobManager:
                 if state != "SUCCEEDED":
                     w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
                 w.put_job(done)
+            for d in shards:  # unreferenced now; gone before any waiter sees the final state
+                self.store.release_shard(d)
             self._jobs[job_id] = done
             self._versions[job_id] += 1
             self._cond.notify_all()
-        for d in shards:
-            if self.store.shards.exists(d):
-                self.store.shards.remove(d)
         if self.on_progress is not None:
             self.on_progress(done)

@@ -1,0 +1,41 @@
+"""Prometheus metrics (served on --metrics-port when set). Labels stay bounded: RPC method, task name."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("munet_rpc_requests", "RPCs handled", ["method", "code"], registry=r)
+        self.rpc_latency = Histogram(
+            "munet_rpc_latency_seconds", "RPC latency", ["method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.predict_latency = Histogram(
+            "munet_predict_latency_seconds",
+            "Predict latency per task",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.predict_images = Counter("munet_predict_images", "Images predicted", ["task"], registry=r)
+        self.operations = Counter("munet_operations", "Operations by final state", ["state"], registry=r)
+        self.operations_active = Gauge("munet_operations_active", "Queued or running operations", registry=r)
+        self.evolution_generation = Gauge(
+            "munet_evolution_generation", "Generations done by the running search", ["task"], registry=r
+        )
+        self.evolution_best_accuracy = Gauge(
+            "munet_evolution_best_validation_accuracy",
+            "Best validation accuracy so far",
+            ["task"],
+            registry=r,
+        )
+        self.tasks = Gauge("munet_tasks", "Committed tasks", registry=r)
+        self.system_params = Gauge("munet_system_params", "Parameters of all distinct components", registry=r)
+
+    def serve(self, port: int, host: str) -> None:
+        start_http_server(port, addr=host, registry=self.registry)

@@ -1,0 +1,94 @@
+"""Token auth as a server interceptor: admin RPCs need the admin token, Predict the predict token.
+
+Tokens travel as `authorization: Bearer <token>` metadata and are compared in constant time.
+Unauthenticated: no token sent. PermissionDenied: a token that is not good enough for the call.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+
+import grpc
+
+SERVICE = "/munet.v1.Munet/"
+ADMIN_METHODS = frozenset(
+    SERVICE + m
+    for m in (
+        "AddTask",
+        "CancelOperation",
+        "DeleteTask",
+        "Snapshot",
+        "StreamSnapshot",
+        "Restore",
+        "StreamRestore",
+    )
+)
+PREDICT_METHODS = frozenset({SERVICE + "Predict"})
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
+def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+    for key, value in metadata or ():
+        if key == "authorization":
+            v = value.decode() if isinstance(value, bytes) else value
+            return v[7:].strip() if v.lower().startswith("bearer ") else v.strip()
+    return None
+
+
+class TokenAuth(grpc.ServerInterceptor):
+    def __init__(self, admin_token: str, predict_token: str) -> None:
+        self.admin = admin_token
+        self.predict = predict_token
+
+    def _required(self, method: str) -> list[str]:
+        if method in ADMIN_METHODS and self.admin:
+            return [self.admin]
+        if method in PREDICT_METHODS and self.predict:
+            return [t for t in (self.predict, self.admin) if t]
+        return []
+
+    def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        accepted = self._required(method)
+        if not accepted:
+            return continuation(handler_call_details)
+        token = bearer_token(handler_call_details.invocation_metadata)
+        if token is None:
+            return _deny(
+                continuation(handler_call_details),
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"{method.rsplit('/', 1)[-1]} needs a token: send 'authorization: Bearer <token>'",
+            )
+        # Compare against every accepted token (no early exit) so timing says nothing about which.
+        ok = False
+        for t in accepted:
+            ok |= _same(token, t)
+        if not ok:
+            kind = "admin" if method in ADMIN_METHODS else "predict"
+            return _deny(
+                continuation(handler_call_details),
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"the token is not valid for {method.rsplit('/', 1)[-1]} (needs the {kind} token)",
+            )
+        return continuation(handler_call_details)
+
+
+def _deny(
+    handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
+) -> grpc.RpcMethodHandler:
+    def abort(request_or_iterator: object, context: grpc.ServicerContext) -> None:
+        context.abort(code, message)
+
+    if handler is None or (not handler.request_streaming and not handler.response_streaming):
+        return grpc.unary_unary_rpc_method_handler(abort)
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    return grpc.unary_stream_rpc_method_handler(abort)

@@ -1,0 +1,127 @@
+"""Dynamic batching for Predict: requests for one task are merged into one forward pass.
+
+Each RPC thread decodes its images, then `submit`s them and blocks on a future. A small pool of
+workers takes the task whose oldest request has waited longest, gathers that task's queued
+requests (up to `max_batch` images, waiting at most `wait_ms` for more to arrive), runs one forward
+pass and splits the result. Different tasks are served concurrently by different workers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+Forward = Callable[[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Request:
+    task: str
+    images: torch.Tensor
+    future: Future = field(default_factory=Future)
+    enqueued: float = field(default_factory=time.monotonic)
+
+
+class Batcher:
+    def __init__(self, forward: Forward, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 2) -> None:
+        self.forward = forward
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000.0
+        self._queues: dict[str, deque[_Request]] = {}
+        self._busy: set[str] = set()  # tasks a worker is currently gathering / running
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.batches = 0
+        self.batched_images = 0
+        self._threads = [
+            threading.Thread(target=self._loop, name=f"munet-batcher-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, task: str, images: torch.Tensor) -> Future:
+        req = _Request(task, images)
+        with self._cond:
+            if self._stopped:
+                raise RuntimeError("the batcher is stopped")
+            self._queues.setdefault(task, deque()).append(req)
+            self._cond.notify()
+        return req.future
+
+    def __call__(self, task: str, images: torch.Tensor, timeout: float | None = None) -> torch.Tensor:
+        return self.submit(task, images).result(timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(5)
+
+    def _next_task(self) -> str | None:
+        ready = [(q[0].enqueued, t) for t, q in self._queues.items() if q and t not in self._busy]
+        return min(ready)[1] if ready else None
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                task = self._next_task()
+                while task is None and not self._stopped:
+                    self._cond.wait()
+                    task = self._next_task()
+                if task is None:
+                    return
+                self._busy.add(task)
+                # Linger briefly so concurrent callers of the same task share the pass.
+                deadline = self._queues[task][0].enqueued + self.wait_s
+                while self._pending(task) < self.max_batch and not self._stopped:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                batch = self._take(task)
+            try:
+                self._run(task, batch)
+            finally:
+                with self._cond:
+                    self._busy.discard(task)
+                    if not self._queues.get(task):
+                        self._queues.pop(task, None)
+                    self._cond.notify_all()
+
+    def _pending(self, task: str) -> int:
+        return sum(len(r.images) for r in self._queues.get(task, ()))
+
+    def _take(self, task: str) -> list[_Request]:
+        q = self._queues[task]
+        batch, n = [q.popleft()], 0
+        n = len(batch[0].images)
+        while q and n + len(q[0].images) <= self.max_batch:
+            r = q.popleft()
+            batch.append(r)
+            n += len(r.images)
+        return batch
+
+    def _run(self, task: str, batch: list[_Request]) -> None:
+        live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            out = self.forward(task, torch.cat([r.images for r in live]))
+        except BaseException as e:  # every waiter gets the error, the worker lives on
+            for r in live:
+                r.future.set_exception(e)
+            return
+        self.batches += 1
+        self.batched_images += len(out)
+        i = 0
+        for r in live:
+            r.future.set_result(out[i : i + len(r.images)])
+            i += len(r.images)
