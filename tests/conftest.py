@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,16 +49,22 @@ def animal_shapes_at(size: int, per_class: int, seed: int = 0) -> tuple[torch.Te
 
 
 @pytest.fixture(scope="session")
-def tiny_vit_weights(tmp_path_factory) -> str:
+def tiny_vit_weights() -> str:
     """A tiny ViT pretrained for ~10 s on animal shapes: a real (if small) pretrained root.
 
     muNet grows from a pretrained root; a random one gives near-constant features.
     """
     from server.model.pretrain import pretrain_root
 
-    images, labels = animal_shapes_at(32, per_class=200)
-    out = tmp_path_factory.mktemp("roots") / "tiny_vit_animals.safetensors"
-    return str(pretrain_root(tiny_vit_config(), images, labels, out, steps=1000))
+    # Seeded, so the result is the same every time: cache it across sessions on this machine.
+    cache = Path(tempfile.gettempdir()) / "munet-test-roots" / "tiny_vit_animals_1000_v1.safetensors"
+    if not cache.exists():
+        images, labels = animal_shapes_at(32, per_class=200)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        part = cache.with_name(f".{cache.name}.{os.getpid()}.part")
+        pretrain_root(tiny_vit_config(), images, labels, part, steps=1000)
+        os.replace(part, cache)  # atomic: parallel sessions never read half a file
+    return str(cache)
 
 
 @pytest.fixture(scope="session")
@@ -71,3 +80,31 @@ def tiny_vit_random() -> RootConfig:
 @pytest.fixture(scope="session")
 def digits() -> ImageDataset:
     return digits_dataset()
+
+
+# ---- a real server on a loopback port --------------------------------------------------------------
+SMALL_BUDGET = dict(generations=2, candidates_per_generation=2, steps_per_validation=20, validations=2)
+
+
+def make_app(store, root: RootConfig, **overrides):
+    """A real MunetApp (gRPC server on 127.0.0.1, port 0) over a real store."""
+    from server.app import MunetApp
+    from server.config import ServerConfig
+    from server.jobs.spec import Budget
+
+    overrides.setdefault("default_budget", Budget(**SMALL_BUDGET))
+    cfg = ServerConfig(store=store, port=0, root=root, device="cpu", grace_seconds=1.0, **overrides)
+    app = MunetApp(cfg)
+    app.start()
+    return app
+
+
+def image_folder(tmp_path, classes: int = 3, per_class: int = 30, seed: int = 0, name: str = "digits"):
+    """A real ImageFolder tree (PNG files) from scikit-learn's digits, plus a held-out test split."""
+    from server.data import offline
+
+    raw = offline.sample_per_class(offline.digits(), per_class + 10, seed)
+    keep = raw.labels < classes
+    raw = offline.RawImages(raw.images[keep], raw.labels[keep], raw.class_names[:classes])
+    train, test = offline.train_test_split(raw, 10 / (per_class + 10), seed)
+    return offline.write_image_folder(train, tmp_path / name), test

@@ -1,0 +1,267 @@
+"""Every bad input gets a precise status and leaves the store exactly as it was; auth; cancel; TLS."""
+
+from __future__ import annotations
+
+import datetime
+import threading
+
+import numpy as np
+import pytest
+
+from client import MunetClient, MunetError
+from server.data.images import encode_png
+from server.jobs.ingest import UploadLimits
+from tests.conftest import image_folder, make_app
+
+
+def store_state(app) -> tuple:
+    """Everything that must not change: tasks, components, datasets, shard files, golden digests."""
+    s = app.ref.system
+    with s.store.meta.read() as v:
+        tasks = tuple(sorted((t.name, t.golden_digest) for t in v.list_tasks()))
+        comps = tuple(sorted(c.id for c in v.list_components()))
+        datasets = tuple(sorted(d.id for d in v.list_datasets() if not d.complete))
+    return tasks, comps, datasets, tuple(sorted(s.store.shards.digests()))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_vit):
+    tmp = tmp_path_factory.mktemp("errors")
+    app = make_app(
+        tmp / "store", tiny_vit, upload=UploadLimits(max_examples=500, max_bytes=400_000, min_per_class=2)
+    )
+    client = MunetClient(f"127.0.0.1:{app.port}", timeout=60)
+    folder, test = image_folder(tmp, classes=2, per_class=12)
+    assert client.wait(client.add_task_from_folder("base", folder).name, timeout=300).state == "SUCCEEDED"
+    yield app, client, test
+    client.close()
+    app.stop(0)
+
+
+PNG = encode_png(np.zeros((8, 8), dtype="uint8"))
+NOISE = encode_png(np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8))  # ~270 kB
+GOOD = [(PNG, 0), (PNG, 0), (PNG, 1), (PNG, 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "classes", "examples", "kwargs", "code", "fragment"),
+    [
+        ("base", ["a", "b"], GOOD, {}, "ALREADY_EXISTS", "already exists"),
+        ("x", ["a", "b"], [], {}, "INVALID_ARGUMENT", "no examples"),
+        ("x", ["a", "b"], [*GOOD, (b"\x89PNG\r\n\x1a\ngarbage", 0)], {}, "INVALID_ARGUMENT", "example 4"),
+        ("x", ["a", "b"], [*GOOD, (PNG, 2)], {}, "INVALID_ARGUMENT", "label 2"),
+        ("x", ["a", "b"], [*GOOD, (PNG, -1)], {}, "INVALID_ARGUMENT", "label -1"),
+        ("x", ["a", "b"], [(PNG, 0), (PNG, 0), (PNG, 1)], {}, "INVALID_ARGUMENT", "at least 2"),
+        ("x", ["a"], GOOD[:2], {}, "INVALID_ARGUMENT", "at least 2 classes"),
+        ("x", ["a", "a"], GOOD, {}, "INVALID_ARGUMENT", "unique"),
+        ("../x", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
+        ("a/b", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
+        ("a\x00b", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
+        ("", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
+        ("x", ["a", "b"], GOOD, {"budget": {"generations": -1}}, "INVALID_ARGUMENT", "generations"),
+        ("x", ["a", "b"], GOOD, {"budget": {"steps_per_validation": 10**12}}, "INVALID_ARGUMENT", "steps"),
+        ("x", ["a", "b"], GOOD, {"scale_factor": 0.0}, "INVALID_ARGUMENT", "scale_factor"),
+        ("x", ["a", "b"], GOOD, {"policy": "magic"}, "INVALID_ARGUMENT", "policy"),
+        ("x", ["a", "b"], [(PNG, i % 2) for i in range(501)], {}, "RESOURCE_EXHAUSTED", "500"),
+        (
+            "x",
+            ["a", "b"],
+            [(NOISE, 0), (NOISE, 1)],
+            {},
+            "RESOURCE_EXHAUSTED",
+            "larger",
+        ),
+    ],
+)
+def test_bad_uploads_change_nothing(served, name, classes, examples, kwargs, code, fragment):
+    app, client, _ = served
+    before = store_state(app)
+    with pytest.raises(MunetError) as e:
+        client.add_task(name, classes, iter(examples), **kwargs)
+    assert e.value.code == code, e.value
+    assert fragment in e.value.message, e.value.message
+    assert store_state(app) == before
+
+
+def test_predict_bad_batches(served):
+    _app, client, _test = served
+    from protos.munet.v1 import munet_pb2 as pb
+
+    stub = client.stub
+    with pytest.raises(MunetError, match="either encoded images or raw"):
+        client._call(
+            stub.Predict,
+            pb.PredictRequest(
+                task="base",
+                images=[PNG],
+                raw_images=[pb.RawImage(height=1, width=1, channels=1, data=b"\x00")],
+            ),
+        )
+    with pytest.raises(MunetError, match="needs 12"):
+        client._call(
+            stub.Predict,
+            pb.PredictRequest(
+                task="base", raw_images=[pb.RawImage(height=2, width=2, channels=3, data=b"\x00")]
+            ),
+        )
+    with pytest.raises(MunetError, match="channels"):
+        client._call(
+            stub.Predict,
+            pb.PredictRequest(
+                task="base", raw_images=[pb.RawImage(height=1, width=1, channels=4, data=b"\x00" * 4)]
+            ),
+        )
+    assert len(client.predict("base", [PNG] * 257)) == 257  # the client splits big batches itself
+    with pytest.raises(MunetError) as e:
+        client._call(stub.Predict, pb.PredictRequest(task="base", images=[PNG] * 257))
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+    with pytest.raises(MunetError) as e:
+        client._call(stub.Predict, pb.PredictRequest(task="", images=[PNG]))
+    assert e.value.code == "INVALID_ARGUMENT"
+
+
+def test_cancel_leaves_system_unchanged(served, tmp_path):
+    app, client, test = served
+    before = store_state(app)
+    probe = client.predict("base", [encode_png(i) for i in test.images], top_k=2)
+    folder, _ = image_folder(tmp_path, classes=3, per_class=20)
+    op = client.add_task_from_folder("slow", folder, budget={"generations": 50, "steps_per_validation": 50})
+    for update in client.watch(op.name):
+        if update.state == "RUNNING" and update.progress.phase == "searching":
+            break
+    cancelled = client.cancel(op.name)
+    final = client.wait(op.name, timeout=120)
+    assert final.state == "CANCELLED" and final.error_code == "CANCELLED", (cancelled, final)
+    assert store_state(app) == before
+    assert "slow" not in [t.name for t in client.list_tasks()]
+    assert client.predict("base", [encode_png(i) for i in test.images], top_k=2) == probe
+    with pytest.raises(MunetError) as e:
+        client.cancel(op.name)
+    assert e.value.code == "FAILED_PRECONDITION"
+
+
+def test_restore_refuses_garbage_and_changes_nothing(served, tmp_path):
+    app, client, _ = served
+    before = store_state(app)
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"this is not a tar archive" * 100)
+    with pytest.raises(MunetError) as e:
+        client.restore(bad)
+    assert e.value.code in ("INVALID_ARGUMENT", "DATA_LOSS"), e.value
+    with pytest.raises(MunetError) as e:
+        client.restore(server_dir=str(tmp_path / "missing"))
+    assert e.value.code == "NOT_FOUND"
+    assert store_state(app) == before
+    assert client.health("base") == "SERVING"
+
+
+# ---- auth --------------------------------------------------------------------------------------------
+def test_tokens(tmp_path, tiny_vit):
+    app = make_app(tmp_path / "s", tiny_vit, admin_token="adm-secret", predict_token="pred-secret")
+    target = f"127.0.0.1:{app.port}"
+    folder, _test = image_folder(tmp_path, classes=2, per_class=6)
+    try:
+        with MunetClient(target) as anon:
+            with pytest.raises(MunetError) as e:
+                anon.add_task_from_folder("t", folder)
+            assert e.value.code == "UNAUTHENTICATED" and "Bearer" in e.value.message
+            with pytest.raises(MunetError) as e:
+                anon.predict("t", [PNG])
+            assert e.value.code == "UNAUTHENTICATED"
+            with pytest.raises(MunetError) as e:
+                anon.snapshot(tmp_path / "x.tar")
+            assert e.value.code == "UNAUTHENTICATED"
+            assert anon.health() == "SERVING"  # health and reads stay open
+            assert anon.list_tasks() == []
+        with MunetClient(target, token="pred-secret") as predictor:
+            with pytest.raises(MunetError) as e:
+                predictor.add_task_from_folder("t", folder)
+            assert e.value.code == "PERMISSION_DENIED"
+            with pytest.raises(MunetError) as e:
+                predictor.delete_task("t")
+            assert e.value.code == "PERMISSION_DENIED"
+        with MunetClient(target, token="adm-secret") as admin:
+            assert admin.wait(admin.add_task_from_folder("t", folder).name, timeout=300).state == "SUCCEEDED"
+        with MunetClient(target, token="pred-secret") as predictor:
+            assert len(predictor.predict("t", [PNG])) == 1
+        with MunetClient(target, token="wrong") as bad:
+            with pytest.raises(MunetError) as e:
+                bad.predict("t", [PNG])
+            assert e.value.code == "PERMISSION_DENIED"
+    finally:
+        app.stop(0)
+
+
+def _self_signed(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_round_trip(tmp_path, tiny_vit):
+    cert, key = _self_signed(tmp_path)
+    app = make_app(tmp_path / "s", tiny_vit, tls_cert=cert, tls_key=key)
+    try:
+        with MunetClient(f"localhost:{app.port}", tls_ca=cert) as c:
+            assert c.health() == "SERVING"
+            assert c.system().family == "vit"
+        with MunetClient(f"localhost:{app.port}", timeout=3) as plain, pytest.raises(MunetError) as e:
+            plain.system()  # plaintext against a TLS port fails cleanly
+        assert e.value.code == "UNAVAILABLE"
+    finally:
+        app.stop(0)
+
+
+def test_default_bind_is_loopback():
+    from server.config import ServerConfig, from_args, parser
+
+    assert ServerConfig().host == "127.0.0.1"
+    assert from_args(parser().parse_args([]), {}).host == "127.0.0.1"
+
+
+def test_concurrent_predicts_across_tasks(served):
+    app, client, test = served
+    images = [encode_png(i) for i in test.images]
+    want = client.predict("base", images)
+    errors, results = [], []
+
+    def worker():
+        try:
+            with MunetClient(client.target) as c:
+                for _ in range(5):
+                    results.append(c.predict("base", images) == want)
+        except Exception as e:  # collected and asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and len(results) == 40 and all(results)
+    assert app.predictor.batcher.batches < app.predictor.batcher.batched_images  # requests were merged
