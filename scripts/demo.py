@@ -1,0 +1,181 @@
+"""The main job, end to end on real offline data, through the real server and client.
+
+Starts `munet-server` on the embedded default (offline ImageNet-pretrained EfficientNet-Lite0 root)
+with a fresh store, adds three tasks built from data that ships inside packages, shows their
+accuracy and the parameters each added, predicts held-out images, takes a snapshot, restores it
+into a second fresh server and checks that predictions there are identical.
+
+Run: `bash scripts/demo.sh` (sets everything up first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from client import MunetClient
+from server.data import offline
+from server.data.images import encode_png
+
+console = Console()
+BUDGET = {"generations": 4, "candidates_per_generation": 3, "steps_per_validation": 25, "validations": 3}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, port: int) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "server", "--store", str(store), "--port", str(port)]
+    with open(store.parent / f"server-{port}.log", "w") as log:  # the child keeps its own copy
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited early; see {store.parent}/server-{port}.log")
+        try:
+            with MunetClient(target, timeout=2) as c:
+                c.health()
+                return proc
+        except Exception:
+            time.sleep(0.5)
+    raise SystemExit("server did not become healthy in 180 s")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def tasks(per_class: int, seed: int) -> list[tuple[str, offline.RawImages, offline.RawImages]]:
+    """Three real tasks: two Split-Fashion-MNIST pairs (if installed), MNIST-5k digits, animal shapes."""
+    out = []
+    if offline.available().get("fashion_mnist"):
+        pairs = offline.split_fashion_mnist(pairs=((0, 6), (7, 9)))  # shirt-like and shoe-like pairs
+        for name, raw in zip(("fmnist-tops", "fmnist-shoes"), pairs):
+            out.append((name, raw))
+    out.append(("mnist-digits", offline.mnist5k()))
+    if len(out) < 3:
+        out.append(("animal-shapes", offline.animal_shapes()))
+    result = []
+    for name, raw in out[:3]:
+        sub = offline.sample_per_class(raw, per_class + 10, seed)
+        train, test = offline.train_test_split(sub, test_fraction=10 / (per_class + 10), seed=seed)
+        result.append((name, train, test))
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--per-class", type=int, default=60, help="training images per class")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workdir", type=Path, default=None, help="keep stores and logs here")
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="munet-demo-"))
+    work.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]muNet server demo")
+    console.print(f"work dir: {work}")
+    port = free_port()
+    proc = start_server(work / "store", port)
+    target = f"127.0.0.1:{port}"
+    try:
+        with MunetClient(target, timeout=600) as client:
+            sysinfo = client.system()
+            console.print(
+                f"root: [bold]{sysinfo.root_model}[/] ({sysinfo.root_params:,} params) on {sysinfo.device}"
+            )
+            stream = tasks(args.per_class, args.seed)
+            tests: dict[str, offline.RawImages] = {}
+            for name, train, test in stream:
+                folder = offline.write_image_folder(train, work / "data" / name)
+                console.print(
+                    f"\n[bold]add-task {name}[/]: {len(train.labels)} images, classes {train.class_names}"
+                )
+                op = client.add_task_from_folder(name, folder, budget=BUDGET, seed=args.seed)
+                last = None
+                for update in client.watch(op.name):
+                    p = update.progress
+                    line = f"  gen {p.generation}/{p.generations_total}  candidates {p.candidates_done}/{p.candidates_total}  best val acc {p.best_validation_accuracy:.3f}"
+                    if line != last:
+                        console.print(line)
+                        last = line
+                final = client.wait(op.name)
+                if final.state != "SUCCEEDED":
+                    raise SystemExit(f"{name}: {final.state} {final.error}")
+                tests[name] = test
+            show_tasks(client)
+            preds = predict_all(client, tests)
+            snap = work / "system.munet.tar"
+            client.snapshot(dest_file=snap)
+            console.print(f"\nsnapshot: {snap} ({snap.stat().st_size / 1e6:.1f} MB)")
+    finally:
+        stop_server(proc)
+
+    console.rule("restore into a fresh server")
+    port2 = free_port()
+    proc2 = start_server(work / "store-restored", port2)
+    try:
+        with MunetClient(f"127.0.0.1:{port2}", timeout=600) as client:
+            client.restore(src_file=snap)
+            again = predict_all(client, tests, quiet=True)
+            same = all(preds[t] == again[t] for t in preds)
+            console.print(
+                f"restored {len(client.list_tasks())} tasks; predictions identical: [bold]{same}[/]"
+            )
+            if not same:
+                raise SystemExit("restored predictions differ")
+    finally:
+        stop_server(proc2)
+    console.rule("[green]demo done")
+
+
+def show_tasks(client: MunetClient) -> None:
+    table = Table(title="tasks in the system")
+    for col in ("task", "classes", "val acc", "params added", "params accounted", "shared components"):
+        table.add_column(col)
+    for t in client.list_tasks():
+        info = client.describe_task(t.name)
+        shared = sum(1 for c in info.path if c.shared)
+        table.add_row(
+            info.name,
+            str(len(info.class_names)),
+            f"{info.validation_accuracy:.3f}",
+            f"{info.params_added:,}",
+            f"{info.params_accounted:,.0f}",
+            f"{shared}/{len(info.path)}",
+        )
+    console.print(table)
+
+
+def predict_all(client: MunetClient, tests: dict, quiet: bool = False) -> dict[str, list[str]]:
+    out = {}
+    for name, test in tests.items():
+        images = [encode_png(img) for img in test.images]
+        preds = client.predict(name, images, top_k=1)
+        labels = [p[0].name for p in preds]
+        acc = sum(lbl == test.class_names[y] for lbl, y in zip(labels, test.labels)) / len(labels)
+        out[name] = labels
+        if not quiet:
+            console.print(f"predict {name}: {len(labels)} held-out images, accuracy {acc:.3f}")
+    return out
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()
