@@ -33,6 +33,7 @@ from server.errors import (
     ResourceExhausted,
 )
 from server.evolve.search import EvolutionSearch, Executor, SearchProgress
+from server.faults import crash_point
 from server.jobs.spec import AddTaskSpec
 from server.store.records import DatasetRecord, JobRecord
 from server.system import MunetSystem
@@ -68,7 +69,16 @@ class JobManager:
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self, resume: bool = True) -> None:
-        """Load jobs from the store; interrupted ones are resumed (or failed if resume=False)."""
+        """Load jobs from the store; interrupted ones are resumed (or failed if resume=False).
+
+        Uploads that never finished (the stream broke, or the process died mid-upload) have an
+        incomplete dataset and no job: they are deleted here.
+        """
+        with self.store.meta.write() as w:
+            for d in w.list_datasets():
+                if not d.complete:
+                    log.info("deleting the unfinished upload %s of task %r", d.id, d.task_name)
+                    w.delete_dataset(d.id)
         for job in self.store.meta.list_jobs():
             self._jobs[job.id] = job
             self._versions[job.id] = 0
@@ -296,6 +306,7 @@ class JobManager:
         old = self._jobs[job_id].checkpoint.get("shards", [])
         digest = self.store.shards.put(tensors, metadata={"job": job_id}) if tensors else ""
         self._update(job_id, checkpoint={"state": state, "shards": [digest] if digest else []}, persist=True)
+        crash_point("after_checkpoint")
         for d in old:
             if d != digest:
                 self.store.release_shard(d)

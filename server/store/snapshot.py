@@ -28,6 +28,7 @@ from server.errors import (
     InvalidArgument,
     NotFound,
 )
+from server.faults import crash_point
 from server.store import archive, layout
 from server.store.metadata import MetadataStore
 from server.store.shards import SUFFIX, is_digest, sha256_file, validate_shard_file
@@ -138,7 +139,10 @@ def _iter_archive(store: Store, chunk_size: int) -> Iterator[bytes]:
     # A generator: the staging snapshot is made on the first next() and removed when the stream
     # ends or is closed (a client that disconnects closes it).
     with _staged_snapshot(store) as (staging, manifest):
-        yield from archive.rechunk(archive.tar_blocks(staging, manifest), chunk_size)
+        for i, chunk in enumerate(archive.rechunk(archive.tar_blocks(staging, manifest), chunk_size)):
+            yield chunk
+            if i == 0:
+                crash_point("during_snapshot")
 
 
 def snapshot_to_archive(store: Store, dest_file: Path) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from server.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from server.faults import crash_point
 from server.store import layout, snapshot
 from server.store.layout import GEN_PREFIX, META_DIR, SHARDS_DIR, STAGING_PREFIX
 from server.store.metadata import MetadataStore, MetaView
@@ -35,10 +36,12 @@ Tensors = dict[str, torch.Tensor]
 
 def _after_shard_written(digest: str) -> None:
     """Fault-injection point (tests monkeypatch it): a task's shard is durable, nothing published."""
+    crash_point("after_shard_written")
 
 
 def _before_current_switch(gen_name: str) -> None:
     """Fault-injection point (tests monkeypatch it): a restored generation is complete, not live."""
+    crash_point("before_current_switch")
 
 
 class Store:
