@@ -32,6 +32,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_servers():
+    """A failing test must not leave a server process behind."""
+    yield
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+
+
 class ServerProcess:
     def __init__(self, store: Path, weights: str, crash_at: str = "", budget: dict | None = None) -> None:
         self.port = _free_port()
@@ -44,6 +58,7 @@ class ServerProcess:
         env = {**os.environ, "MUNET_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
         self.log = open(store.parent / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        _STARTED.append(self.proc)
         self.client = MunetClient(f"127.0.0.1:{self.port}", timeout=60)
         deadline = time.monotonic() + 120
         while True:
