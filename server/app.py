@@ -136,8 +136,10 @@ class MunetApp:
         self.server.wait_for_termination()
 
     # ---- state changes -------------------------------------------------------------------------
-    def on_tasks_changed(self) -> None:
+    def on_tasks_changed(self, deleted: list[str] | tuple[str, ...] = ()) -> None:
         s = self.ref.system
+        for name in deleted:
+            self.health.set(task_health_name(name), health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
         self.health.set("", SERVING)
         self.health.set(SERVICE_NAME, SERVING)
         for name in s.tasks:
@@ -173,7 +175,5 @@ class MunetApp:
                 self.ref.system = MunetSystem.open(self.store, None, self.config.device)
                 self.jobs = self._make_jobs()
                 self.jobs.start(resume=False)
-            for gone in old_tasks - set(self.ref.system.tasks):
-                self.health.set(task_health_name(gone), health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
-            self.on_tasks_changed()
+            self.on_tasks_changed(deleted=sorted(old_tasks - set(self.ref.system.tasks)))
             return manifest

@@ -171,3 +171,39 @@ def test_grpc_status_codes_visible_to_plain_grpc(served):
     with pytest.raises(grpc.RpcError) as e:
         stub.DescribeTask(pb.DescribeTaskRequest(name="nope"))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_metrics_endpoint(served):
+    """Prometheus text on --metrics-port: RPC counts, Predict latency per task."""
+    import socket
+    import urllib.request
+
+    app = served[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.metrics.serve(port, "127.0.0.1")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'munet_rpc_requests_total{code="OK",method="Predict"}' in text
+    assert 'munet_predict_latency_seconds_bucket{le="0.1",task="digits"}' in text
+    assert "munet_tasks " in text
+
+
+def test_delete_frees_only_unshared_components(served):
+    _app, client, test, tmp = served
+    folder, _ = image_folder(tmp, classes=2, per_class=10, seed=3, name="to-delete")
+    assert (
+        client.wait(client.add_task_from_folder("doomed", folder, seed=3).name, timeout=300).state
+        == "SUCCEEDED"
+    )
+    before = client.predict("digits", [encode_png(i) for i in test.images], top_k=2)
+    doomed = client.describe_task("doomed")
+    own = {p.id for p in doomed.path if p.created_by_task and not p.shared_with}
+    freed, params = client.delete_task("doomed")
+    assert set(freed) == own and params == sum(p.num_params for p in doomed.path if p.id in own)
+    assert "doomed" not in [t.name for t in client.list_tasks()]
+    assert client.health("doomed") == "SERVICE_UNKNOWN"
+    assert client.predict("digits", [encode_png(i) for i in test.images], top_k=2) == before
+    with pytest.raises(MunetError) as e:
+        client.delete_task("doomed")
+    assert e.value.code == "NOT_FOUND"

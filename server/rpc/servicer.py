@@ -231,7 +231,7 @@ class MunetServicer(pb_grpc.MunetServicer):
             raise NotFound(f"task {request.name!r} does not exist")
         sizes = {cid: c.num_params for cid, c in s.pool.items()}
         freed = s.delete_task(request.name)
-        self.app.on_tasks_changed()
+        self.app.on_tasks_changed(deleted=[request.name])
         return pb.DeleteTaskResponse(freed_components=freed, params_freed=sum(sizes.get(c, 0) for c in freed))
 
     # ---- snapshot / restore --------------------------------------------------------------------
