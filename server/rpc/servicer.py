@@ -18,7 +18,6 @@ from protos.munet.v1 import munet_pb2 as pb
 from protos.munet.v1 import munet_pb2_grpc as pb_grpc
 from server.errors import (
     Cancelled,
-    FailedPrecondition,
     InvalidArgument,
     MunetError,
     NotFound,
@@ -288,6 +287,3 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 def _restored(manifest: dict[str, Any]) -> pb.RestoreResponse:
     tasks = list(manifest.get("tasks", []))
     return pb.RestoreResponse(num_tasks=len(tasks), manifest_sha256=manifest_digest(manifest), tasks=tasks)
-
-
-__all__ = ["FailedPrecondition", "MunetServicer"]
