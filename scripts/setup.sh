@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[server,data,dev,bench]"
+.venv/bin/python -m pip install --quiet -e ".[server,data,dev,bench,ray]"
 
 # Real offline data (Fashion-MNIST ships as a Debian package). Optional for the tests.
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then

@@ -1,0 +1,219 @@
+"""RayExecutor on a local 2-CPU Ray instance: same results as LocalExecutor, cancellation, failures.
+
+`MUNET_RAY_BENCH=1` also runs the 1-vs-2-worker throughput measurement quoted in docs/RAY.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import torch
+
+from server.data.dataset import ImageDataset, stratified_split
+from server.errors import Cancelled, FailedPrecondition
+from server.evolve.search import Candidate, EvolutionSearch, Executor, LocalExecutor, SearchConfig
+from server.evolve.train import TrainConfig, TrainResult
+from server.store.store import Store
+from server.system import MunetSystem
+from tests.conftest import digits_dataset
+
+SMALL = TrainConfig(batch_size=16, validations=2, steps_per_validation=6, validation_examples=100)
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Worker tasks run with 1 torch thread; the local reference must too for bitwise equality."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def ray_executor():
+    pytest.importorskip("ray")
+    from server.evolve.ray_executor import RayExecutor
+
+    ex = RayExecutor(local_num_cpus=2)
+    yield ex
+    ex.close()
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory, tiny_vit) -> MunetSystem:
+    return MunetSystem.open(Store(tmp_path_factory.mktemp("ray") / "store"), tiny_vit, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def split() -> tuple[ImageDataset, ImageDataset]:
+    return stratified_split(digits_dataset(classes=3, per_class=40), 0.2, 0)
+
+
+def _search(system, split, executor, generations=3, candidates=2, train=SMALL, **kw) -> EvolutionSearch:
+    torch.manual_seed(0)  # fresh heads are initialised from the global RNG on the driver
+    cfg = SearchConfig(generations=generations, candidates_per_generation=candidates, seed=0, train=train)
+    return EvolutionSearch(system, "digits", 3, *split, cfg, executor=executor, **kw)
+
+
+class Recording:
+    """Wraps an executor; can tamper with a generation's candidates before they are shipped."""
+
+    def __init__(self, inner: Executor, tamper=None) -> None:
+        self.inner, self.tamper = inner, tamper
+        self.candidates: list[Candidate] = []
+
+    def train(self, search, candidates, generation) -> list[TrainResult]:
+        self.candidates += candidates
+        if self.tamper is not None:
+            self.tamper(candidates, generation)
+        return self.inner.train(search, candidates, generation)
+
+
+def _drafts(search: EvolutionSearch) -> list[torch.Tensor]:
+    return [t for p in search.population for c in p.trainable() for t in c.module.state_dict().values()]
+
+
+@pytest.mark.ray
+def test_same_results_as_local_executor(system, split, ray_executor, monkeypatch):
+    import ray
+
+    with torch_threads(1):
+        local = _search(system, split, LocalExecutor())
+        expected = local.run()
+    puts = []
+    real_put = ray.put
+    monkeypatch.setattr(ray, "put", lambda v, **kw: puts.append(v) or real_put(v, **kw))
+    seen = []
+    rec = Recording(ray_executor)
+    remote = _search(system, split, rec, progress=lambda p: seen.append(p.candidates_done))
+    got = remote.run()
+
+    def key(h):  # parent ids are process-wide counters; seconds differ
+        return (h.generation, h.mutated, h.quality, h.score, h.accepted, h.trainable_components, h.hparams)
+
+    assert [key(h) for h in got.history] == [key(h) for h in expected.history]
+    assert got.steps == expected.steps and got.best.score == expected.best.score
+    a, b = _drafts(local), _drafts(remote)
+    assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
+    # The executor reports each finished candidate, then the search loop reports the generation.
+    assert seen == [1, 2, 1, 2, 3, 4, 3, 4, 5, 6, 5, 6]
+    # Shipped once per search: the data, plus each frozen component any candidate referenced.
+    frozen = {c.id for cand in rec.candidates for c in cand.path.components if c.frozen}
+    assert len(frozen) >= 3 and len(puts) == 1 + len(frozen)
+
+
+@pytest.mark.ray
+def test_failing_candidates_fail_only_themselves(system, split, ray_executor, caplog):
+    from server.evolve.ray_executor import RayExecutor
+
+    class Raises:  # defined locally, so Ray pickles it by value into the worker
+        def __float__(self) -> float:
+            raise RuntimeError("injected training failure")
+
+    class KillsWorker:
+        def __float__(self) -> float:
+            os._exit(1)
+
+    def tamper(cands, generation):
+        if generation == 0:  # make_optimizer reads float(hp["opt_lr"]) inside the worker
+            cands[1].path.hparams["opt_lr"] = Raises()
+            cands[2].path.hparams["opt_lr"] = KillsWorker()
+
+    executor = Recording(RayExecutor(max_retries=0), tamper)  # reuses the running Ray instance
+    search = _search(system, split, executor, generations=2, candidates=3)
+    with caplog.at_level(logging.WARNING, logger="server.evolve.ray_executor"):
+        result = search.run()
+    first = search.history[:3]
+    assert math.isfinite(first[0].quality)
+    for h in first[1:]:
+        assert h.quality == h.score == -math.inf and not h.accepted
+    assert all(math.isfinite(h.quality) for h in search.history[3:])
+    assert result.best in search.population and all(math.isfinite(p.score) for p in search.population)
+    assert not any(isinstance(p.hparams["opt_lr"], (Raises, KillsWorker)) for p in search.population)
+    text = caplog.text
+    assert "injected training failure" in text and "candidate 2 of generation 0" in text
+
+
+@pytest.mark.ray
+def test_cancel_stops_outstanding_ray_tasks(system, split, ray_executor):
+    import ray
+
+    cancel = threading.Event()
+    long = TrainConfig(batch_size=16, validations=1000, steps_per_validation=6, validation_examples=24)
+    search = _search(system, split, ray_executor, generations=1, candidates=2, train=long, cancel=cancel)
+    cancelled_at: list[float] = []
+    running: list[bool] = []
+
+    def cancel_when_running() -> None:
+        deadline = time.monotonic() + 30
+        while ray.available_resources().get("CPU", 0) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)  # wait until both candidates hold a CPU
+        running.append(ray.available_resources().get("CPU", 0) == 0)
+        time.sleep(0.5)
+        cancelled_at.append(time.monotonic())
+        cancel.set()
+
+    t = threading.Thread(target=cancel_when_running, daemon=True)
+    t.start()
+    with pytest.raises(Cancelled):
+        search.run()
+    assert running == [True]  # both tasks were training when cancelled
+    assert time.monotonic() - cancelled_at[0] < 2.0  # the driver stops at the next poll
+    deadline = time.monotonic() + 15
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ray.available_resources().get("CPU", 0) == 2  # the workers were interrupted, not left running
+    assert search.history == []
+
+
+def test_missing_ray_is_failed_precondition(monkeypatch):
+    from server.evolve.ray_executor import import_ray
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
+    with pytest.raises(FailedPrecondition, match=r"munet-server\[ray\]"):
+        import_ray()
+
+
+@pytest.mark.ray
+@pytest.mark.skipif(not os.environ.get("MUNET_RAY_BENCH"), reason="set MUNET_RAY_BENCH=1 to measure")
+def test_throughput_one_vs_two_workers(system, ray_executor):
+    """Candidates/s of the same search: locally, and on Ray with 1 and 2 concurrent workers.
+
+    Setups alternate over two rounds and the faster round counts (the machine may be shared).
+    """
+    from server.evolve.ray_executor import RayExecutor
+
+    split = stratified_split(digits_dataset(classes=3), 0.2, 0)  # ~430 training images
+    train = TrainConfig(batch_size=32, validations=20, steps_per_validation=14, validation_examples=100)
+    setups: list[tuple[str, Executor, int]] = [
+        ("local, 1 thread", LocalExecutor(), 1),
+        ("ray, 1 worker x 1 thread", RayExecutor(num_cpus_per_candidate=2, torch_threads=1), 1),
+        ("ray, 2 workers x 1 thread", RayExecutor(num_cpus_per_candidate=1), 1),
+    ]
+    _search(system, split, setups[2][1], generations=1, candidates=2, train=train).run()  # warm workers
+    best: dict[str, float] = {}
+    for r in range(2):
+        for name, ex, threads in setups if r == 0 else setups[::-1]:
+            with torch_threads(threads):
+                search = _search(system, split, ex, generations=2, candidates=4, train=train)
+                t0 = time.monotonic()
+                search.run()
+                best[name] = min(best.get(name, math.inf), time.monotonic() - t0)
+                print(f"round {r}: {name}: {time.monotonic() - t0:.1f} s", flush=True)
+    n = 8
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    rows = [f"| {k} | {n} | {v:.1f} | {n / v:.2f} |" for k, v in best.items()]
+    head = (
+        f"\nload average after: {load}\n| setup | candidates | seconds | candidates/s |\n|---|---|---|---|\n"
+    )
+    print(head + "\n".join(rows))
