@@ -86,7 +86,7 @@ def digits() -> ImageDataset:
 SMALL_BUDGET = dict(generations=2, candidates_per_generation=2, steps_per_validation=20, validations=2)
 
 
-def make_app(store, root: RootConfig, **overrides):
+def make_app(store, root: RootConfig, executor_factory=None, **overrides):
     """A real MunetApp (gRPC server on 127.0.0.1, port 0) over a real store."""
     from server.app import MunetApp
     from server.config import ServerConfig
@@ -94,7 +94,7 @@ def make_app(store, root: RootConfig, **overrides):
 
     overrides.setdefault("default_budget", Budget(**SMALL_BUDGET))
     cfg = ServerConfig(store=store, port=0, root=root, device="cpu", grace_seconds=1.0, **overrides)
-    app = MunetApp(cfg)
+    app = MunetApp(cfg, executor_factory=executor_factory)
     app.start()
     return app
 

@@ -217,3 +217,23 @@ def test_throughput_one_vs_two_workers(system, ray_executor):
         f"\nload average after: {load}\n| setup | candidates | seconds | candidates/s |\n|---|---|---|---|\n"
     )
     print(head + "\n".join(rows))
+
+
+@pytest.mark.ray
+def test_server_with_ray_executor_end_to_end(tmp_path, tiny_vit, ray_executor):
+    """`--executor ray` through the real server and client: the task commits and serves."""
+    from client import MunetClient
+    from server.data.images import encode_png
+    from tests.conftest import image_folder, make_app
+
+    app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: ray_executor)
+    try:
+        with MunetClient(f"127.0.0.1:{app.port}") as c:
+            folder, test = image_folder(tmp_path, classes=3, per_class=20)
+            final = c.wait(c.add_task_from_folder("digits", folder, seed=0).name, timeout=300)
+            assert final.state == "SUCCEEDED", final
+            preds = c.predict("digits", [encode_png(i) for i in test.images])
+            assert sum(p[0].index == int(y) for p, y in zip(preds, test.labels)) / len(preds) > 0.5
+            assert app.ref.system.verify_task("digits")
+    finally:
+        app.stop(0)
