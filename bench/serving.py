@@ -303,6 +303,15 @@ Predict (batch 1) while another task evolves in the same server, against idle: p
 {ms(ev["evolving"]["p50"])} ms, p99 {ms(ev["idle"]["p99"])} -> {ms(ev["evolving"]["p99"])} ms (the search was running
 throughout: {ev["evolution_was_running"]}). On 2 cores, training and serving compete for the same CPU; Predict
 never waits on the search (no shared lock), so what remains is CPU contention.
+
+Why gRPC costs what it costs here: every Predict decodes its PNGs on the RPC thread, waits up to
+`--batch-wait-ms` (2 ms) for company, and runs the forward pass on the batcher thread. On 2 cores the
+batcher thread's OpenMP team contends with the others (measured: a batch-1 forward on a second
+thread took 3x longer until small batches were made single-threaded, which halved batch-1 latency);
+at batch 32 the in-process baseline has both cores to itself while the server shares them between
+decoding, gRPC and the forward pass. With 4 concurrent clients dynamic batching recovers most of
+the difference at batch 1. On a GPU the forward pass leaves the CPU free and these ratios change;
+not measured here (no GPU was lent).
 """
 
 

@@ -28,6 +28,7 @@ from server.data import offline
 from server.data.images import encode_png
 
 console = Console()
+HELD_OUT = 50  # test images per class, never uploaded
 BUDGET = {"generations": 4, "candidates_per_generation": 3, "steps_per_validation": 25, "validations": 3}
 
 
@@ -77,8 +78,10 @@ def tasks(per_class: int, seed: int) -> list[tuple[str, offline.RawImages, offli
         out.append(("animal-shapes", offline.animal_shapes()))
     result = []
     for name, raw in out[:3]:
-        sub = offline.sample_per_class(raw, per_class + 10, seed)
-        train, test = offline.train_test_split(sub, test_fraction=10 / (per_class + 10), seed=seed)
+        sub = offline.sample_per_class(raw, per_class + HELD_OUT, seed)
+        train, test = offline.train_test_split(
+            sub, test_fraction=HELD_OUT / (per_class + HELD_OUT), seed=seed
+        )
         result.append((name, train, test))
     return result
 
@@ -171,7 +174,9 @@ def predict_all(client: MunetClient, tests: dict, quiet: bool = False) -> dict[s
         images = [encode_png(img) for img in test.images]
         preds = client.predict(name, images, top_k=1)
         labels = [p[0].name for p in preds]
-        acc = sum(lbl == test.class_names[y] for lbl, y in zip(labels, test.labels)) / len(labels)
+        # Class names come back as the ImageFolder folder names (`T-shirt/top` -> `T-shirt_top`).
+        truth = [offline.safe_dirname(test.class_names[y], int(y)) for y in test.labels]
+        acc = sum(lbl == t for lbl, t in zip(labels, truth)) / len(labels)
         out[name] = labels
         if not quiet:
             console.print(f"predict {name}: {len(labels)} held-out images, accuracy {acc:.3f}")

@@ -65,7 +65,11 @@ class MunetApp:
         self.executor_factory = executor_factory or executor_from_config(config)
         self.jobs = self._make_jobs()
         self.predictor = Predictor(
-            self.ref, config.max_batch, config.batch_wait_ms, config.max_predict_images
+            self.ref,
+            config.max_batch,
+            config.batch_wait_ms,
+            config.max_predict_images,
+            config.predict_threads,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._restore_lock = threading.Lock()

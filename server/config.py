@@ -31,6 +31,7 @@ class ServerConfig:
     max_batch: int = 64  # Predict: images per forward pass
     batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
     max_predict_images: int = 256  # Predict: images in one request
+    predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
     rpc_workers: int = 16
     max_pending_operations: int = 8
     resume_operations: bool = True
@@ -73,6 +74,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
+    )
     p.add_argument("--max-pending-operations", type=int, default=8)
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
@@ -115,6 +119,7 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         metrics_port=args.metrics_port,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
+        predict_threads=args.predict_threads,
         max_pending_operations=args.max_pending_operations,
         resume_operations=not args.no_resume,
         snapshot_root=args.snapshot_root,

@@ -3,7 +3,8 @@
 Each RPC thread decodes its images, then `submit`s them and blocks on a future. A small pool of
 workers takes the task whose oldest request has waited longest, gathers that task's queued
 requests (up to `max_batch` images, waiting at most `wait_ms` for more to arrive), runs one forward
-pass and splits the result. Different tasks are served concurrently by different workers.
+pass and splits the result. With several workers, different tasks run concurrently; the oldest
+waiting task always goes first, so no task starves.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class _Request:
 
 
 class Batcher:
-    def __init__(self, forward: Forward, max_batch: int = 64, wait_ms: float = 2.0, workers: int = 2) -> None:
+    def __init__(
+        self,
+        forward: Forward,
+        max_batch: int = 64,
+        wait_ms: float = 2.0,
+        workers: int = 1,
+    ) -> None:
         self.forward = forward
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0

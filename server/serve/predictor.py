@@ -13,6 +13,8 @@ from server.errors import InvalidArgument, InvalidImage, ResourceExhausted
 from server.serve.batcher import Batcher
 from server.system import MunetSystem
 
+SMALL_BATCH = 8  # below this, one CPU thread is faster than two contending OpenMP teams
+
 
 @dataclass(frozen=True)
 class RawPixels:
@@ -30,12 +32,27 @@ class LabelScore:
 
 
 class Predictor:
-    def __init__(self, system_ref: SystemRef, batcher_max: int, wait_ms: float, max_images: int) -> None:
+    def __init__(
+        self, system_ref: SystemRef, batcher_max: int, wait_ms: float, max_images: int, threads: int = 1
+    ) -> None:
         self.ref = system_ref
         self.max_images = max_images
-        self.batcher = Batcher(self._forward, max_batch=batcher_max, wait_ms=wait_ms)
+        # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
+        # another thread (the search) owns an OpenMP team, two teams contend and a batch-1 forward
+        # takes 3x longer than single-threaded; large batches still gain from every core.
+        self.cpu = system_ref.system.device.type == "cpu"
+        self.threads = threads or torch.get_num_threads()
+        self._current = 0
+        # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
+        workers = 1 if self.cpu else 4
+        self.batcher = Batcher(self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers)
 
     def _forward(self, task: str, images: torch.Tensor) -> torch.Tensor:
+        if self.cpu:  # per-thread setting: only the batcher thread runs this
+            want = 1 if len(images) < SMALL_BATCH else self.threads
+            if want != self._current:
+                torch.set_num_threads(want)
+                self._current = want
         return self.ref.system.logits(task, images)
 
     def stop(self) -> None:
