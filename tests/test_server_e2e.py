@@ -207,3 +207,53 @@ def test_delete_frees_only_unshared_components(served):
     with pytest.raises(MunetError) as e:
         client.delete_task("doomed")
     assert e.value.code == "NOT_FOUND"
+
+
+def test_cli_add_task_snapshot_restore_delete(served, capsys, tmp_path):
+    app, _, _test, _ = served
+    target = ["--target", f"127.0.0.1:{app.port}"]
+    folder, _ = image_folder(tmp_path, classes=2, per_class=8, seed=5, name="cli-task")
+    assert (
+        cli([*target, "--json", "add-task", "cli-task", str(folder), "--generations", "1", "--seed", "5"])
+        == 0
+    )
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"] == "cli-task" and info["class_names"] == ["0", "1"]
+    archive = tmp_path / "cli.tar"
+    assert cli([*target, "snapshot", str(archive)]) == 0 and archive.stat().st_size > 0
+    assert cli([*target, "delete", "cli-task"]) == 0
+    assert "freed" in capsys.readouterr().out
+    assert cli([*target, "--json", "restore", str(archive)]) == 0
+    assert "cli-task" in json.loads(capsys.readouterr().out)["tasks"]
+    assert cli([*target, "add-task", "cli-task", str(folder)]) == 1  # exists again after the restore
+    assert "ALREADY_EXISTS" in capsys.readouterr().err
+    assert cli([*target, "add-task", "bad", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    op = json.loads(
+        _run_json(
+            capsys,
+            cli,
+            [
+                *target,
+                "--json",
+                "add-task",
+                "later",
+                str(folder),
+                "--no-wait",
+                "--generations",
+                "30",
+                "--steps-per-validation",
+                "50",
+            ],
+        )
+    )
+    assert cli([*target, "cancel", op["name"]]) == 0
+    capsys.readouterr()
+    assert cli([*target, "--json", "wait", op["name"]]) == 1  # CANCELLED is not success
+    assert json.loads(capsys.readouterr().out)["state"] == "CANCELLED"
+    assert "later" not in [t.name for t in served[1].list_tasks()]
+
+
+def _run_json(capsys, fn, argv) -> str:
+    assert fn(argv) == 0
+    return capsys.readouterr().out
