@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,7 +51,12 @@ def parser() -> argparse.ArgumentParser:
         description="Serve one growing muNet multitask vision system over gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="directory of the system's store")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path(os.environ.get("MUNET_STORE", DEFAULT_STORE)),
+        help="directory of the system's store [env MUNET_STORE]",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to expose)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
     p.add_argument(
