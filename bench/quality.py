@@ -48,6 +48,7 @@ from server.data.transforms import preprocess
 from server.evolve.baselines import SequentialFinetune, SequentialTask, policy_config
 from server.evolve.search import EvolutionSearch, SearchConfig
 from server.evolve.train import TrainConfig
+from server.jobs.spec import Budget
 from server.model.hparams import SearchSpace
 from server.model.root import RootConfig, load_root
 from server.store.store import Store
@@ -71,37 +72,10 @@ class DataConfig:
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class Budget:
-    """Per task, for every method: generations x candidates, each validations x steps (<= 1 epoch)."""
-
-    generations: int = 3
-    candidates: int = 3
-    validations: int = 2
-    steps_per_validation: int = 12
-    batch_size: int = 32
-    validation_examples: int = 256
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            batch_size=self.batch_size,
-            validations=self.validations,
-            steps_per_validation=self.steps_per_validation,
-            validation_examples=self.validation_examples,
-        )
-
-    def search_config(self, scale: float, seed: int) -> SearchConfig:
-        return SearchConfig(
-            generations=self.generations,
-            candidates_per_generation=self.candidates,
-            scale_factor=scale,
-            seed=seed,
-            train=self.train_config(),
-        )
-
-    def sequential_config(self) -> TrainConfig:
-        """Sequential fine-tuning trains once per task with the whole budget (all candidates' steps)."""
-        return replace(self.train_config(), validations=self.validations * self.generations * self.candidates)
+def sequential_config(budget: Budget) -> TrainConfig:
+    """Sequential fine-tuning trains once per task with the whole budget (all candidates' steps)."""
+    total = budget.validations * budget.generations * budget.candidates_per_generation
+    return replace(budget.train_config(), validations=total)
 
 
 @dataclass(frozen=True)
@@ -119,12 +93,19 @@ def quick_config() -> QualityConfig:
     # The pretrained Lite0 root at 32-48 px; per task 9 candidates of <= 24 SGD steps (binary tasks:
     # 10, one epoch per validation) keep all seven methods near 15 min on two CPU cores.
     root = RootConfig(image_size=32, min_image_size=32, max_image_size=48)
-    return QualityConfig(setting="quick", root=root, data=DataConfig(), budget=Budget())
+    return QualityConfig(
+        setting="quick",
+        root=root,
+        data=DataConfig(),
+        budget=Budget(generations=3, candidates_per_generation=3, validations=2, steps_per_validation=12),
+    )
 
 
 def full_config() -> QualityConfig:
     data = DataConfig(tasks=(*STREAM, "digits"), train_per_class=500, test_per_class=500)
-    budget = Budget(generations=8, candidates=4, validations=5, steps_per_validation=50, batch_size=64)
+    budget = Budget(
+        generations=8, candidates_per_generation=4, validations=5, steps_per_validation=50, batch_size=64
+    )
     return QualityConfig(setting="full", root=RootConfig(), data=data, budget=budget, device="auto")
 
 
@@ -302,7 +283,7 @@ def run_sequential(stream: list[TaskData], cfg: QualityConfig) -> MethodResult:
     hp = hp.defaults(rc.image_size)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
     seq = SequentialFinetune(arch, hp, device)
-    train_cfg = cfg.budget.sequential_config()
+    train_cfg = sequential_config(cfg.budget)
     outcomes = []
     body = sum(c.num_params for c in seq.body)
     for i, task in enumerate(stream):

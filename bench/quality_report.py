@@ -125,11 +125,11 @@ def settings_text(results: dict[str, Any]) -> str:
             f"{load_text(results)}.",
             f"- Root: `{r['model_name']}`, weights `{r['weights']}` (ImageNet-pretrained), default image "
             f"size {r['image_size']} px, searched {r['min_image_size']}-{r['max_image_size']} px.",
-            f"- Budget per task and method: {b['generations']} generations x {b['candidates']} candidates, "
+            f"- Budget per task and method: {b['generations']} generations x {b['candidates_per_generation']} candidates, "
             f"each {b['validations']} validations x up to {b['steps_per_validation']} SGD steps "
             f"(at most one epoch between validations; <= {steps} steps per candidate), batch "
             f"{b['batch_size']}. Sequential fine-tuning trains once per task with the same total "
-            f"steps ({b['generations'] * b['candidates']} x {b['validations']} validations).",
+            f"steps ({b['generations'] * b['candidates_per_generation']} x {b['validations']} validations).",
             f"- Data, in stream order: {', '.join(t['name'] for t in results['tasks'])}. "
             f"{d['train_per_class']} examples per class drawn (seed {d['seed']}) from the train side, "
             f"{pct(d['val_fraction'])}% of them carved out for validation (`stratified_split`); "

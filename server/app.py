@@ -153,7 +153,7 @@ class MunetApp:
 
     def _on_progress(self, job: JobRecord) -> None:
         m = self.metrics
-        m.operations_active.set(self.jobs.active() if hasattr(self, "jobs") else 0)
+        m.operations_active.set(self.jobs.active())
         if job.terminal:
             m.operations.labels(job.state).inc()
             return

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from bench.quality import Budget, DataConfig, QualityConfig, load_stream, run_benchmark
+from bench.quality import DataConfig, QualityConfig, load_stream, run_benchmark
+from server.jobs.spec import Budget
 
 
 @pytest.mark.timeout(120)
 def test_quality_benchmark_core(tmp_path, tiny_vit):
     data = DataConfig(tasks=("fmnist_0_1", "digits"), train_per_class=20, test_per_class=10)
-    budget = Budget(generations=1, candidates=2, validations=1, steps_per_validation=3)
+    budget = Budget(generations=1, candidates_per_generation=2, validations=1, steps_per_validation=3)
     methods = ("munet_s1.0", "linear_probe", "sequential")
     cfg = QualityConfig(setting="smoke", root=tiny_vit, data=data, budget=budget, methods=methods)
     stream = load_stream(data, tiny_vit.max_image_size)

@@ -49,6 +49,26 @@ class Budget:
             if not isinstance(v, int) or not lo <= v <= hi:
                 raise InvalidArgument(f"budget.{key}={v!r} is out of range [{lo}, {hi}]")
 
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            batch_size=self.batch_size,
+            validations=self.validations,
+            steps_per_validation=self.steps_per_validation,
+            validation_examples=self.validation_examples,
+        )
+
+    def search_config(
+        self, scale_factor: float = 1.0, seed: int = 0, mutation: MutationConfig | None = None
+    ) -> SearchConfig:
+        return SearchConfig(
+            generations=self.generations,
+            candidates_per_generation=self.candidates_per_generation,
+            scale_factor=scale_factor,
+            seed=seed,
+            train=self.train_config(),
+            mutation=mutation or MutationConfig(),
+        )
+
 
 @dataclass(frozen=True)
 class AddTaskSpec:
@@ -71,20 +91,8 @@ class AddTaskSpec:
             raise InvalidArgument(f"seed must be in [0, 2^31), got {self.seed}")
 
     def search_config(self) -> SearchConfig:
-        b = self.budget
-        return SearchConfig(
-            generations=b.generations,
-            candidates_per_generation=b.candidates_per_generation,
-            scale_factor=self.scale_factor,
-            seed=self.seed,
-            train=TrainConfig(
-                batch_size=b.batch_size,
-                validations=b.validations,
-                steps_per_validation=b.steps_per_validation,
-                validation_examples=b.validation_examples,
-            ),
-            mutation=MutationConfig(policy=self.policy, learned_mu=self.learned_mu),
-        )
+        mutation = MutationConfig(policy=self.policy, learned_mu=self.learned_mu)
+        return self.budget.search_config(self.scale_factor, self.seed, mutation)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

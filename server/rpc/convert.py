@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from protos.munet.v1 import munet_pb2 as pb
 from server.errors import InvalidArgument
+from server.evolve.mutations import POLICIES
 from server.jobs.spec import AddTaskSpec, Budget
 from server.store.records import JobRecord
 from server.system import MunetSystem
@@ -17,16 +19,12 @@ BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
 def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
     budget = {k: getattr(msg.budget, k) for k in BUDGET_FIELDS if msg.budget.HasField(k)}
     policy = msg.policy or "munet"
-    if policy not in ("munet", "finetune", "linear_probe", "adapters"):
-        raise InvalidArgument(f"policy {policy!r} is not one of munet, finetune, linear_probe, adapters")
-    try:
-        b = Budget(**{**default_budget.__dict__, **budget})
-    except TypeError as e:
-        raise InvalidArgument(f"bad budget: {e}") from None
+    if policy not in POLICIES:
+        raise InvalidArgument(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
     return AddTaskSpec(
         name=msg.name,
         class_names=list(msg.class_names),
-        budget=b,
+        budget=replace(default_budget, **budget),
         scale_factor=msg.scale_factor if msg.HasField("scale_factor") else 1.0,
         validation_fraction=msg.validation_fraction if msg.HasField("validation_fraction") else 0.2,
         seed=msg.seed if msg.HasField("seed") else 0,

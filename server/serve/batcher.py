@@ -108,7 +108,7 @@ class Batcher:
 
     def _take(self, task: str) -> list[_Request]:
         q = self._queues[task]
-        batch, n = [q.popleft()], 0
+        batch = [q.popleft()]
         n = len(batch[0].images)
         while q and n + len(q[0].images) <= self.max_batch:
             r = q.popleft()

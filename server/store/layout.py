@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
@@ -59,12 +60,16 @@ def fsync_tree(path: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def write_atomic(path: Path, data: bytes, tmp_prefix: str | None = None) -> None:
-    """Replace `path` with `data`: a reader (or a restart after kill -9) sees old or new, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path, tmp_prefix: str | None = None) -> Iterator[IO[bytes]]:
+    """Write `path` through a temp file, fsync'd and renamed into place on success, removed on error.
+
+    A reader (or a restart after kill -9) sees the old file or the complete new one, never half.
+    """
     tmp = path.with_name((tmp_prefix or f".{path.name}.tmp-") + uuid.uuid4().hex[:12])
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -72,6 +77,11 @@ def write_atomic(path: Path, data: bytes, tmp_prefix: str | None = None) -> None
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, tmp_prefix: str | None = None) -> None:
+    with atomic_file(path, tmp_prefix) as f:
+        f.write(data)
 
 
 def read_current(root: Path) -> str | None:

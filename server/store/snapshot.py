@@ -149,18 +149,9 @@ def snapshot_to_archive(store: Store, dest_file: Path) -> dict[str, Any]:
     if dest_file.exists():
         raise AlreadyExists(f"{dest_file} already exists; choose a new archive name")
     dest_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest_file.with_name(f".{dest_file.name}.tmp-{os.urandom(6).hex()}")
-    try:
-        with _staged_snapshot(store) as (staging, manifest), open(tmp, "xb") as f:
-            for block in archive.tar_blocks(staging, manifest):
-                f.write(block)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest_file)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    layout.fsync_dir(dest_file.parent)
+    with _staged_snapshot(store) as (staging, manifest), layout.atomic_file(dest_file) as f:
+        for block in archive.tar_blocks(staging, manifest):
+            f.write(block)
     return manifest
 
 
