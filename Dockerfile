@@ -1,23 +1,32 @@
-# muNet server on a CUDA-capable PyTorch base. Build: docker build -t munet-server .
-# Run (GPU): docker run --gpus all -p 50051:50051 -v munet-data:/data munet-server
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# muNet server on a CUDA-capable PyTorch base.
+#   Build:     docker build -t munet-server .
+#   Run (GPU): docker run --gpus all -p 50051:50051 -v munet-data:/data munet-server
+# BASE may name any image with Python >= 3.10 and `pip` on PATH; torch already in it is kept.
+ARG BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM ${BASE}
 
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MUNET_STORE=/data
+# The server reads MUNET_STORE/HOST/PORT; inside a container it must listen on all interfaces.
+# Set MUNET_ADMIN_TOKEN at `docker run` (-e) before exposing the port beyond this host.
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MUNET_STORE=/data MUNET_HOST=0.0.0.0 MUNET_PORT=50051
 WORKDIR /app
 
-# Install dependencies first so code edits do not invalidate this layer.
+# Dependencies first, read from pyproject.toml, so that code edits reuse this layer.
 COPY pyproject.toml README.md ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" > /tmp/requirements.txt \
+ && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
 COPY protos ./protos
 COPY client ./client
 COPY server ./server
-RUN pip install ".[server]" && python -c "import server, client, timm, lmdb, safetensors"
+RUN pip install --no-deps . && python -c "import server, client, timm, lmdb, safetensors"
 
 RUN useradd --create-home --uid 1000 munet && mkdir -p /data && chown munet:munet /data
 USER munet
 VOLUME ["/data"]
 EXPOSE 50051 9100
 
-# The server binds loopback by default; inside a container it must listen on all interfaces.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
-  CMD munet --target 127.0.0.1:50051 health || exit 1
-ENTRYPOINT ["munet-server", "--store", "/data", "--host", "0.0.0.0", "--port", "50051", "--device", "auto"]
+# Shell form so that the check follows a MUNET_PORT given at `docker run`.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD munet --target "127.0.0.1:${MUNET_PORT}" health || exit 1
+ENTRYPOINT ["munet-server", "--device", "auto"]

@@ -30,6 +30,7 @@ from server.store.store import Store
 from server.system import MunetSystem
 
 log = logging.getLogger(__name__)
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 SERVICE_NAME = munet_pb2.DESCRIPTOR.services_by_name["Munet"].full_name
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -113,6 +114,12 @@ class MunetApp:
             raise FailedPrecondition(f"could not bind {address}; is the port in use?")
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.host)
+        if not cfg.admin_token and cfg.host not in LOOPBACK_HOSTS:
+            log.warning(
+                "listening on %s without an admin token: anyone who can reach it may add, delete and "
+                "restore tasks; set --admin-token or MUNET_ADMIN_TOKEN",
+                cfg.host,
+            )
         self.jobs.start(resume=cfg.resume_operations)
         self.server.start()
         self.on_tasks_changed()

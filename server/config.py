@@ -57,8 +57,17 @@ def parser() -> argparse.ArgumentParser:
         default=Path(os.environ.get("MUNET_STORE", DEFAULT_STORE)),
         help="directory of the system's store [env MUNET_STORE]",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to expose)")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port (0: pick a free one)")
+    p.add_argument(
+        "--host",
+        default=os.environ.get("MUNET_HOST", "127.0.0.1"),
+        help="address to bind, 0.0.0.0 to expose [env MUNET_HOST]",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MUNET_PORT", 50051)),
+        help="gRPC port, 0 picks a free one [env MUNET_PORT]",
+    )
     p.add_argument(
         "--root", default=None, help="timm model name of the root of a new store [tf_efficientnet_lite0]"
     )

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Build the Docker image and check it as a user would: the container becomes healthy as a non-root
+# user, learns a small real task sent from the host with the `munet` CLI, and after the container
+# is replaced the task is still on the volume and predicts the same.
+#
+# Needs a Docker engine and the project's venv (bash scripts/setup.sh) for the client side.
+#   BASE=image        build on another base (default: the Dockerfile's CUDA PyTorch image)
+#   DOCKER_NETWORK=host  for engines without a bridge network (the port is then published as is)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+IMAGE=${IMAGE:-munet-server:smoke}
+NAME=munet-smoke-$$
+VOLUME=munet-smoke-$$
+PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+WORK=$(mktemp -d)
+TOKEN=smoke-$RANDOM$RANDOM
+munet() { "$PY" -m client.cli --target "127.0.0.1:$PORT" --token "$TOKEN" "$@"; }
+cleanup() {
+  docker rm -f "$NAME" >/dev/null 2>&1 || true
+  docker volume rm "$VOLUME" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+build_args=()
+[[ -n "${BASE:-}" ]] && build_args+=(--build-arg "BASE=$BASE")
+net_args=(-p "127.0.0.1:$PORT:50051")
+[[ "${DOCKER_NETWORK:-}" == host ]] && net_args=(--network host)
+
+echo "== build $IMAGE"
+time docker build --network "${DOCKER_NETWORK:-default}" "${build_args[@]}" -t "$IMAGE" .
+
+start() {
+  local port=50051
+  [[ "${DOCKER_NETWORK:-}" == host ]] && port=$PORT
+  docker run -d --name "$NAME" "${net_args[@]}" -v "$VOLUME:/data" -e MUNET_ADMIN_TOKEN="$TOKEN" \
+    -e MUNET_PORT="$port" "$IMAGE" >/dev/null
+  echo "== waiting for the container's HEALTHCHECK"
+  for _ in $(seq 150); do
+    status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
+    [[ "$status" == healthy ]] && { echo "healthy"; return; }
+    [[ "$status" == unhealthy || "$(docker inspect -f '{{.State.Running}}' "$NAME")" != true ]] && break
+    sleep 2
+  done
+  docker logs "$NAME"; echo "container did not become healthy ($status)"; exit 1
+}
+
+start
+[[ "$(docker exec "$NAME" id -u)" != 0 ]] || { echo "the server runs as root"; exit 1; }
+
+echo "== a real task: Fashion-MNIST sandals vs sneakers, 40 images each, 8 held out"
+"$PY" - "$WORK" <<'EOF'
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from server.data import offline
+from server.data.images import encode_png
+
+root = Path(sys.argv[1])
+data = offline.split_fashion_mnist(((5, 7),))[0]
+rng = np.random.default_rng(0)
+for label, name in enumerate(["sandal", "sneaker"]):
+    idx = rng.permutation(np.nonzero(data.labels == label)[0])[:48]
+    for split, part in (("train", idx[:40]), ("held-out", idx[40:])):
+        (root / split / name).mkdir(parents=True, exist_ok=True)
+        for i in part:
+            (root / split / name / f"{i}.png").write_bytes(encode_png(data.images[i]))
+EOF
+munet add-task shoes "$WORK/train" --generations 2 --candidates-per-generation 2 --steps-per-validation 10 --validations 2
+munet tasks
+munet --json predict shoes "$WORK"/held-out/*/*.png > "$WORK/before.json"
+"$PY" - "$WORK/before.json" <<'EOF'
+import json
+import sys
+
+rows = json.load(open(sys.argv[1]))
+right = sum(r["image"].split("/")[-2] == r["labels"][0]["name"] for r in rows)
+print(f"held-out: {right}/{len(rows)} right")
+assert right > len(rows) // 2, "no better than chance"
+EOF
+
+echo "== unauthenticated admin call is refused"
+if "$PY" -m client.cli --target "127.0.0.1:$PORT" delete shoes 2>"$WORK/err"; then
+  echo "delete without the token succeeded"; exit 1
+fi
+grep -q UNAUTHENTICATED "$WORK/err" && echo "refused: $(tr -s '\n' ' ' < "$WORK/err")"
+
+echo "== replace the container; the task must survive on the volume"
+docker rm -f "$NAME" >/dev/null
+start
+munet --json predict shoes "$WORK"/held-out/*/*.png > "$WORK/after.json"
+cmp "$WORK/before.json" "$WORK/after.json" && echo "predictions identical after the container was replaced"
+docker exec "$NAME" ls -ln /data
+echo "docker smoke test passed"
