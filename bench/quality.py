@@ -409,13 +409,20 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--quick", action="store_true", help="the 2-CPU setting (default)")
     group.add_argument("--full", action="store_true", help="the GPU setting: more data, larger budget")
     ap.add_argument("--methods", default="", help="comma-separated subset of " + ",".join(METHODS))
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws the data and seeds the searches; RESULTS.md reports all seeds",
+    )
     ap.add_argument("--no-report", action="store_true", help="skip RESULTS.md and the plots")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from the saved JSON")
     args = ap.parse_args(argv)
     cfg = full_config() if args.full else quick_config()
-    out = BENCH_DIR / "out" / f"quality-{cfg.setting}.json"
+    cfg = replace(cfg, seed=args.seed, data=replace(cfg.data, seed=args.seed))
+    out = result_path(cfg.setting, args.seed)
     if args.report_only:
-        _report(json.loads(out.read_text()))
+        _report(cfg.setting)
         return 0
     if args.methods:
         cfg = replace(cfg, methods=tuple(m.strip() for m in args.methods.split(",")))
@@ -429,14 +436,41 @@ def main(argv: list[str] | None = None) -> int:
     partial.unlink(missing_ok=True)
     log(f"wrote {out} ({results['wall_seconds']:.0f}s in all)")
     if not args.no_report:
-        _report(results)
+        _report(cfg.setting)
     return 0
 
 
-def _report(results: dict[str, Any]) -> None:
+def result_path(setting: str, seed: int) -> Path:
+    return (
+        BENCH_DIR / "out" / (f"quality-{setting}.json" if seed == 0 else f"quality-{setting}-seed{seed}.json")
+    )
+
+
+def seed_runs(setting: str) -> list[dict[str, Any]]:
+    """Every saved run of this setting whose budget, data sizes and methods match seed 0's."""
+    main = json.loads(result_path(setting, 0).read_text())
+
+    def same(c: dict[str, Any]) -> bool:
+        data = {k: v for k, v in c["data"].items() if k != "seed"}
+        ref = {k: v for k, v in main["config"]["data"].items() if k != "seed"}
+        return c["budget"] == main["config"]["budget"] and data == ref and c["root"] == main["config"]["root"]
+
+    runs = [main]
+    for path in sorted(result_path(setting, 0).parent.glob(f"quality-{setting}-seed*.json")):
+        run = json.loads(path.read_text())
+        if same(run["config"]):
+            runs.append(run)
+        else:
+            log(f"skipping {path.name}: its budget or data differ from seed 0's")
+    return runs
+
+
+def _report(setting: str) -> None:
+    """RESULTS.md details seed 0 and summarises every seed run of the same setting."""
     from bench.quality_report import write_report
 
-    for path in write_report(results, BENCH_DIR):
+    runs = seed_runs(setting)
+    for path in write_report(runs[0], BENCH_DIR, runs):
         log(f"wrote {path}")
 
 

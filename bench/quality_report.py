@@ -101,6 +101,58 @@ def observations(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def seeds_table(runs: list[dict[str, Any]]) -> str:
+    """Mean and spread over seed runs: each seed draws other data and seeds other searches."""
+    rows = [
+        "| method | seeds | test acc. after stream (%), mean ± sd | min – max | forgetting, mean (pp) "
+        "| params added / task | accounted params / task |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in runs[0]["methods"]:
+        ss = [r["methods"][m]["summary"] for r in runs if m in r["methods"]]
+        acc = [100 * s["test_acc_end"] for s in ss]
+        rows.append(
+            f"| {label(m)} | {len(ss)} | {_mean(acc):.1f} ± {_sd(acc):.1f} | {min(acc):.1f} – {max(acc):.1f} "
+            f"| {_mean([100 * s['forgetting'] for s in ss]):.1f} "
+            f"| {fmt_params(_mean([s['params_added'] for s in ss]))} "
+            f"| {fmt_params(_mean([s['accounted_params'] for s in ss]))} |"
+        )
+    return "\n".join(rows)
+
+
+def paired_text(runs: list[dict[str, Any]]) -> list[str]:
+    """muNet s=0.5 against each baseline, paired by seed (same data, same budget)."""
+    ref = "munet_s0.5"
+    if ref not in runs[0]["methods"]:
+        return []
+    out = []
+    for m in runs[0]["methods"]:
+        if m == ref:
+            continue
+        diffs = [
+            100 * (r["methods"][ref]["summary"]["test_acc_end"] - r["methods"][m]["summary"]["test_acc_end"])
+            for r in runs
+            if ref in r["methods"] and m in r["methods"]
+        ]
+        wins = sum(d > 0 for d in diffs)
+        out.append(
+            f"{label(ref)} minus {label(m)}: {_mean(diffs):+.1f} pp mean over {len(diffs)} seeds "
+            f"(ahead on {wins} of {len(diffs)}; per seed {', '.join(f'{d:+.1f}' for d in diffs)})."
+        )
+    return out
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
+def _sd(xs: list[float]) -> float:
+    if len(xs) < 2:
+        return 0.0
+    mu = _mean(xs)
+    return math.sqrt(sum((x - mu) ** 2 for x in xs) / (len(xs) - 1))
+
+
 def load_text(results: dict[str, Any]) -> str:
     """The machine's 1-min load average after each method: above ~2, other processes shared the cores."""
     loads = [r.get("loadavg_1min_after") for r in results["methods"].values()]
@@ -140,7 +192,22 @@ def settings_text(results: dict[str, Any]) -> str:
     )
 
 
-def markdown(results: dict[str, Any], notes: str) -> str:
+def seeds_section(runs: list[dict[str, Any]]) -> list[str]:
+    if len(runs) < 2:
+        return []
+    seeds = ", ".join(str(r["config"]["seed"]) for r in runs)
+    minutes = ", ".join(f"{r['wall_seconds'] / 60:.1f}" for r in runs)
+    return [
+        "### Across seeds (mean over tasks, then over seeds)",
+        f"Seeds {seeds}: each draws its own training, validation and test examples and seeds its own "
+        f"searches (`--seed N`); same budget and data sizes. Whole runs took {minutes} min. The tables "
+        "below this one detail seed 0.",
+        seeds_table(runs),
+        "\n".join(f"- {line}" for line in paired_text(runs)),
+    ]
+
+
+def markdown(results: dict[str, Any], notes: str, runs: list[dict[str, Any]] | None = None) -> str:
     acc = per_task_table(results, lambda t: pct(t["test_acc_end"]), "test acc. after stream (%)")
     added = per_task_table(
         results,
@@ -157,7 +224,10 @@ def markdown(results: dict[str, Any], notes: str) -> str:
             f"`.venv/bin/python -m bench.quality --{results['setting']}` (raw results: "
             f"`bench/out/quality-{results['setting']}.json`).",
             settings_text(results),
-            "### Summary (mean over tasks)",
+            *seeds_section(runs or [results]),
+            "### Summary of seed 0 (mean over tasks)"
+            if runs and len(runs) > 1
+            else "### Summary (mean over tasks)",
             summary_table(results),
             "*Params added*: parameters stored new for the task. *Accounted*: the score's p after the "
             "whole stream (each component's parameters divided by the number of tasks using it, so "
@@ -181,12 +251,12 @@ def markdown(results: dict[str, Any], notes: str) -> str:
     )
 
 
-def write_markdown(results: dict[str, Any], path: Path) -> Path:
+def write_markdown(results: dict[str, Any], path: Path, runs: list[dict[str, Any]] | None = None) -> Path:
     old = path.read_text() if path.exists() else ""
     notes = "(to be written)"
     if NOTES_BEGIN in old and NOTES_END in old:
         notes = old.split(NOTES_BEGIN, 1)[1].split(NOTES_END, 1)[0]
-    update_section(str(path), "quality", markdown(results, notes))
+    update_section(str(path), "quality", markdown(results, notes, runs))
     return path
 
 
@@ -273,9 +343,12 @@ def plot_cost_per_task(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def write_report(results: dict[str, Any], bench_dir: Path) -> list[Path]:
+def write_report(
+    results: dict[str, Any], bench_dir: Path, runs: list[dict[str, Any]] | None = None
+) -> list[Path]:
+    """`results` is detailed (seed 0); `runs`, every seed including it, is summarised."""
     return [
-        write_markdown(results, bench_dir / "RESULTS.md"),
+        write_markdown(results, bench_dir / "RESULTS.md", runs),
         plot_acc_vs_params(results, bench_dir / PLOTS[0]),
         plot_acc_per_task(results, bench_dir / PLOTS[1]),
         plot_cost_per_task(results, bench_dir / PLOTS[2]),

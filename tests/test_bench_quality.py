@@ -7,6 +7,7 @@ import json
 import pytest
 
 from bench.quality import DataConfig, QualityConfig, load_stream, run_benchmark
+from bench.quality_report import write_report
 from server.jobs.spec import Budget
 
 
@@ -31,3 +32,13 @@ def test_quality_benchmark_core(tmp_path, tiny_vit):
     munet = results["methods"]["munet_s1.0"]
     assert all(t["forgetting"] == 0.0 and t["verified"] for t in munet["tasks"])
     assert munet["summary"]["max_forgetting"] == 0.0
+
+    # The report over two seed runs (here the same run twice, so the spread is exactly zero).
+    second = json.loads(json.dumps(results))
+    second["config"]["seed"] = 1
+    paths = write_report(results, tmp_path, [results, second])
+    text = paths[0].read_text()
+    assert "### Across seeds" in text and "Seeds 0, 1" in text
+    acc = 100 * munet["summary"]["test_acc_end"]
+    assert f"| muNet s=1.0 | 2 | {acc:.1f} ± 0.0 | {acc:.1f} – {acc:.1f} |" in text
+    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
