@@ -71,6 +71,7 @@ class MunetApp:
             config.batch_wait_ms,
             config.max_predict_images,
             config.predict_threads,
+            config.share_across_tasks,
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._restore_lock = threading.Lock()

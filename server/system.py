@@ -28,6 +28,7 @@ from server.model.components import Component, ComponentSpec, tensors_of
 from server.model.hparams import SearchSpace
 from server.model.path import Path, PathModel
 from server.model.root import Root, RootConfig, load_root
+from server.model.shared_forward import forward_shared
 from server.store.records import ComponentRecord, SystemRecord, TaskRecord
 from server.store.store import Store
 
@@ -245,6 +246,26 @@ class MunetSystem:
         e = self.entry(task)
         x = preprocess(images, int(e.path.hparams["ds_image_size"])).to(self.device)
         return e.model(x).float().cpu()
+
+    @torch.no_grad()
+    def logits_many(self, batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Like `logits` for several tasks at once: the components their paths share run once."""
+        entries = {t: self.entry(t) for t in batches}
+        inputs = {
+            t: preprocess(x, int(entries[t].path.hparams["ds_image_size"])).to(self.device)
+            for t, x in batches.items()
+        }
+        chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}
+        return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
+
+    def shares_stem(self, a: str, b: str) -> bool:
+        """Whether tasks a and b read the same image size through the same first step."""
+        ea, eb = self.tasks.get(a), self.tasks.get(b)
+        if ea is None or eb is None:
+            return False
+        same_size = ea.path.hparams["ds_image_size"] == eb.path.hparams["ds_image_size"]
+        first_a, first_b = (self.arch.steps(list(e.model.parts))[0][0] for e in (ea, eb))
+        return same_size and all(x is y for x, y in zip(first_a, first_b))
 
     @torch.no_grad()
     def golden_digest(self, model: PathModel, hp: dict[str, Any], probe: torch.Tensor) -> str:

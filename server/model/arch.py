@@ -12,7 +12,7 @@ Two families are supported:
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,9 @@ from torch import nn
 
 from server.model.components import ComponentSpec, count_params
 from server.model.layers import CNNStem, ConvAdapter, Head, PosEmbed, TokenAdapter, ViTNeck, ViTStem
+
+# One step of a path's forward pass: the modules it runs (its identity) and the function.
+Step = tuple[tuple[nn.Module, ...], Callable[[torch.Tensor], torch.Tensor]]
 
 
 @dataclass
@@ -102,6 +105,14 @@ class Architecture:
         return bool(getattr(stem, "no_embed_class", False))
 
     # ---- forward -------------------------------------------------------------------------------
+    def steps(self, modules: Sequence[nn.Module]) -> list[Step]:
+        """A path's forward pass as a chain of steps, each with the modules it runs (the ViT stem
+        takes its position embedding), so that paths sharing modules can share the work."""
+        if self.family == "vit":
+            stem, pos = modules[0], modules[1]
+            return [((stem, pos), lambda x: stem(x, pos)), *(((m,), m) for m in modules[2:])]
+        return [((m,), m) for m in modules]
+
     def forward(self, modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
         """Run a path: modules in layout order; x is (B, 3, H, W) in [-1, 1]; returns logits."""
         if self.family == "vit":

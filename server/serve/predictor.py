@@ -33,7 +33,13 @@ class LabelScore:
 
 class Predictor:
     def __init__(
-        self, system_ref: SystemRef, batcher_max: int, wait_ms: float, max_images: int, threads: int = 1
+        self,
+        system_ref: SystemRef,
+        batcher_max: int,
+        wait_ms: float,
+        max_images: int,
+        threads: int = 1,
+        share_across_tasks: bool = True,
     ) -> None:
         self.ref = system_ref
         self.max_images = max_images
@@ -45,15 +51,31 @@ class Predictor:
         self._current = 0
         # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
         workers = 1 if self.cpu else 4
-        self.batcher = Batcher(self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers)
+        # Requests for different tasks whose paths start with the same frozen components share
+        # one pass through those components (muNet's reuse, turned into serving throughput).
+        self.batcher = Batcher(
+            self._forward,
+            max_batch=batcher_max,
+            wait_ms=wait_ms,
+            workers=workers,
+            forward_many=self._forward_many if share_across_tasks else None,
+            joinable=lambda a, b: self.ref.system.shares_stem(a, b),
+        )
 
-    def _forward(self, task: str, images: torch.Tensor) -> torch.Tensor:
+    def _threads_for(self, images: int) -> None:
         if self.cpu:  # per-thread setting: only the batcher thread runs this
-            want = 1 if len(images) < SMALL_BATCH else self.threads
+            want = 1 if images < SMALL_BATCH else self.threads
             if want != self._current:
                 torch.set_num_threads(want)
                 self._current = want
+
+    def _forward(self, task: str, images: torch.Tensor) -> torch.Tensor:
+        self._threads_for(len(images))
         return self.ref.system.logits(task, images)
+
+    def _forward_many(self, batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self._threads_for(sum(len(x) for x in batches.values()))
+        return self.ref.system.logits_many(batches)
 
     def stop(self) -> None:
         self.batcher.stop()
