@@ -97,11 +97,12 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
 
 def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
     bar = tqdm(
-        total=1,
+        total=None,
         desc="evolve",
+        unit="cand",
         disable=quiet,
         file=sys.stderr,
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}",
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} candidates{postfix}",
     )
     last = op
     try:
@@ -110,10 +111,13 @@ def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
             if p.candidates_total and bar.total != p.candidates_total:
                 bar.total = p.candidates_total
             bar.n = p.candidates_done
-            bar.set_postfix_str(
-                f"gen {p.generation}/{p.generations_total} best acc {p.best_validation_accuracy:.3f}"
-                f" +{_fmt_params(p.params_added)} params  eta {p.eta_seconds:.0f}s"
-            )
+            if p.candidates_done:
+                bar.set_postfix_str(
+                    f"gen {p.generation}/{p.generations_total}, best acc {p.best_validation_accuracy:.3f},"
+                    f" +{_fmt_params(p.params_added)} params, eta {p.eta_seconds:.0f}s"
+                )
+            else:  # queued, or preparing the data: no numbers to show yet
+                bar.set_postfix_str(p.phase or last.state.lower())
     except KeyboardInterrupt:
         bar.close()
         err.print(f"\nstopped watching; the operation goes on. `munet cancel {op.name}` stops it.")
