@@ -72,6 +72,7 @@ class MunetApp:
             config.max_predict_images,
             config.predict_threads,
             config.share_across_tasks,
+            on_pass=lambda tasks: self.metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self._restore_lock = threading.Lock()

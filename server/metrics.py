@@ -23,6 +23,12 @@ class Metrics:
             registry=r,
         )
         self.predict_images = Counter("munet_predict_images", "Images predicted", ["task"], registry=r)
+        self.predict_passes = Counter(
+            "munet_predict_passes",
+            "Forward passes run by the Predict batcher, by how many tasks shared the pass",
+            ["tasks"],  # "1" or "2+"
+            registry=r,
+        )
         self.operations = Counter("munet_operations", "Operations by final state", ["state"], registry=r)
         self.operations_active = Gauge("munet_operations_active", "Queued or running operations", registry=r)
         self.evolution_generation = Gauge(

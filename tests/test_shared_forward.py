@@ -119,7 +119,10 @@ def test_server_serves_two_tasks_in_shared_passes(tmp_path, tiny_vit):
             for p, w in zip(preds, want[task]):
                 assert [s.name for s in p] == [s.name for s in w]
                 assert [s.probability for s in p] == pytest.approx([s.probability for s in w], abs=1e-5)
-        assert app.predictor.batcher.multi_task_batches > 0
+        shared = app.predictor.batcher.multi_task_batches
+        assert shared > 0
+        passes = app.metrics.registry.get_sample_value("munet_predict_passes_total", {"tasks": "2+"})
+        assert passes == shared  # exported on /metrics
         client.close()
     finally:
         app.stop(0)

@@ -43,10 +43,12 @@ class Batcher:
         workers: int = 1,
         forward_many: ForwardMany | None = None,
         joinable: Callable[[str, str], bool] | None = None,
+        on_pass: Callable[[int], None] | None = None,
     ) -> None:
         self.forward = forward
         self.forward_many = forward_many
         self.joinable = joinable
+        self.on_pass = on_pass  # called with the number of tasks after every forward pass
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000.0
         self._queues: dict[str, deque[_Request]] = {}
@@ -162,10 +164,15 @@ class Batcher:
             for t, b in live.items():
                 self._run(t, b, started=True)
             return
-        self.batches += 1
-        self.multi_task_batches += len(live) > 1
+        self._count(len(live))
         for t, b in live.items():
             self._deliver(b, outs[t])
+
+    def _count(self, tasks: int) -> None:
+        self.batches += 1
+        self.multi_task_batches += tasks > 1
+        if self.on_pass is not None:
+            self.on_pass(tasks)
 
     def _run(self, task: str, batch: list[_Request], started: bool = False) -> None:
         live = batch if started else [r for r in batch if r.future.set_running_or_notify_cancel()]
@@ -177,7 +184,7 @@ class Batcher:
             for r in live:
                 r.future.set_exception(e)
             return
-        self.batches += 1
+        self._count(1)
         self._deliver(live, out)
 
     def _deliver(self, live: list[_Request], out: torch.Tensor) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,7 @@ class Predictor:
         max_images: int,
         threads: int = 1,
         share_across_tasks: bool = True,
+        on_pass: Callable[[int], None] | None = None,
     ) -> None:
         self.ref = system_ref
         self.max_images = max_images
@@ -60,6 +62,7 @@ class Predictor:
             workers=workers,
             forward_many=self._forward_many if share_across_tasks else None,
             joinable=lambda a, b: self.ref.system.shares_stem(a, b),
+            on_pass=on_pass,
         )
 
     def _threads_for(self, images: int) -> None:
