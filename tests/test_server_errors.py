@@ -244,6 +244,18 @@ def test_default_bind_is_loopback():
     assert from_args(parser().parse_args([]), {}).host == "127.0.0.1"
 
 
+def test_host_and_port_from_the_environment(monkeypatch):
+    """The Docker image sets MUNET_HOST/MUNET_PORT; its HEALTHCHECK reads the same MUNET_PORT."""
+    from server.config import from_args, parser
+
+    monkeypatch.setenv("MUNET_HOST", "0.0.0.0")
+    monkeypatch.setenv("MUNET_PORT", "50123")
+    cfg = from_args(parser().parse_args([]), {})
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 50123)
+    cfg = from_args(parser().parse_args(["--host", "127.0.0.1", "--port", "7"]), {})
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 7)  # flags win
+
+
 def test_concurrent_predicts_across_tasks(served):
     app, client, test = served
     images = [encode_png(i) for i in test.images]
