@@ -2,6 +2,7 @@
 
 munet add-task flowers data/flowers        # ImageFolder tree; progress bars for upload and search
 munet predict flowers rose.jpg tulip.png --top-k 3
+munet predict flowers,colours rose.jpg      # several tasks, one pass through their shared layers
 munet tasks | munet describe flowers | munet delete flowers
 munet snapshot system.tar | munet restore system.tar
 munet ops | munet wait OP | munet cancel OP
@@ -146,6 +147,9 @@ def cmd_predict(c: MunetClient, a: argparse.Namespace) -> int:
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise MunetError("INVALID_ARGUMENT", f"no such image file: {', '.join(missing[:5])}")
+    tasks = [t for t in a.task.split(",") if t]
+    if len(tasks) > 1:
+        return _predict_many(c, tasks, files, a)
     preds = c.predict(a.task, files, top_k=a.top_k)
     if a.json:
         _print_json([{"image": str(f), "labels": to_dict(p)} for f, p in zip(files, preds)])
@@ -154,6 +158,24 @@ def cmd_predict(c: MunetClient, a: argparse.Namespace) -> int:
     for f, p in zip(files, preds):
         others = ", ".join(f"{lb.name} {lb.probability:.2f}" for lb in p[1:])
         t.add_row(str(f), p[0].name, f"{p[0].probability:.3f}", *([others] if a.top_k > 1 else []))
+    console.print(t)
+    return 0
+
+
+def _predict_many(c: MunetClient, tasks: list[str], files: list[Path], a: argparse.Namespace) -> int:
+    """One call for several tasks: the layers their paths share run once per image."""
+    preds = c.predict_many(tasks, files, top_k=a.top_k)
+    if a.json:
+        rows = [
+            {"image": str(f), "tasks": {t: to_dict(preds[t][i]) for t in tasks}} for i, f in enumerate(files)
+        ]
+        _print_json(rows)
+        return 0
+    t = Table("image", *tasks)
+    for i, f in enumerate(files):
+        t.add_row(
+            str(f), *(", ".join(f"{lb.name} {lb.probability:.2f}" for lb in preds[k][i]) for k in tasks)
+        )
     console.print(t)
     return 0
 
@@ -322,8 +344,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--policy", default="", choices=("", "munet", "finetune", "linear_probe", "adapters"))
     sp.add_argument("--no-wait", action="store_true", help="return once the upload is stored")
     sp.add_argument("-q", "--quiet", action="store_true")
-    sp = add("predict", cmd_predict, "classify image files with a task")
-    sp.add_argument("task")
+    sp = add("predict", cmd_predict, "classify image files with a task (or several: a,b,c)")
+    sp.add_argument("task", help="a task, or several joined by commas: one call, shared layers run once")
     sp.add_argument("images", nargs="+")
     sp.add_argument("--top-k", type=int, default=1)
     add("tasks", cmd_tasks, "list tasks with accuracy and parameters")

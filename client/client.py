@@ -187,6 +187,21 @@ class MunetClient:
             out.extend([Label(lb.name, lb.index, lb.probability) for lb in p.labels] for p in r.predictions)
         return out
 
+    def predict_many(
+        self, tasks: list[str], images: list[bytes | str | Path], top_k: int = 1
+    ) -> dict[str, list[list[Label]]]:
+        """The same images for several tasks in one call (their shared layers run once):
+        task -> top-k labels per image. `top_k` is capped at each task's number of classes."""
+        data = [Path(i).read_bytes() if isinstance(i, (str, Path)) else bytes(i) for i in images]
+        out: dict[str, list[list[Label]]] = {t: [] for t in tasks}
+        for i in range(0, max(len(data), 1), PREDICT_CHUNK):
+            req = pb.PredictManyRequest(tasks=tasks, images=data[i : i + PREDICT_CHUNK], top_k=top_k)
+            for r in self._call(self.stub.PredictMany, req).results:
+                out[r.task].extend(
+                    [Label(lb.name, lb.index, lb.probability) for lb in p.labels] for p in r.predictions
+                )
+        return out
+
     def predict_raw(self, task: str, pixels: list[Any], top_k: int = 1) -> list[list[Label]]:
         """uint8 arrays (H, W) or (H, W, 3) (numpy or anything with .shape and .tobytes())."""
         raws = []

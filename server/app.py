@@ -71,7 +71,6 @@ class MunetApp:
             config.batch_wait_ms,
             config.max_predict_images,
             config.predict_threads,
-            config.share_across_tasks,
             on_pass=lambda tasks: self.metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
         )
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -33,7 +33,6 @@ class ServerConfig:
     batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
     max_predict_images: int = 256  # Predict: images in one request
     predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
-    share_across_tasks: bool = True  # one Predict pass for several tasks through shared components
     rpc_workers: int = 16
     max_pending_operations: int = 8
     resume_operations: bool = True
@@ -93,11 +92,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
     )
-    p.add_argument(
-        "--no-cross-task-batches",
-        action="store_true",
-        help="batch Predict per task only, never several tasks through their shared components",
-    )
     p.add_argument("--max-pending-operations", type=int, default=8)
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
@@ -141,7 +135,6 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         predict_threads=args.predict_threads,
-        share_across_tasks=not args.no_cross_task_batches,
         max_pending_operations=args.max_pending_operations,
         resume_operations=not args.no_resume,
         snapshot_root=args.snapshot_root,

@@ -59,6 +59,12 @@ class Cancelled(MunetError):
     code = grpc.StatusCode.CANCELLED
 
 
+class Aborted(MunetError):
+    """A concurrent change (a task deleted and re-added) got in the way: the caller may retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class DataLoss(MunetError):
     """Stored bytes do not match their digest: a corrupted shard, snapshot or record."""
 

@@ -248,24 +248,20 @@ class MunetSystem:
         return e.model(x).float().cpu()
 
     @torch.no_grad()
-    def logits_many(self, batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Like `logits` for several tasks at once: the components their paths share run once."""
-        entries = {t: self.entry(t) for t in batches}
-        inputs = {
-            t: preprocess(x, int(entries[t].path.hparams["ds_image_size"])).to(self.device)
-            for t, x in batches.items()
-        }
+    def logits_many(self, tasks: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same images through several tasks' paths: the components they share run once.
+
+        Each task's logits are exactly what `logits(task, images)` returns."""
+        entries = {t: self.entry(t) for t in tasks}
+        resized: dict[int, torch.Tensor] = {}  # one preprocessed batch per image size
+        inputs = {}
+        for t, e in entries.items():
+            size = int(e.path.hparams["ds_image_size"])
+            if size not in resized:
+                resized[size] = preprocess(images, size).to(self.device)
+            inputs[t] = resized[size]
         chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}
         return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
-
-    def shares_stem(self, a: str, b: str) -> bool:
-        """Whether tasks a and b read the same image size through the same first step."""
-        ea, eb = self.tasks.get(a), self.tasks.get(b)
-        if ea is None or eb is None:
-            return False
-        same_size = ea.path.hparams["ds_image_size"] == eb.path.hparams["ds_image_size"]
-        first_a, first_b = (self.arch.steps(list(e.model.parts))[0][0] for e in (ea, eb))
-        return same_size and all(x is y for x, y in zip(first_a, first_b))
 
     @torch.no_grad()
     def golden_digest(self, model: PathModel, hp: dict[str, Any], probe: torch.Tensor) -> str:

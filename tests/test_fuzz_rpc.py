@@ -107,6 +107,23 @@ def test_task_names_anywhere(served, name):
 
 
 @FUZZ
+@given(tasks=st.lists(st.sampled_from(["base", "", "x", "base\x00base", "bäse", "a" * 70]), max_size=70))
+def test_predict_many_any_task_list(served, tasks):
+    """Any list of task names for PredictMany: answers, or a precise status; nothing changes."""
+    app, client, _, probe, golden = served
+    before = store_state(app)
+    req = pb.PredictManyRequest(tasks=tasks, images=probe[:2], top_k=2)
+    try:
+        r = client._call(client.stub.PredictMany, req)
+    except MunetError as e:
+        assert e.code in ("NOT_FOUND", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED"), e
+        assert e.message
+    else:
+        assert tasks == ["base"] and [len(p.labels) for p in r.results[0].predictions] == [2, 2]
+    _unchanged(app, client, before, probe, golden)
+
+
+@FUZZ
 @given(
     name=st.sampled_from(["../x", "a/b", "a\x00b", "..", ".hidden", "x" * 65, "ünïcode", " sp", "ok"]),
     budget=st.dictionaries(

@@ -1,14 +1,18 @@
-"""Predict for several tasks in one pass: shared components run once, every task gets its own answer."""
+"""The same images for several tasks in one pass: shared components run once, answers unchanged."""
 
 from __future__ import annotations
 
-import threading
+import json
 from collections import Counter
 
+import grpc
 import pytest
 import torch
 
-from client import MunetClient
+from client import MunetClient, MunetError
+from client.cli import main as cli
+from protos.munet.v1 import munet_pb2 as pb
+from protos.munet.v1 import munet_pb2_grpc
 from server.data.images import encode_png
 from server.model.components import Component
 from server.model.path import Path
@@ -18,111 +22,136 @@ from tests.conftest import digits_dataset, image_folder, make_app
 from tests.test_engine_system import _evolve
 
 
+def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> None:
+    """A task that reuses all of `of`'s path but the head: sharing as muNet makes it, made certain."""
+    base = system.tasks[of].path
+    spec = base.components[-1].spec
+    torch.manual_seed(0)
+    head = Component(spec, system.arch.fresh(spec), frozen=False)
+    path = Path(name, dict(base.hparams), [*base.components[:-1], head])
+    classes = [str(i) for i in range(int(spec.get("num_classes")))]
+    system.commit(name, classes, path, {"validation_accuracy": 0.0}, "none", probe)
+
+
 @pytest.fixture(scope="module")
-def three_tasks(tmp_path_factory, tiny_vit):
+def system(tmp_path_factory, tiny_vit):
     system = MunetSystem.open(Store(tmp_path_factory.mktemp("shared") / "store"), tiny_vit, device="cpu")
     for i, classes in enumerate((3, 5, 4)):
         _evolve(system, f"t{i}", digits_dataset(classes=classes), generations=2, candidates=2, seed=i)
-    # A task that reuses all of t0's path but its head: the sharing every muNet system has somewhere.
-    base = system.tasks["t0"].path
-    torch.manual_seed(0)
-    head = Component(base.components[-1].spec, system.arch.fresh(base.components[-1].spec), frozen=False)
-    twin = Path("twin", dict(base.hparams), [*base.components[:-1], head])
-    probe = digits_dataset(classes=3).images[:8]
-    system.commit("twin", ["0", "1", "2"], twin, {"validation_accuracy": 0.0}, "none", probe)
+    _add_twin(system, "t0", "twin", digits_dataset(classes=3).images[:8])
     return system
 
 
-def _expected_calls(system: MunetSystem, batches: dict[str, torch.Tensor]) -> Counter:
-    """Per module: one call per distinct (input size, modules so far) prefix among the tasks."""
-    prefixes: set[tuple] = set()
-    for task in batches:
-        e = system.tasks[task]
-        key: tuple = (e.path.hparams["ds_image_size"],)
-        for modules, _ in system.arch.steps(list(e.model.parts)):
-            key = (*key, tuple(id(m) for m in modules))
-            prefixes.add(key)
-    return Counter(m for key in prefixes for m in key[-1][:1])  # a step's first module is called
-
-
-def test_many_tasks_match_one_at_a_time_and_share_work(three_tasks):
-    system = three_tasks
-    images = digits_dataset(classes=3).images[:6]
-    batches = {t: images[i : i + 4] for i, t in enumerate(system.tasks)}
-    alone = {t: system.logits(t, x) for t, x in batches.items()}
-
+def _count_calls(system: MunetSystem, fn):
     calls: Counter = Counter()
     modules = {id(m): m for e in system.tasks.values() for m in e.model.parts}
-    hooks = [
-        m.register_forward_hook(lambda mod, args, out: calls.update([id(mod)])) for m in modules.values()
-    ]
+    hooks = [m.register_forward_hook(lambda mod, a, o: calls.update([id(mod)])) for m in modules.values()]
     try:
-        together = system.logits_many(batches)
+        return fn(), calls
     finally:
         for h in hooks:
             h.remove()
 
-    assert set(together) == set(batches)
-    for t in batches:
-        assert together[t].shape == alone[t].shape
-        torch.testing.assert_close(together[t], alone[t], rtol=1e-5, atol=1e-5)
-        assert torch.equal(together[t].argmax(-1), alone[t].argmax(-1))
-    expected = _expected_calls(system, batches)
+
+def test_same_images_many_tasks_exact_and_shared(system):
+    images = digits_dataset(classes=3).images[:6]
+    tasks = list(system.tasks)
+    alone = {t: system.logits(t, images) for t in tasks}
+    together, calls = _count_calls(system, lambda: system.logits_many(tasks, images))
+
+    for t in tasks:  # the same modules on the same batch: bit-identical
+        assert torch.equal(together[t], alone[t]), t
+    # Expected calls, from the paths alone: one per distinct (image size, modules so far) prefix.
+    prefixes = set()
+    for t in tasks:
+        e = system.tasks[t]
+        key: tuple = (e.path.hparams["ds_image_size"],)
+        for modules, _ in system.arch.steps(list(e.model.parts)):
+            key = (*key, tuple(id(m) for m in modules))
+            prefixes.add(key)
+    expected = Counter(key[-1][0] for key in prefixes)  # a step is counted by its first module
     assert {m: calls[m] for m in expected} == dict(expected)
-    one_by_one = sum(len(system.arch.steps(list(system.tasks[t].model.parts))) for t in batches)
+    # twin shares every step with t0 but the head: the pair costs one call more than t0 alone
     steps_t0 = len(system.arch.steps(list(system.tasks["t0"].model.parts)))
-    assert sum(expected.values()) <= one_by_one - (steps_t0 - 1)  # twin adds only its head's call
+    alone_calls = sum(len(system.arch.steps(list(system.tasks[t].model.parts))) for t in tasks)
+    assert sum(expected.values()) <= alone_calls - (steps_t0 - 1)
 
 
-def test_unshared_tasks_and_different_sizes_still_work(three_tasks):
-    system = three_tasks
-    images = digits_dataset(classes=3).images[:5]
-    out = system.logits_many({"t0": images[:2], "t2": images[2:]})
-    torch.testing.assert_close(out["t0"], system.logits("t0", images[:2]), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(out["t2"], system.logits("t2", images[2:]), rtol=1e-5, atol=1e-5)
+def test_many_tasks_errors(system):
+    with pytest.raises(Exception, match="does not exist"):
+        system.logits_many(["t0", "nope"], digits_dataset(classes=3).images[:2])
 
 
-def test_server_serves_two_tasks_in_shared_passes(tmp_path, tiny_vit):
-    """Concurrent Predicts for two tasks over gRPC: merged into shared passes, same answers."""
-    app = make_app(tmp_path / "store", tiny_vit, batch_wait_ms=20.0)
-    try:
-        client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
-        folder, test = image_folder(tmp_path, classes=3, per_class=20)
-        assert client.wait(client.add_task_from_folder("a", folder).name, timeout=300).state == "SUCCEEDED"
-        system = app.ref.system
-        base = system.tasks["a"].path
-        head = Component(base.components[-1].spec, system.arch.fresh(base.components[-1].spec), frozen=False)
-        images = [encode_png(i) for i in test.images[:6]]
-        probe = app.predictor.decode(images, [])  # at the store's size, as commit wants
-        system.commit("b", ["x", "y", "z"], Path("b", dict(base.hparams), [*base.components[:-1], head]),
-                      {"validation_accuracy": 0.0}, "none", probe)  # fmt: skip
-        assert system.shares_stem("a", "b")
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_vit):
+    tmp = tmp_path_factory.mktemp("many")
+    app = make_app(tmp / "store", tiny_vit, predict_token="p", admin_token="a")
+    client = MunetClient(f"127.0.0.1:{app.port}", token="a", timeout=120)
+    folder, test = image_folder(tmp, classes=3, per_class=20)
+    assert client.wait(client.add_task_from_folder("a", folder).name, timeout=300).state == "SUCCEEDED"
+    images = [encode_png(i) for i in test.images[:6]]
+    _add_twin(app.ref.system, "a", "b", app.predictor.decode(images, []))
+    yield app, client, images, tmp
+    client.close()
+    app.stop(0)
 
-        want = {t: client.predict(t, images, top_k=3) for t in ("a", "b")}  # one task per pass
-        got: list[tuple[str, list]] = []
-        errors: list[Exception] = []
 
-        def worker(task: str) -> None:
-            try:
-                with MunetClient(client.target, timeout=120) as c:
-                    got.extend((task, c.predict(task, images, top_k=3)) for _ in range(6))
-            except Exception as e:  # collected and asserted below
-                errors.append(e)
+def test_predict_many_over_grpc_matches_predict(served):
+    app, client, images, _ = served
+    want = {t: client.predict(t, images, top_k=2) for t in ("a", "b")}
+    before = app.metrics.registry.get_sample_value("munet_predict_passes_total", {"tasks": "2+"}) or 0
+    got = client.predict_many(["b", "a"], images, top_k=2)
+    assert list(got) == ["b", "a"]
+    assert got == want  # names, indices and float probabilities, all equal
+    after = app.metrics.registry.get_sample_value("munet_predict_passes_total", {"tasks": "2+"})
+    assert after == before + 1  # one pass served both tasks
+    capped = client.predict_many(["a", "b"], images[:1], top_k=99)  # capped at each task's classes
+    assert [len(capped[t][0]) for t in ("a", "b")] == [3, 3]
 
-        threads = [threading.Thread(target=worker, args=(t,)) for t in ("a", "b") * 4]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        assert not errors and len(got) == 48
-        for task, preds in got:
-            for p, w in zip(preds, want[task]):
-                assert [s.name for s in p] == [s.name for s in w]
-                assert [s.probability for s in p] == pytest.approx([s.probability for s in w], abs=1e-5)
-        shared = app.predictor.batcher.multi_task_batches
-        assert shared > 0
-        passes = app.metrics.registry.get_sample_value("munet_predict_passes_total", {"tasks": "2+"})
-        assert passes == shared  # exported on /metrics
-        client.close()
-    finally:
-        app.stop(0)
+
+def test_predict_many_errors(served):
+    _, client, images, _ = served
+    cases = {
+        "NOT_FOUND": (["a", "missing"], images),
+        "INVALID_ARGUMENT": (["a", "a"], images),
+    }
+    for code, (tasks, imgs) in cases.items():
+        with pytest.raises(MunetError) as e:
+            client.predict_many(tasks, imgs)
+        assert e.value.code == code, (tasks, e.value)
+    with pytest.raises(MunetError) as e:
+        client.predict_many([], images)
+    assert e.value.code == "INVALID_ARGUMENT" and "at least one task" in e.value.message
+    with pytest.raises(MunetError) as e:
+        client.predict_many(["a", "b"], [b"not an image"])
+    assert e.value.code == "INVALID_ARGUMENT" and "image 0" in e.value.message
+    with pytest.raises(MunetError) as e:
+        client.predict_many([f"t{i}" for i in range(65)], images)
+    assert e.value.code == "RESOURCE_EXHAUSTED"
+
+
+def test_predict_many_needs_the_predict_token(served):
+    app, _, images, _ = served
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = munet_pb2_grpc.MunetStub(ch)
+        req = pb.PredictManyRequest(tasks=["a", "b"], images=images[:1])
+        with pytest.raises(grpc.RpcError) as e:
+            stub.PredictMany(req, timeout=30)
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        r = stub.PredictMany(req, timeout=30, metadata=[("authorization", "Bearer p")])
+        assert [x.task for x in r.results] == ["a", "b"]
+
+
+def test_cli_predicts_several_tasks(served, capsys):
+    app, _, images, tmp = served
+    files = []
+    for i, data in enumerate(images[:2]):
+        files.append(tmp / f"img{i}.png")
+        files[-1].write_bytes(data)
+    target = ["--target", f"127.0.0.1:{app.port}", "--token", "p"]
+    assert cli([*target, "--json", "predict", "a,b", *map(str, files)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["image"] for r in rows] == [str(f) for f in files]
+    assert all(set(r["tasks"]) == {"a", "b"} for r in rows)
+    assert cli([*target, "predict", "a,b", str(files[0])]) == 0
+    assert "a" in capsys.readouterr().out

@@ -24,7 +24,7 @@ ADMIN_METHODS = frozenset(
         "StreamRestore",
     )
 )
-PREDICT_METHODS = frozenset({SERVICE + "Predict"})
+PREDICT_METHODS = frozenset({SERVICE + "Predict", SERVICE + "PredictMany"})
 
 
 def _same(a: str, b: str) -> bool:

@@ -10,6 +10,7 @@ from protos.munet.v1 import munet_pb2 as pb
 from server.errors import InvalidArgument
 from server.evolve.mutations import POLICIES
 from server.jobs.spec import AddTaskSpec, Budget
+from server.serve.predictor import LabelScore
 from server.store.records import JobRecord
 from server.system import MunetSystem
 
@@ -104,4 +105,16 @@ def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
         search_seconds=float(m.get("search_seconds", 0.0)),
         candidates_trained=int(m.get("candidates", 0)),
         num_examples=int(m.get("num_examples", 0)),
+    )
+
+
+def predict_response(task: str, preds: list[list[LabelScore]]) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        task=task,
+        predictions=[
+            pb.Prediction(
+                labels=[pb.Label(name=s.name, index=s.index, probability=s.probability) for s in row]
+            )
+            for row in preds
+        ],
     )

@@ -201,15 +201,23 @@ class MunetServicer(pb_grpc.MunetServicer):
         m = self.app.metrics
         m.predict_latency.labels(request.task).observe(time.perf_counter() - t0)
         m.predict_images.labels(request.task).inc(len(preds))
-        return pb.PredictResponse(
-            task=request.task,
-            predictions=[
-                pb.Prediction(
-                    labels=[pb.Label(name=s.name, index=s.index, probability=s.probability) for s in row]
-                )
-                for row in preds
-            ],
+        return convert.predict_response(request.task, preds)
+
+    @unary
+    def PredictMany(
+        self, request: pb.PredictManyRequest, context: grpc.ServicerContext
+    ) -> pb.PredictManyResponse:
+        t0 = time.perf_counter()
+        tasks = list(request.tasks)
+        raw = [RawPixels(r.height, r.width, r.channels, r.data) for r in request.raw_images]
+        preds = self.app.predictor.predict_many(
+            tasks, list(request.images), raw, request.top_k, timeout=context.time_remaining()
         )
+        m = self.app.metrics
+        for t in tasks:  # each task answered every image in the time of the whole call
+            m.predict_latency.labels(t).observe(time.perf_counter() - t0)
+            m.predict_images.labels(t).inc(len(preds[t]))
+        return pb.PredictManyResponse(results=[convert.predict_response(t, preds[t]) for t in tasks])
 
     # ---- tasks ---------------------------------------------------------------------------------
     @unary

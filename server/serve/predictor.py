@@ -10,11 +10,13 @@ import torch
 from PIL import Image
 
 from server.data.images import decode_to_storage, to_storage
-from server.errors import InvalidArgument, InvalidImage, ResourceExhausted
+from server.errors import Aborted, InvalidArgument, InvalidImage, ResourceExhausted
 from server.serve.batcher import Batcher
 from server.system import MunetSystem
 
 SMALL_BATCH = 8  # below this, one CPU thread is faster than two contending OpenMP teams
+MAX_TASKS_PER_CALL = 64
+TASKS_SEP = "\x00"  # joins a PredictMany's tasks into one batcher key (task names cannot hold it)
 
 
 @dataclass(frozen=True)
@@ -40,11 +42,11 @@ class Predictor:
         wait_ms: float,
         max_images: int,
         threads: int = 1,
-        share_across_tasks: bool = True,
         on_pass: Callable[[int], None] | None = None,
     ) -> None:
         self.ref = system_ref
         self.max_images = max_images
+        self.on_pass = on_pass  # called with the number of tasks after every forward pass
         # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
         # another thread (the search) owns an OpenMP team, two teams contend and a batch-1 forward
         # takes 3x longer than single-threaded; large batches still gain from every core.
@@ -53,32 +55,24 @@ class Predictor:
         self._current = 0
         # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
         workers = 1 if self.cpu else 4
-        # Requests for different tasks whose paths start with the same frozen components share
-        # one pass through those components (muNet's reuse, turned into serving throughput).
-        self.batcher = Batcher(
-            self._forward,
-            max_batch=batcher_max,
-            wait_ms=wait_ms,
-            workers=workers,
-            forward_many=self._forward_many if share_across_tasks else None,
-            joinable=lambda a, b: self.ref.system.shares_stem(a, b),
-            on_pass=on_pass,
-        )
+        self.batcher = Batcher(self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers)
 
-    def _threads_for(self, images: int) -> None:
+    def _forward(self, key: str, images: torch.Tensor) -> torch.Tensor:
+        """key: one task, or several joined by TASKS_SEP (PredictMany): their logits side by side."""
         if self.cpu:  # per-thread setting: only the batcher thread runs this
-            want = 1 if images < SMALL_BATCH else self.threads
+            want = 1 if len(images) < SMALL_BATCH else self.threads
             if want != self._current:
                 torch.set_num_threads(want)
                 self._current = want
-
-    def _forward(self, task: str, images: torch.Tensor) -> torch.Tensor:
-        self._threads_for(len(images))
-        return self.ref.system.logits(task, images)
-
-    def _forward_many(self, batches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._threads_for(sum(len(x) for x in batches.values()))
-        return self.ref.system.logits_many(batches)
+        tasks = key.split(TASKS_SEP)
+        if len(tasks) == 1:
+            out = self.ref.system.logits(key, images)
+        else:
+            many = self.ref.system.logits_many(tasks, images)
+            out = torch.cat([many[t] for t in tasks], dim=1)
+        if self.on_pass is not None:
+            self.on_pass(len(tasks))
+        return out
 
     def stop(self) -> None:
         self.batcher.stop()
@@ -105,20 +99,47 @@ class Predictor:
     def predict(
         self, task: str, encoded: list[bytes], raw: list[RawPixels], top_k: int, timeout: float | None = None
     ) -> list[list[LabelScore]]:
-        system = self.ref.system
-        entry = system.entry(task)  # NotFound before any decoding work
-        names = entry.record.class_names
+        names = self.ref.system.entry(task).record.class_names  # NotFound before any decoding work
         k = top_k or 1
         if not 1 <= k <= len(names):
             raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(names)} classes")
         images = self.decode(encoded, raw)
-        logits = self.batcher(task, images, timeout)
-        probs = torch.softmax(logits.float(), dim=-1)
-        p, idx = probs.topk(k, dim=-1)
-        return [
-            [LabelScore(names[j], j, float(q)) for q, j in zip(row_p.tolist(), row_i.tolist())]
-            for row_p, row_i in zip(p, idx)
-        ]
+        return _top_k(self.batcher(task, images, timeout), names, k)
+
+    def predict_many(
+        self,
+        tasks: list[str],
+        encoded: list[bytes],
+        raw: list[RawPixels],
+        top_k: int,
+        timeout: float | None = None,
+    ) -> dict[str, list[list[LabelScore]]]:
+        """The same images for several tasks in one pass; top_k is capped at each task's classes."""
+        if not tasks:
+            raise InvalidArgument("name at least one task (PredictManyRequest.tasks)")
+        if len(tasks) > MAX_TASKS_PER_CALL:
+            raise ResourceExhausted(f"{len(tasks)} tasks in one call; the limit is {MAX_TASKS_PER_CALL}")
+        repeated = sorted({t for t in tasks if tasks.count(t) > 1})
+        if repeated:
+            raise InvalidArgument(f"each task at most once; repeated: {', '.join(repeated)}")
+        if top_k < 0:
+            raise InvalidArgument(f"top_k={top_k} must be 0 (one label) or more")
+        names = {t: self.ref.system.entry(t).record.class_names for t in tasks}  # NotFound first
+        images = self.decode(encoded, raw)
+        logits = self.batcher(TASKS_SEP.join(tasks), images, timeout)
+        widths = [len(names[t]) for t in tasks]
+        if logits.shape[1] != sum(widths):  # a task was deleted and re-added meanwhile
+            raise Aborted("a task was deleted and added again during the call; retry it")
+        parts = torch.split(logits, widths, dim=1)
+        return {t: _top_k(part, names[t], min(top_k or 1, len(names[t]))) for t, part in zip(tasks, parts)}
+
+
+def _top_k(logits: torch.Tensor, names: list[str], k: int) -> list[list[LabelScore]]:
+    p, idx = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+    return [
+        [LabelScore(names[j], j, float(q)) for q, j in zip(row_p.tolist(), row_i.tolist())]
+        for row_p, row_i in zip(p, idx)
+    ]
 
 
 class SystemRef:

@@ -221,6 +221,24 @@ class PredictRequest(_message.Message):
     top_k: int
     def __init__(self, task: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
 
+class PredictManyRequest(_message.Message):
+    __slots__ = ("tasks", "images", "raw_images", "top_k")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    RAW_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedScalarFieldContainer[str]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    raw_images: _containers.RepeatedCompositeFieldContainer[RawImage]
+    top_k: int
+    def __init__(self, tasks: _Optional[_Iterable[str]] = ..., images: _Optional[_Iterable[bytes]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+
+class PredictManyResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[PredictResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[PredictResponse, _Mapping]]] = ...) -> None: ...
+
 class RawImage(_message.Message):
     __slots__ = ("height", "width", "channels", "data")
     HEIGHT_FIELD_NUMBER: _ClassVar[int]

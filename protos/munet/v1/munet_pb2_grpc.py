@@ -74,6 +74,11 @@ class MunetStub:
                 request_serializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictRequest.SerializeToString,
                 response_deserializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictMany = channel.unary_unary(
+                '/munet.v1.Munet/PredictMany',
+                request_serializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyRequest.SerializeToString,
+                response_deserializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyResponse.FromString,
+                _registered_method=True)
         self.ListTasks = channel.unary_unary(
                 '/munet.v1.Munet/ListTasks',
                 request_serializer=protos_dot_munet_dot_v1_dot_munet__pb2.ListTasksRequest.SerializeToString,
@@ -169,6 +174,14 @@ class MunetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictMany(self, request, context):
+        """The same images classified by several tasks in one call: the components the tasks' paths
+        share (frozen root layers, layers one task reused from another) run once for all of them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -259,6 +272,11 @@ def add_MunetServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictRequest.FromString,
                     response_serializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictMany': grpc.unary_unary_rpc_method_handler(
+                    servicer.PredictMany,
+                    request_deserializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyRequest.FromString,
+                    response_serializer=protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyResponse.SerializeToString,
             ),
             'ListTasks': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTasks,
@@ -512,6 +530,33 @@ class Munet:
             '/munet.v1.Munet/Predict',
             protos_dot_munet_dot_v1_dot_munet__pb2.PredictRequest.SerializeToString,
             protos_dot_munet_dot_v1_dot_munet__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictMany(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/munet.v1.Munet/PredictMany',
+            protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyRequest.SerializeToString,
+            protos_dot_munet_dot_v1_dot_munet__pb2.PredictManyResponse.FromString,
             options,
             channel_credentials,
             insecure,
