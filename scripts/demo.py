@@ -2,8 +2,9 @@
 
 Starts `munet-server` on the embedded default (offline ImageNet-pretrained EfficientNet-Lite0 root)
 with a fresh store, adds three tasks built from data that ships inside packages, shows their
-accuracy and the parameters each added, predicts held-out images, takes a snapshot, restores it
-into a second fresh server and checks that predictions there are identical.
+accuracy and the parameters each added, predicts held-out images (also every task at once with
+PredictMany), takes a snapshot, restores it into a second fresh server and checks that predictions
+there are identical.
 
 Run: `bash scripts/demo.sh` (sets everything up first).
 """
@@ -126,6 +127,7 @@ def main() -> None:
                 tests[name] = test
             show_tasks(client)
             preds = predict_all(client, tests)
+            ask_every_task(client, tests)
             snap = work / "system.munet.tar"
             client.snapshot(dest_file=snap)
             console.print(f"\nsnapshot: {snap} ({snap.stat().st_size / 1e6:.1f} MB)")
@@ -165,6 +167,20 @@ def show_tasks(client: MunetClient) -> None:
             f"{info.params_accounted:,.0f}",
             f"{shared}/{len(info.path)}",
         )
+    console.print(table)
+
+
+def ask_every_task(client: MunetClient, tests: dict) -> None:
+    """PredictMany: three images, every task, one call; layers the paths share run once."""
+    names = list(tests)
+    images = [encode_png(tests[n].images[0]) for n in names]
+    answers = client.predict_many(names, images)
+    table = Table(title="one PredictMany call: each image through every task")
+    table.add_column("image from")
+    for n in names:
+        table.add_column(n)
+    for i, source in enumerate(names):
+        table.add_row(source, *(f"{answers[n][i][0].name} {answers[n][i][0].probability:.2f}" for n in names))
     console.print(table)
 
 
