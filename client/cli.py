@@ -147,10 +147,10 @@ def cmd_predict(c: MunetClient, a: argparse.Namespace) -> int:
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise MunetError("INVALID_ARGUMENT", f"no such image file: {', '.join(missing[:5])}")
-    tasks = [t for t in a.task.split(",") if t]
+    tasks = [t.strip() for t in a.task.split(",") if t.strip()] or [a.task]
     if len(tasks) > 1:
         return _predict_many(c, tasks, files, a)
-    preds = c.predict(a.task, files, top_k=a.top_k)
+    preds = c.predict(tasks[0], files, top_k=a.top_k)
     if a.json:
         _print_json([{"image": str(f), "labels": to_dict(p)} for f, p in zip(files, preds)])
         return 0
