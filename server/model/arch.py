@@ -115,15 +115,9 @@ class Architecture:
 
     def forward(self, modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
         """Run a path: modules in layout order; x is (B, 3, H, W) in [-1, 1]; returns logits."""
-        if self.family == "vit":
-            h = modules[0](x, modules[1])
-            body = modules[2:-1]
-        else:
-            h = modules[0](x)
-            body = modules[1:-1]
-        for m in body:
-            h = m(h)
-        return modules[-1](h)
+        for _, run in self.steps(modules):
+            x = run(x)
+        return x
 
 
 def decompose(model: nn.Module) -> Architecture:

@@ -10,7 +10,7 @@ from protos.munet.v1 import munet_pb2 as pb
 from server.errors import InvalidArgument
 from server.evolve.mutations import POLICIES
 from server.jobs.spec import AddTaskSpec, Budget
-from server.serve.predictor import LabelScore
+from server.serve.predictor import LabelScore, RawPixels
 from server.store.records import JobRecord
 from server.system import MunetSystem
 
@@ -118,3 +118,7 @@ def predict_response(task: str, preds: list[list[LabelScore]]) -> pb.PredictResp
             for row in preds
         ],
     )
+
+
+def raw_pixels(images: Any) -> list[RawPixels]:
+    return [RawPixels(r.height, r.width, r.channels, r.data) for r in images]

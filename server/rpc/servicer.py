@@ -25,7 +25,6 @@ from server.errors import (
 )
 from server.jobs.ingest import DatasetWriter
 from server.rpc import convert
-from server.serve.predictor import RawPixels
 
 if TYPE_CHECKING:
     from server.app import MunetApp
@@ -194,7 +193,7 @@ class MunetServicer(pb_grpc.MunetServicer):
         if not request.task:
             raise InvalidArgument("name the task to predict with (PredictRequest.task)")
         t0 = time.perf_counter()
-        raw = [RawPixels(r.height, r.width, r.channels, r.data) for r in request.raw_images]
+        raw = convert.raw_pixels(request.raw_images)
         preds = self.app.predictor.predict(
             request.task, list(request.images), raw, request.top_k, timeout=context.time_remaining()
         )
@@ -209,7 +208,7 @@ class MunetServicer(pb_grpc.MunetServicer):
     ) -> pb.PredictManyResponse:
         t0 = time.perf_counter()
         tasks = list(request.tasks)
-        raw = [RawPixels(r.height, r.width, r.channels, r.data) for r in request.raw_images]
+        raw = convert.raw_pixels(request.raw_images)
         preds = self.app.predictor.predict_many(
             tasks, list(request.images), raw, request.top_k, timeout=context.time_remaining()
         )
