@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -426,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.methods:
         cfg = replace(cfg, methods=tuple(m.strip() for m in args.methods.split(",")))
+        out = out.with_name(f"{out.stem}-{'+'.join(cfg.methods)}.json")  # never replaces a full run
     if cfg.device == "cpu":
         torch.set_num_threads(2)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -456,7 +458,10 @@ def seed_runs(setting: str) -> list[dict[str, Any]]:
         return c["budget"] == main["config"]["budget"] and data == ref and c["root"] == main["config"]["root"]
 
     runs = [main]
+    seed_file = re.compile(rf"quality-{re.escape(setting)}-seed\d+\.json")  # not partial or subset runs
     for path in sorted(result_path(setting, 0).parent.glob(f"quality-{setting}-seed*.json")):
+        if not seed_file.fullmatch(path.name):
+            continue
         run = json.loads(path.read_text())
         if same(run["config"]):
             runs.append(run)
