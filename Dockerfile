@@ -19,7 +19,7 @@ print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" > /t
 COPY protos ./protos
 COPY client ./client
 COPY server ./server
-RUN pip install --no-deps . && python -c "import server, client, timm, lmdb, safetensors"
+RUN pip install --no-deps . && python -c "import munet_server, munet_client, munet_proto, timm, lmdb, safetensors"
 
 RUN useradd --create-home --uid 1000 munet && mkdir -p /data && chown munet:munet /data
 USER munet

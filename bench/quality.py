@@ -43,17 +43,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from server.data import offline
-from server.data.dataset import ImageDataset, stratified_split
-from server.data.transforms import preprocess
-from server.evolve.baselines import SequentialFinetune, SequentialTask, policy_config
-from server.evolve.search import EvolutionSearch, SearchConfig
-from server.evolve.train import TrainConfig
-from server.jobs.spec import Budget
-from server.model.hparams import SearchSpace
-from server.model.root import RootConfig, load_root
-from server.store.store import Store
-from server.system import MunetSystem
+from munet_server.data import offline
+from munet_server.data.dataset import ImageDataset, stratified_split
+from munet_server.data.transforms import preprocess
+from munet_server.evolve.baselines import SequentialFinetune, SequentialTask, policy_config
+from munet_server.evolve.search import EvolutionSearch, SearchConfig
+from munet_server.evolve.train import TrainConfig
+from munet_server.jobs.spec import Budget
+from munet_server.model.hparams import SearchSpace
+from munet_server.model.root import RootConfig, load_root
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
 
 BENCH_DIR = Path(__file__).resolve().parent
 FASHION_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))

@@ -35,15 +35,15 @@ import numpy as np
 import torch
 
 from bench.machine import describe, update_section
-from client import MunetClient
-from server.data import offline
-from server.data.dataset import ImageDataset, stratified_split
-from server.data.images import decode_to_storage, encode_png
-from server.evolve.search import EvolutionSearch, SearchConfig
-from server.evolve.train import TrainConfig
-from server.model.root import RootConfig
-from server.store.store import Store
-from server.system import MunetSystem
+from munet_client import MunetClient
+from munet_server.data import offline
+from munet_server.data.dataset import ImageDataset, stratified_split
+from munet_server.data.images import decode_to_storage, encode_png
+from munet_server.evolve.search import EvolutionSearch, SearchConfig
+from munet_server.evolve.train import TrainConfig
+from munet_server.model.root import RootConfig
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
 
 OUT = Path(__file__).parent / "out"
 RESULTS = Path(__file__).parent / "RESULTS.md"
@@ -171,7 +171,7 @@ def free_port() -> int:
 
 def start_server(store_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "server", "--store", str(store_dir), "--port", str(port), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "munet_server", "--store", str(store_dir), "--port", str(port), "--device", "cpu"]
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"

@@ -24,9 +24,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from client import MunetClient
-from server.data import offline
-from server.data.images import encode_png
+from munet_client import MunetClient
+from munet_server.data import offline
+from munet_server.data.images import encode_png
 
 console = Console()
 HELD_OUT = 50  # test images per class, never uploaded
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "server", "--store", str(store), "--port", str(port)]
+    cmd = [sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(port)]
     with open(store.parent / f"server-{port}.log", "w") as log:  # the child keeps its own copy
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     target = f"127.0.0.1:{port}"

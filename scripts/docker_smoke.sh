@@ -15,7 +15,7 @@ VOLUME=munet-smoke-$$
 PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 WORK=$(mktemp -d)
 TOKEN=smoke-$RANDOM$RANDOM
-munet() { "$PY" -m client.cli --target "127.0.0.1:$PORT" --token "$TOKEN" "$@"; }
+munet() { "$PY" -m munet_client.cli --target "127.0.0.1:$PORT" --token "$TOKEN" "$@"; }
 cleanup() {
   docker rm -f "$NAME" >/dev/null 2>&1 || true
   docker volume rm "$VOLUME" >/dev/null 2>&1 || true
@@ -83,7 +83,7 @@ assert right > len(rows) // 2, "no better than chance"
 EOF
 
 echo "== unauthenticated admin call is refused"
-if "$PY" -m client.cli --target "127.0.0.1:$PORT" delete shoes 2>"$WORK/err"; then
+if "$PY" -m munet_client.cli --target "127.0.0.1:$PORT" delete shoes 2>"$WORK/err"; then
   echo "delete without the token succeeded"; exit 1
 fi
 grep -q UNAUTHENTICATED "$WORK/err" && echo "refused: $(tr -s '\n' ' ' < "$WORK/err")"

@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from server.model.root import RootConfig, tiny_vit_config
+from munet_server.model.root import RootConfig, tiny_vit_config
 
 if TYPE_CHECKING:
-    from server.data.dataset import ImageDataset
+    from munet_server.data.dataset import ImageDataset
 
 torch.set_num_threads(2)
 
@@ -24,7 +24,7 @@ def digits_dataset(size: int = 32, classes: int = 10, per_class: int | None = No
     """scikit-learn's 8x8 digits (real UCI data, ships in the wheel), upscaled to `size`, as RGB uint8."""
     from sklearn.datasets import load_digits
 
-    from server.data.dataset import ImageDataset
+    from munet_server.data.dataset import ImageDataset
 
     d = load_digits()
     keep = d.target < classes
@@ -40,7 +40,7 @@ def digits_dataset(size: int = 32, classes: int = 10, per_class: int | None = No
 
 def animal_shapes_at(size: int, per_class: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Animal silhouettes (real, from the animal-shape-mnist wheel) as (N, 3, size, size) uint8."""
-    from server.data import offline
+    from munet_server.data import offline
 
     raw = offline.sample_per_class(offline.animal_shapes(), per_class, seed)
     x = torch.from_numpy(raw.images)[:, None].float()
@@ -54,7 +54,7 @@ def tiny_vit_weights() -> str:
 
     muNet grows from a pretrained root; a random one gives near-constant features.
     """
-    from server.model.pretrain import pretrain_root
+    from munet_server.model.pretrain import pretrain_root
 
     # Seeded, so the result is the same every time: cache it across sessions on this machine.
     cache = Path(tempfile.gettempdir()) / "munet-test-roots" / "tiny_vit_animals_1000_v1.safetensors"
@@ -88,9 +88,9 @@ SMALL_BUDGET = dict(generations=2, candidates_per_generation=2, steps_per_valida
 
 def make_app(store, root: RootConfig, executor_factory=None, **overrides):
     """A real MunetApp (gRPC server on 127.0.0.1, port 0) over a real store."""
-    from server.app import MunetApp
-    from server.config import ServerConfig
-    from server.jobs.spec import Budget
+    from munet_server.app import MunetApp
+    from munet_server.config import ServerConfig
+    from munet_server.jobs.spec import Budget
 
     overrides.setdefault("default_budget", Budget(**SMALL_BUDGET))
     cfg = ServerConfig(store=store, port=0, root=root, device="cpu", grace_seconds=1.0, **overrides)
@@ -101,7 +101,7 @@ def make_app(store, root: RootConfig, executor_factory=None, **overrides):
 
 def image_folder(tmp_path, classes: int = 3, per_class: int = 30, seed: int = 0, name: str = "digits"):
     """A real ImageFolder tree (PNG files) from scikit-learn's digits, plus a held-out test split."""
-    from server.data import offline
+    from munet_server.data import offline
 
     raw = offline.sample_per_class(offline.digits(), per_class + 10, seed)
     keep = raw.labels < classes

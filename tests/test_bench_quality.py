@@ -8,7 +8,7 @@ import pytest
 
 from bench.quality import DataConfig, QualityConfig, load_stream, run_benchmark
 from bench.quality_report import write_report
-from server.jobs.spec import Budget
+from munet_server.jobs.spec import Budget
 
 
 @pytest.mark.timeout(120)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from client import MunetClient, MunetError
-from server.data.images import encode_png
+from munet_client import MunetClient, MunetError
+from munet_server.data.images import encode_png
 from tests.conftest import image_folder
 
 pytestmark = pytest.mark.slow
@@ -51,7 +51,7 @@ class ServerProcess:
         self.port = _free_port()
         kwargs = json.dumps(dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2))
         cmd = [
-            sys.executable, "-m", "server", "--store", str(store), "--port", str(self.port), "--device", "cpu",
+            sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(self.port), "--device", "cpu",
             "--root", "vit_tiny_patch16_224", "--root-kwargs", kwargs, "--root-weights", weights,
             "--image-size", "32", "--min-image-size", "16", "--max-image-size", "64", "--log-level", "WARNING",
         ]  # fmt: skip
@@ -114,7 +114,7 @@ def _check_committed(s: ServerProcess, images, golden) -> None:
 
 def _check_no_leftovers(store: Path) -> None:
     """Open the store (start-up gc runs) and check every file on disk is referenced."""
-    from server.store.store import Store
+    from munet_server.store.store import Store
 
     with Store(store) as st:
         with st.meta.read() as v:
@@ -133,7 +133,7 @@ def _check_no_leftovers(store: Path) -> None:
 def test_kill_during_upload(world):
     store, weights, folder, images, golden = world
     s = ServerProcess(store, weights)
-    from client.images import ImageFolder
+    from munet_client.images import ImageFolder
 
     tree = ImageFolder.scan(folder)
 
@@ -213,7 +213,7 @@ def test_kill_during_restore(world, tmp_path):
     data = archive.read_bytes()
 
     def half_then_kill():
-        from protos.munet.v1 import munet_pb2 as pb
+        from munet_proto.v1 import munet_pb2 as pb
 
         yield pb.SnapshotChunk(data=data[: len(data) // 2])
         s.proc.send_signal(signal.SIGKILL)

@@ -8,15 +8,15 @@ import time
 import pytest
 import torch
 
-from server.data.dataset import stratified_split
-from server.errors import AlreadyExists, Cancelled, CorruptShard
-from server.evolve.search import EvolutionSearch, SearchConfig
-from server.evolve.train import TrainConfig
-from server.jobs.ingest import DatasetWriter, UploadLimits
-from server.jobs.manager import JobManager
-from server.jobs.spec import AddTaskSpec, Budget
-from server.store.store import Store
-from server.system import MunetSystem
+from munet_server.data.dataset import stratified_split
+from munet_server.errors import AlreadyExists, Cancelled, CorruptShard
+from munet_server.evolve.search import EvolutionSearch, SearchConfig
+from munet_server.evolve.train import TrainConfig
+from munet_server.jobs.ingest import DatasetWriter, UploadLimits
+from munet_server.jobs.manager import JobManager
+from munet_server.jobs.spec import AddTaskSpec, Budget
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset
 
 FAST = TrainConfig(batch_size=32, validations=2, steps_per_validation=15, validation_examples=200)
@@ -121,7 +121,7 @@ def test_cancel_leaves_system_unchanged(system, digits):
 
 
 def _upload(store, spec, ds):
-    from server.data.images import encode_png
+    from munet_server.data.images import encode_png
 
     w = DatasetWriter(store, spec.name, spec.class_names, UploadLimits())
     for img, label in zip(ds.images, ds.labels):

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import MunetClient, MunetError
-from protos.munet.v1 import munet_pb2 as pb
-from server.data.images import encode_png
+from munet_client import MunetClient, MunetError
+from munet_proto.v1 import munet_pb2 as pb
+from munet_server.data.images import encode_png
 from tests.conftest import image_folder, make_app
 from tests.test_server_errors import store_state
 

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from client import MunetClient, MunetError
-from server.data.images import encode_png
+from munet_client import MunetClient, MunetError
+from munet_server.data.images import encode_png
 from tests.conftest import image_folder, make_app
 
 pytestmark = pytest.mark.slow
@@ -58,6 +58,19 @@ def test_predict_load_while_a_task_evolves(tmp_path, tiny_vit):
         app.stop(0)
 
 
+def _same_predictions(got, golden) -> bool:
+    """Same labels in the same order, probabilities equal to float32 rounding.
+
+    Concurrent requests are batched together, and a batch of 64 runs other BLAS kernels than a batch
+    of 8: the last bits of a logit may differ with the company a request keeps (measured on AMD EPYC).
+    """
+    return all(
+        [(lb.name, lb.index) for lb in g] == [(lb.name, lb.index) for lb in w]
+        and all(abs(a.probability - b.probability) < 1e-5 for a, b in zip(g, w))
+        for g, w in zip(got, golden, strict=True)
+    )
+
+
 def _hammer(target: str, images: list[bytes], golden, clients: int, seconds: float) -> dict:
     latencies: list[float] = []
     errors: list[Exception] = []
@@ -78,7 +91,7 @@ def _hammer(target: str, images: list[bytes], golden, clients: int, seconds: flo
                     continue
                 with lock:
                     latencies.append(time.perf_counter() - t0)
-                    wrong += got != golden
+                    wrong += not _same_predictions(got, golden)
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     for t in threads:

@@ -8,13 +8,13 @@ import pytest
 import timm
 import torch
 
-from server.evolve.mutations import MutationConfig, Mutator
-from server.evolve.scoring import ScoreConfig, accounted_params, score
-from server.model.components import Component, ComponentSpec, content_id, tensors_of
-from server.model.hparams import SearchSpace
-from server.model.layers import ConvAdapter, TokenAdapter
-from server.model.path import Path
-from server.model.root import RootConfig, WeightsMismatch, load_root
+from munet_server.evolve.mutations import MutationConfig, Mutator
+from munet_server.evolve.scoring import ScoreConfig, accounted_params, score
+from munet_server.model.components import Component, ComponentSpec, content_id, tensors_of
+from munet_server.model.hparams import SearchSpace
+from munet_server.model.layers import ConvAdapter, TokenAdapter
+from munet_server.model.path import Path
+from munet_server.model.root import RootConfig, WeightsMismatch, load_root
 
 
 def _root_path(root, space, size):

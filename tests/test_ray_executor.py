@@ -17,12 +17,12 @@ from contextlib import contextmanager
 import pytest
 import torch
 
-from server.data.dataset import ImageDataset, stratified_split
-from server.errors import Cancelled, FailedPrecondition
-from server.evolve.search import Candidate, EvolutionSearch, Executor, LocalExecutor, SearchConfig
-from server.evolve.train import TrainConfig, TrainResult
-from server.store.store import Store
-from server.system import MunetSystem
+from munet_server.data.dataset import ImageDataset, stratified_split
+from munet_server.errors import Cancelled, FailedPrecondition
+from munet_server.evolve.search import Candidate, EvolutionSearch, Executor, LocalExecutor, SearchConfig
+from munet_server.evolve.train import TrainConfig, TrainResult
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset
 
 SMALL = TrainConfig(batch_size=16, validations=2, steps_per_validation=6, validation_examples=100)
@@ -42,7 +42,7 @@ def torch_threads(n: int) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def ray_executor():
     pytest.importorskip("ray")
-    from server.evolve.ray_executor import RayExecutor
+    from munet_server.evolve.ray_executor import RayExecutor
 
     ex = RayExecutor(local_num_cpus=2)
     yield ex
@@ -114,7 +114,7 @@ def test_same_results_as_local_executor(system, split, ray_executor, monkeypatch
 
 @pytest.mark.ray
 def test_failing_candidates_fail_only_themselves(system, split, ray_executor, caplog):
-    from server.evolve.ray_executor import RayExecutor
+    from munet_server.evolve.ray_executor import RayExecutor
 
     class Raises:  # defined locally, so Ray pickles it by value into the worker
         def __float__(self) -> float:
@@ -131,7 +131,7 @@ def test_failing_candidates_fail_only_themselves(system, split, ray_executor, ca
 
     executor = Recording(RayExecutor(max_retries=0), tamper)  # reuses the running Ray instance
     search = _search(system, split, executor, generations=2, candidates=3)
-    with caplog.at_level(logging.WARNING, logger="server.evolve.ray_executor"):
+    with caplog.at_level(logging.WARNING, logger="munet_server.evolve.ray_executor"):
         result = search.run()
     first = search.history[:3]
     assert math.isfinite(first[0].quality)
@@ -177,7 +177,7 @@ def test_cancel_stops_outstanding_ray_tasks(system, split, ray_executor):
 
 
 def test_missing_ray_is_failed_precondition(monkeypatch):
-    from server.evolve.ray_executor import import_ray
+    from munet_server.evolve.ray_executor import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(FailedPrecondition, match=r"munet-server\[ray\]"):
@@ -191,7 +191,7 @@ def test_throughput_one_vs_two_workers(system, ray_executor):
 
     Setups alternate over two rounds and the faster round counts (the machine may be shared).
     """
-    from server.evolve.ray_executor import RayExecutor
+    from munet_server.evolve.ray_executor import RayExecutor
 
     split = stratified_split(digits_dataset(classes=3), 0.2, 0)  # ~430 training images
     train = TrainConfig(batch_size=32, validations=20, steps_per_validation=14, validation_examples=100)
@@ -222,8 +222,8 @@ def test_throughput_one_vs_two_workers(system, ray_executor):
 @pytest.mark.ray
 def test_server_with_ray_executor_end_to_end(tmp_path, tiny_vit, ray_executor):
     """`--executor ray` through the real server and client: the task commits and serves."""
-    from client import MunetClient
-    from server.data.images import encode_png
+    from munet_client import MunetClient
+    from munet_server.data.images import encode_png
     from tests.conftest import image_folder, make_app
 
     app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: ray_executor)

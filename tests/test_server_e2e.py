@@ -9,9 +9,9 @@ import pytest
 import torch
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import MunetClient, MunetError
-from client.cli import main as cli
-from server.data.images import encode_png
+from munet_client import MunetClient, MunetError
+from munet_client.cli import main as cli
+from munet_server.data.images import encode_png
 from tests.conftest import image_folder, make_app
 
 
@@ -52,7 +52,7 @@ def test_predict_above_chance_and_matches_in_process(served):
     acc, preds = _accuracy(client, "digits", test)
     assert acc > 0.55, acc  # 3 classes: chance is 0.33
     # The served answer is exactly the in-process forward pass of the same path.
-    from server.data.images import decode_to_storage
+    from munet_server.data.images import decode_to_storage
 
     x = torch.stack([decode_to_storage(encode_png(i), app.ref.system.storage_size) for i in test.images])
     probs = torch.softmax(app.ref.system.logits("digits", x), -1)
@@ -163,8 +163,8 @@ def test_unreachable_server_is_a_clear_error():
 
 def test_grpc_status_codes_visible_to_plain_grpc(served):
     """Any gRPC client, not only ours, sees the status codes."""
-    from protos.munet.v1 import munet_pb2 as pb
-    from protos.munet.v1 import munet_pb2_grpc as pb_grpc
+    from munet_proto.v1 import munet_pb2 as pb
+    from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 
     _, client, _, _ = served
     stub = pb_grpc.MunetStub(client.channel)

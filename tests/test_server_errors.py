@@ -8,9 +8,9 @@ import threading
 import numpy as np
 import pytest
 
-from client import MunetClient, MunetError
-from server.data.images import encode_png
-from server.jobs.ingest import UploadLimits
+from munet_client import MunetClient, MunetError
+from munet_server.data.images import encode_png
+from munet_server.jobs.ingest import UploadLimits
 from tests.conftest import image_folder, make_app
 
 
@@ -85,7 +85,7 @@ def test_bad_uploads_change_nothing(served, name, classes, examples, kwargs, cod
 
 def test_predict_bad_batches(served):
     _app, client, _test = served
-    from protos.munet.v1 import munet_pb2 as pb
+    from munet_proto.v1 import munet_pb2 as pb
 
     stub = client.stub
     with pytest.raises(MunetError, match="either encoded images or raw"):
@@ -238,7 +238,7 @@ def test_tls_round_trip(tmp_path, tiny_vit):
 
 
 def test_default_bind_is_loopback():
-    from server.config import ServerConfig, from_args, parser
+    from munet_server.config import ServerConfig, from_args, parser
 
     assert ServerConfig().host == "127.0.0.1"
     assert from_args(parser().parse_args([]), {}).host == "127.0.0.1"
@@ -246,7 +246,7 @@ def test_default_bind_is_loopback():
 
 def test_host_and_port_from_the_environment(monkeypatch):
     """The Docker image sets MUNET_HOST/MUNET_PORT; its HEALTHCHECK reads the same MUNET_PORT."""
-    from server.config import from_args, parser
+    from munet_server.config import from_args, parser
 
     monkeypatch.setenv("MUNET_HOST", "0.0.0.0")
     monkeypatch.setenv("MUNET_PORT", "50123")

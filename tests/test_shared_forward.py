@@ -9,15 +9,15 @@ import grpc
 import pytest
 import torch
 
-from client import MunetClient, MunetError
-from client.cli import main as cli
-from protos.munet.v1 import munet_pb2 as pb
-from protos.munet.v1 import munet_pb2_grpc
-from server.data.images import encode_png
-from server.model.components import Component
-from server.model.path import Path
-from server.store.store import Store
-from server.system import MunetSystem
+from munet_client import MunetClient, MunetError
+from munet_client.cli import main as cli
+from munet_proto.v1 import munet_pb2 as pb
+from munet_proto.v1 import munet_pb2_grpc
+from munet_server.data.images import encode_png
+from munet_server.model.components import Component
+from munet_server.model.path import Path
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset, image_folder, make_app
 from tests.test_engine_system import _evolve
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import server.store.store as store_mod
-from server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from server.store.records import ComponentRecord, DatasetRecord, JobRecord, SystemRecord, TaskRecord
-from server.store.store import Store
+import munet_server.store.store as store_mod
+from munet_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from munet_server.store.records import ComponentRecord, DatasetRecord, JobRecord, SystemRecord, TaskRecord
+from munet_server.store.store import Store
 
 NOW = 1_700_000_000.0
 

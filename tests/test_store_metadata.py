@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
-from server.store.metadata import MetadataStore
-from server.store.records import ComponentRecord, DatasetRecord, SystemRecord, TaskRecord
+from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
+from munet_server.store.metadata import MetadataStore
+from munet_server.store.records import ComponentRecord, DatasetRecord, SystemRecord, TaskRecord
 from tests.test_store_commit import NOW, component, job, task
 
 RECORDS = [

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from server.errors import CorruptShard, DataLoss, InvalidArgument, NotFound
-from server.store.shards import ShardStore, serialize, validate_shard_file
+from munet_server.errors import CorruptShard, DataLoss, InvalidArgument, NotFound
+from munet_server.store.shards import ShardStore, serialize, validate_shard_file
 
 
 def _tensors() -> dict[str, torch.Tensor]:

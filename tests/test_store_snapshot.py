@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from server.errors import (
+from munet_server.errors import (
     AlreadyExists,
     DataLoss,
     FailedPrecondition,
@@ -24,7 +24,7 @@ from server.errors import (
     MunetError,
     ResourceExhausted,
 )
-from server.store.store import Store
+from munet_server.store.store import Store
 from tests.test_store_commit import component, populate, task, weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,7 +313,7 @@ def test_damaged_or_lost_current_is_refused(source: Store) -> None:
 _CHILD = """
 import os, signal, sys, torch
 from pathlib import Path
-import server.store.store as m
+import munet_server.store.store as m
 from tests.test_store_commit import component, task, weights
 mode, root = sys.argv[1], Path(sys.argv[2])
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)

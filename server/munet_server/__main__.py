@@ -1,0 +1,45 @@
+"""`munet-server`: run the gRPC service until SIGTERM/SIGINT, then shut down gracefully."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from munet_server.config import from_args, parser
+from munet_server.errors import MunetError
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = from_args(args, dict(os.environ))
+    from munet_server.app import MunetApp  # after logging is set up: importing torch/timm takes a moment
+
+    try:
+        app = MunetApp(config)
+        port = app.start()
+    except MunetError as e:
+        raise SystemExit(f"munet-server: {e.message}") from None
+    print(f"munet-server listening on {config.host}:{port}", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        logging.getLogger("munet").info("signal %d: shutting down gracefully", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
+        pass
+    app.stop()
+
+
+if __name__ == "__main__":
+    main()

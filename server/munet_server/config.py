@@ -1,0 +1,144 @@
+"""Server configuration: one dataclass, filled from command-line flags (or built directly in tests)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from munet_server.evolve.budget import Budget
+from munet_server.jobs.limits import UploadLimits
+from munet_server.model.root_config import BUILTIN_LITE0, RootConfig
+
+DEFAULT_STORE = Path("munet-store")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    store: Path = DEFAULT_STORE
+    host: str = "127.0.0.1"  # loopback unless told otherwise
+    port: int = 50051
+    root: RootConfig = field(default_factory=RootConfig)
+    root_explicit: bool = True  # False: an existing store keeps its own root without complaint
+    device: str = "auto"
+    admin_token: str = ""  # required for AddTask/Cancel/Delete/Snapshot/Restore when set
+    predict_token: str = ""  # required for Predict when set (the admin token also works)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_message_mb: int = 64
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+    max_batch: int = 64  # Predict: images per forward pass
+    batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
+    max_predict_images: int = 256  # Predict: images in one request
+    predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
+    rpc_workers: int = 16
+    max_pending_operations: int = 8
+    resume_operations: bool = True
+    snapshot_root: Path | None = None  # server-side snapshot dirs must be inside it, when set
+    default_budget: Budget = field(default_factory=Budget)
+    upload: UploadLimits = field(default_factory=UploadLimits)
+    executor: str = "local"  # or "ray"
+    ray_address: str = ""
+    ray_gpus_per_candidate: float = 0.0
+    grace_seconds: float = 10.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="munet-server",
+        description="Serve one growing muNet multitask vision system over gRPC.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path(os.environ.get("MUNET_STORE", DEFAULT_STORE)),
+        help="directory of the system's store [env MUNET_STORE]",
+    )
+    p.add_argument(
+        "--host",
+        default=os.environ.get("MUNET_HOST", "127.0.0.1"),
+        help="address to bind, 0.0.0.0 to expose [env MUNET_HOST]",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("MUNET_PORT", 50051)),
+        help="gRPC port, 0 picks a free one [env MUNET_PORT]",
+    )
+    p.add_argument(
+        "--root", default=None, help="timm model name of the root of a new store [tf_efficientnet_lite0]"
+    )
+    p.add_argument(
+        "--root-weights",
+        default=BUILTIN_LITE0,
+        help=f"{BUILTIN_LITE0}, a .safetensors/.pth file, 'hub' or 'random'",
+    )
+    p.add_argument("--root-kwargs", default="{}", help="timm kwargs as JSON, e.g. '{\"img_size\": 32}'")
+    p.add_argument("--image-size", type=int, default=64, help="default image size of new paths")
+    p.add_argument("--min-image-size", type=int, default=32)
+    p.add_argument("--max-image-size", type=int, default=112, help="also the size uploads are stored at")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN")
+    p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN")
+    p.add_argument("--tls-cert", type=Path, default=None)
+    p.add_argument("--tls-key", type=Path, default=None)
+    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument(
+        "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
+    )
+    p.add_argument("--max-pending-operations", type=int, default=8)
+    p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
+    p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
+    p.add_argument("--ray-gpus-per-candidate", type=float, default=0.0)
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
+    try:
+        kwargs = json.loads(args.root_kwargs)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--root-kwargs is not valid JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise SystemExit("--root-kwargs must be a JSON object")
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise SystemExit("give both --tls-cert and --tls-key, or neither")
+    root = RootConfig(
+        model_name=args.root or RootConfig.model_name,
+        model_kwargs=kwargs,
+        weights=args.root_weights,
+        image_size=args.image_size,
+        min_image_size=args.min_image_size,
+        max_image_size=args.max_image_size,
+    )
+    return ServerConfig(
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        root=root,
+        root_explicit=args.root is not None,
+        device=args.device,
+        admin_token=args.admin_token or env.get("MUNET_ADMIN_TOKEN", ""),
+        predict_token=args.predict_token or env.get("MUNET_PREDICT_TOKEN", ""),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        max_message_mb=args.max_message_mb,
+        metrics_port=args.metrics_port,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        predict_threads=args.predict_threads,
+        max_pending_operations=args.max_pending_operations,
+        resume_operations=not args.no_resume,
+        snapshot_root=args.snapshot_root,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        ray_gpus_per_candidate=args.ray_gpus_per_candidate,
+    )

@@ -1,0 +1,71 @@
+"""Image bytes <-> uint8 tensors: decode uploads safely, bring them to the stored square size.
+
+Every image is decoded with Pillow (JPEG, PNG, WebP, BMP, GIF first frame, ...), converted to RGB,
+resized so its shorter side is the storage size and centre-cropped to a square. Decompression bombs
+are refused before the pixels are decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from munet_server.errors import InvalidImage
+
+MAX_PIXELS = 64_000_000  # ~8000 x 8000: larger images are refused, not decoded
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Encoded bytes -> RGB PIL image; `InvalidImage` with a reason for anything else."""
+    if not data:
+        raise InvalidImage("the image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w < 1 or h < 1 or w * h > MAX_PIXELS:
+                raise InvalidImage(f"the image is {w}x{h} pixels; the limit is {MAX_PIXELS:,} pixels")
+            img.load()
+    except InvalidImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InvalidImage(
+            f"the bytes are not a decodable image ({type(e).__name__}); send JPEG or PNG"
+        ) from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise InvalidImage(f"the image is truncated or corrupt: {e}") from None
+    return img.convert("RGB")
+
+
+def to_storage(img: Image.Image, size: int) -> torch.Tensor:
+    """RGB PIL image -> (3, size, size) uint8: shorter side resized to `size`, centre crop."""
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_to_storage(data: bytes, size: int) -> torch.Tensor:
+    return to_storage(decode_image(data), size)
+
+
+def encode_png(image: np.ndarray | torch.Tensor) -> bytes:
+    """(H, W) grey, (H, W, 3) or (3, H, W) uint8 -> PNG bytes (lossless, so round trips are exact)."""
+    arr = image.numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(1, 2, 0)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"encode_png wants uint8 pixels, got {arr.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(arr)).save(buf, format="PNG")
+    return buf.getvalue()

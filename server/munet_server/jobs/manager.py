@@ -1,0 +1,344 @@
+"""Long-running AddTask operations: queue, background worker, progress, cancel, wait, resume.
+
+One worker thread runs one search at a time (searches saturate the machine; more AddTasks queue,
+and past `max_pending` they are refused with RESOURCE_EXHAUSTED). Predict keeps serving meanwhile
+because a search only trains its own draft copies and publishes through `MunetSystem.commit`.
+
+Durability: the job record lives in LMDB. After every generation the population's draft tensors go
+into a content-addressed shard referenced from the job's checkpoint, so a restart resumes from the
+last finished generation. A cancelled or failed job deletes its dataset and checkpoint and leaves
+the published system exactly as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, replace
+from typing import Any
+
+import torch
+
+from munet_server.data.dataset import build_dataset, stratified_split
+from munet_server.errors import (
+    AlreadyExists,
+    Cancelled,
+    FailedPrecondition,
+    MunetError,
+    NotFound,
+    ResourceExhausted,
+)
+from munet_server.evolve.search import EvolutionSearch, Executor, SearchProgress
+from munet_server.faults import crash_point
+from munet_server.jobs.spec import AddTaskSpec
+from munet_server.store.records import DatasetRecord, JobRecord
+from munet_server.system import MunetSystem
+
+log = logging.getLogger(__name__)
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+class JobManager:
+    def __init__(
+        self,
+        system: MunetSystem,
+        *,
+        max_pending: int = 8,
+        on_commit: Callable[[str], None] | None = None,
+        on_progress: Callable[[JobRecord], None] | None = None,
+        executor_factory: Callable[[], Executor] | None = None,
+    ) -> None:
+        self.system = system
+        self.store = system.store
+        self.max_pending = max_pending
+        self.on_commit = on_commit
+        self.on_progress = on_progress
+        self.executor_factory = executor_factory  # None: train candidates in this process
+        self._jobs: dict[str, JobRecord] = {}
+        self._versions: dict[str, int] = {}
+        self._cancel: dict[str, threading.Event] = {}
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._stopping = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._last_persist: dict[str, float] = {}
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+    def start(self, resume: bool = True) -> None:
+        """Load jobs from the store; interrupted ones are resumed (or failed if resume=False).
+
+        Uploads that never finished (the stream broke, or the process died mid-upload) have an
+        incomplete dataset and no job: they are deleted here.
+        """
+        with self.store.meta.write() as w:
+            for d in w.list_datasets():
+                if not d.complete:
+                    log.info("deleting the unfinished upload %s of task %r", d.id, d.task_name)
+                    w.delete_dataset(d.id)
+        for job in self.store.meta.list_jobs():
+            self._jobs[job.id] = job
+            self._versions[job.id] = 0
+            if job.state in TERMINAL:
+                continue
+            if resume:
+                log.info("resuming interrupted operation %s (%s)", job.id, job.task_name)
+                self._cancel[job.id] = threading.Event()
+                self._queue.append(job.id)
+            else:
+                self._finish(
+                    job.id, "FAILED", error={"code": "ABORTED", "message": "interrupted by a restart"}
+                )
+        self._worker = threading.Thread(target=self._loop, name="munet-jobs", daemon=True)
+        self._worker.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Interrupt the running search; it stays RUNNING in the store and resumes on restart."""
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+        for ev in self._cancel.values():
+            ev.set()
+        if self._worker is not None:
+            self._worker.join(timeout)
+
+    # ---- API -----------------------------------------------------------------------------------
+    def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> JobRecord:
+        """Queue a search; marks the dataset complete and stores the job in one transaction."""
+        with self._cond:
+            self.check_can_submit(spec.name)
+            now = time.time()
+            job = JobRecord(
+                id=uuid.uuid4().hex[:16],
+                kind="add_task",
+                task_name=spec.name,
+                state="QUEUED",
+                spec={**spec.to_dict(), "dataset_id": dataset.id},
+                progress={"phase": "queued", "examples": dataset.num_examples},
+                error={},
+                checkpoint={},
+                created_at=now,
+                updated_at=now,
+            )
+            with self.store.meta.write() as w:
+                w.put_dataset(dataset)
+                w.put_job(job)
+            self._jobs[job.id] = job
+            self._versions[job.id] = 0
+            self._cancel[job.id] = threading.Event()
+            self._queue.append(job.id)
+            self._cond.notify_all()
+            return job
+
+    def check_can_submit(self, name: str) -> None:
+        """Refuse a duplicate name or a full queue (called before an upload, and again at submit)."""
+        with self._cond:
+            if name in self.system.tasks:
+                raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
+            if any(j.task_name == name and j.state not in TERMINAL for j in self._jobs.values()):
+                raise AlreadyExists(f"task {name!r} is already being added by another operation")
+            pending = self.active()
+            if pending >= self.max_pending:
+                raise ResourceExhausted(
+                    f"{pending} operations are already queued or running (limit {self.max_pending}); "
+                    "wait for one to finish or cancel one"
+                )
+
+    def active(self) -> int:
+        return sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
+
+    def get(self, job_id: str) -> JobRecord:
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"operation {job_id!r} does not exist")
+        return job
+
+    def list(self, task: str = "", state: str = "") -> list[JobRecord]:
+        jobs = sorted(self._jobs.values(), key=lambda j: j.created_at)
+        return [j for j in jobs if (not task or j.task_name == task) and (not state or j.state == state)]
+
+    def cancel(self, job_id: str) -> JobRecord:
+        with self._cond:
+            job = self.get(job_id)
+            if job.state in TERMINAL:
+                raise FailedPrecondition(
+                    f"operation {job_id} already finished ({job.state}); nothing to cancel"
+                )
+            self._cancel[job_id].set()
+            if job.state == "QUEUED" and job_id in self._queue:
+                self._queue.remove(job_id)
+                self._finish(
+                    job_id, "CANCELLED", error={"code": "CANCELLED", "message": "cancelled by a client"}
+                )
+            return self._jobs[job_id]
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self.get(job_id).state not in TERMINAL:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._cond.wait(left)
+            return self._jobs[job_id]
+
+    def watch(self, job_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[JobRecord]:
+        """Yield the record on every change until it is terminal (or the caller goes away)."""
+        seen = -1
+        while alive():
+            with self._cond:
+                self.get(job_id)
+                if self._versions[job_id] == seen:
+                    self._cond.wait(1.0)
+                version, job = self._versions[job_id], self._jobs[job_id]
+            if version != seen:
+                seen = version
+                yield job
+                if job.state in TERMINAL:
+                    return
+
+    # ---- worker --------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            with self._cond:
+                while not self._queue and not self._stopping.is_set():
+                    self._cond.wait()
+                if self._stopping.is_set():
+                    return
+                job_id = self._queue.popleft()
+            try:
+                self._run(job_id)
+            except Cancelled:
+                if self._stopping.is_set():
+                    log.info("operation %s interrupted by shutdown; it resumes on restart", job_id)
+                    return
+                self._finish(
+                    job_id, "CANCELLED", error={"code": "CANCELLED", "message": "cancelled by a client"}
+                )
+            except MunetError as e:
+                log.warning("operation %s failed: %s", job_id, e.message)
+                self._finish(job_id, "FAILED", error={"code": e.code.name, "message": e.message})
+            except Exception as e:  # an engine bug must not kill the worker
+                incident = uuid.uuid4().hex[:8]
+                log.exception("operation %s crashed (incident %s)", job_id, incident)
+                msg = f"internal error ({type(e).__name__}); incident {incident} is in the server log"
+                self._finish(job_id, "FAILED", error={"code": "INTERNAL", "message": msg})
+
+    def _run(self, job_id: str) -> None:
+        job = self._update(job_id, state="RUNNING", progress={"phase": "loading"}, persist=True)
+        spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k != "dataset_id"})
+        dataset_id = job.spec["dataset_id"]
+        cancel = self._cancel.setdefault(job_id, threading.Event())
+        ds_rec = self.store.meta.get_dataset(dataset_id)
+        if ds_rec is None or not ds_rec.complete:
+            raise FailedPrecondition(
+                f"the uploaded dataset of operation {job_id} is missing; upload it again"
+            )
+        full = build_dataset(
+            self.store.meta.iter_examples(dataset_id), ds_rec.class_names, self.system.storage_size
+        )
+        train, val = stratified_split(full, spec.validation_fraction, spec.seed)
+        search = EvolutionSearch(
+            self.system,
+            spec.name,
+            len(ds_rec.class_names),
+            train,
+            val,
+            spec.search_config(),
+            progress=lambda p: self._on_progress(job_id, p),
+            cancel=cancel,
+            on_generation=lambda state, tensors: self._checkpoint(job_id, state, tensors),
+            executor=self.executor_factory() if self.executor_factory is not None else None,
+        )
+        ckpt = job.checkpoint
+        if ckpt.get("state") and ckpt.get("shards"):
+            search.restore(ckpt["state"], self.store.shards.get(ckpt["shards"][0]))
+        result = search.run()
+        if cancel.is_set():
+            raise Cancelled("cancelled")
+        self._update(job_id, progress={**self._jobs[job_id].progress, "phase": "committing"})
+        best = result.best
+        metrics: dict[str, Any] = {
+            "validation_accuracy": best.quality,
+            "score": best.score,
+            "params_accounted": self.system.accounted_params(best, spec.name),
+            "scale_factor": spec.scale_factor,
+            "search_seconds": result.seconds,
+            "search_steps": result.steps,
+            "candidates": len(result.history),
+            "generations": spec.budget.generations,
+            "history": [asdict(h) for h in result.history],
+        }
+        record = self.system.commit(spec.name, ds_rec.class_names, best, metrics, dataset_id, val.images)
+        progress = {
+            **self._jobs[job_id].progress,
+            "phase": "done",
+            "params_added": record.metrics["params_added"],
+        }
+        if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
+            self.on_commit(spec.name)
+        self._finish(job_id, "SUCCEEDED", progress=progress)
+
+    # ---- state changes -------------------------------------------------------------------------
+    def _on_progress(self, job_id: str, p: SearchProgress) -> None:
+        progress = {
+            "phase": p.phase,
+            "generation": p.generation,
+            "generations_total": p.generations_total,
+            "candidates_done": p.candidates_done,
+            "candidates_total": p.candidates_total,
+            "best_validation_accuracy": p.best_quality,
+            "best_score": p.best_score,
+            "params_added": p.params_added,
+            "elapsed_seconds": p.elapsed,
+            "eta_seconds": p.eta,
+        }
+        now = time.monotonic()
+        persist = now - self._last_persist.get(job_id, 0.0) > 5.0
+        if persist:
+            self._last_persist[job_id] = now
+        self._update(job_id, progress={**self._jobs[job_id].progress, **progress}, persist=persist)
+
+    def _checkpoint(self, job_id: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        old = self._jobs[job_id].checkpoint.get("shards", [])
+        digest = self.store.shards.put(tensors, metadata={"job": job_id}) if tensors else ""
+        self._update(job_id, checkpoint={"state": state, "shards": [digest] if digest else []}, persist=True)
+        crash_point("after_checkpoint")
+        for d in old:
+            if d != digest:
+                self.store.release_shard(d)
+
+    def _update(self, job_id: str, persist: bool = False, **changes: Any) -> JobRecord:
+        with self._cond:
+            job = replace(self._jobs[job_id], updated_at=time.time(), **changes)
+            self._jobs[job_id] = job
+            self._versions[job_id] += 1
+            if persist:
+                with self.store.meta.write() as w:
+                    w.put_job(job)
+            self._cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(job)
+        return job
+
+    def _finish(self, job_id: str, state: str, error: dict[str, str] | None = None, **changes: Any) -> None:
+        job = self._jobs[job_id]
+        shards = job.checkpoint.get("shards", [])
+        with self._cond:
+            done = replace(
+                job, state=state, error=error or {}, checkpoint={}, updated_at=time.time(), **changes
+            )
+            with self.store.meta.write() as w:
+                if state != "SUCCEEDED":
+                    w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
+                w.put_job(done)
+            for d in shards:  # unreferenced now; gone before any waiter sees the final state
+                self.store.release_shard(d)
+            self._jobs[job_id] = done
+            self._versions[job_id] += 1
+            self._cond.notify_all()
+        if self.on_progress is not None:
+            self.on_progress(done)

@@ -1,0 +1,58 @@
+"""The AddTask request as a domain object, validated before anything is stored."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from munet_server.errors import InvalidArgument
+from munet_server.evolve.budget import Budget
+from munet_server.evolve.mutations import MutationConfig
+from munet_server.evolve.search import SearchConfig
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def validate_task_name(name: str) -> str:
+    """Task names become metric labels and CLI arguments: keep them plain, never path-like."""
+    if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
+        raise InvalidArgument(
+            f"invalid task name {name!r}: use 1-64 characters from letters, digits, '.', '_' and '-', "
+            "starting with a letter or digit (no '/', '..', spaces or control characters)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class AddTaskSpec:
+    name: str
+    class_names: list[str]
+    budget: Budget = field(default_factory=Budget)
+    scale_factor: float = 1.0
+    validation_fraction: float = 0.2
+    seed: int = 0
+    policy: str = "munet"
+    learned_mu: bool = False
+
+    def __post_init__(self) -> None:
+        validate_task_name(self.name)
+        if not 0.0 < self.scale_factor <= 1.0:
+            raise InvalidArgument(f"scale_factor must be in (0, 1], got {self.scale_factor}")
+        if not 0.0 < self.validation_fraction <= 0.5:
+            raise InvalidArgument(f"validation_fraction must be in (0, 0.5], got {self.validation_fraction}")
+        if not 0 <= self.seed < 2**31:
+            raise InvalidArgument(f"seed must be in [0, 2^31), got {self.seed}")
+
+    def search_config(self) -> SearchConfig:
+        mutation = MutationConfig(policy=self.policy, learned_mu=self.learned_mu)
+        return self.budget.search_config(self.scale_factor, self.seed, mutation)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> AddTaskSpec:
+        d = dict(d)
+        d["budget"] = Budget(**d.get("budget", {}))
+        return cls(**d)

@@ -1,0 +1,124 @@
+"""Protobuf <-> domain objects. The only module besides the servicer that knows the wire format."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any
+
+from munet_proto.v1 import munet_pb2 as pb
+from munet_server.errors import InvalidArgument
+from munet_server.evolve.mutations import POLICIES
+from munet_server.jobs.spec import AddTaskSpec, Budget
+from munet_server.serve.predictor import LabelScore, RawPixels
+from munet_server.store.records import JobRecord
+from munet_server.system import MunetSystem
+
+BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
+
+
+def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
+    budget = {k: getattr(msg.budget, k) for k in BUDGET_FIELDS if msg.budget.HasField(k)}
+    policy = msg.policy or "munet"
+    if policy not in POLICIES:
+        raise InvalidArgument(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+    return AddTaskSpec(
+        name=msg.name,
+        class_names=list(msg.class_names),
+        budget=replace(default_budget, **budget),
+        scale_factor=msg.scale_factor if msg.HasField("scale_factor") else 1.0,
+        validation_fraction=msg.validation_fraction if msg.HasField("validation_fraction") else 0.2,
+        seed=msg.seed if msg.HasField("seed") else 0,
+        policy=policy,
+        learned_mu=msg.learned_mu,
+    )
+
+
+def operation(job: JobRecord) -> pb.Operation:
+    p = job.progress
+    state = dict(pb.Operation.State.items()).get(job.state, pb.Operation.STATE_UNSPECIFIED)
+    return pb.Operation(
+        name=job.id,
+        kind=job.kind,
+        task=job.task_name,
+        state=state,
+        done=job.terminal,
+        progress=pb.Progress(
+            phase=str(p.get("phase", "")),
+            generation=int(p.get("generation", 0)),
+            generations_total=int(
+                p.get("generations_total", job.spec.get("budget", {}).get("generations", 0))
+            ),
+            candidates_done=int(p.get("candidates_done", 0)),
+            candidates_total=int(p.get("candidates_total", 0)),
+            best_validation_accuracy=_finite(p.get("best_validation_accuracy", 0.0)),
+            best_score=_finite(p.get("best_score", 0.0)),
+            params_added=int(p.get("params_added", 0)),
+            elapsed_seconds=float(p.get("elapsed_seconds", 0.0)),
+            eta_seconds=float(p.get("eta_seconds", 0.0)),
+        ),
+        error=pb.Error(code=job.error.get("code", ""), message=job.error.get("message", ""))
+        if job.error
+        else None,
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        num_examples=int(p.get("examples", 0)),
+    )
+
+
+def _finite(x: Any) -> float:
+    x = float(x)
+    return x if x == x and abs(x) != float("inf") else 0.0
+
+
+def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
+    e = system.entry(name)
+    rec, m = e.record, e.record.metrics
+    path = []
+    for c in e.path.components:
+        others = [u for u in system.shared_with(c) if u != name]
+        path.append(
+            pb.PathComponent(
+                name=c.spec.name,
+                id=c.id,
+                kind=c.spec.kind,
+                num_params=c.num_params,
+                owner=c.owner,
+                created_by_task=c.owner == name,
+                shared_with=others,
+            )
+        )
+    return pb.TaskInfo(
+        name=rec.name,
+        state=rec.state,
+        class_names=rec.class_names,
+        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
+        score=float(m.get("score", 0.0)),
+        params_added=int(m.get("params_added", 0)),
+        params_accounted=float(system.accounted_params(e.path, name)),
+        params_total=int(m.get("params_total", e.path.num_params())),
+        path=path,
+        hparams={k: json.dumps(v) for k, v in rec.hparams.items()},
+        created_at=rec.created_at,
+        golden_digest=rec.golden_digest,
+        scale_factor=float(m.get("scale_factor", 1.0)),
+        search_seconds=float(m.get("search_seconds", 0.0)),
+        candidates_trained=int(m.get("candidates", 0)),
+        num_examples=int(m.get("num_examples", 0)),
+    )
+
+
+def predict_response(task: str, preds: list[list[LabelScore]]) -> pb.PredictResponse:
+    return pb.PredictResponse(
+        task=task,
+        predictions=[
+            pb.Prediction(
+                labels=[pb.Label(name=s.name, index=s.index, probability=s.probability) for s in row]
+            )
+            for row in preds
+        ],
+    )
+
+
+def raw_pixels(images: Any) -> list[RawPixels]:
+    return [RawPixels(r.height, r.width, r.channels, r.data) for r in images]

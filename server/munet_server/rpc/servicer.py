@@ -1,0 +1,296 @@
+"""The gRPC service: thin handlers that validate, call the engine, and map errors to status codes."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from munet_proto.v1 import munet_pb2 as pb
+from munet_proto.v1 import munet_pb2_grpc as pb_grpc
+from munet_server.errors import (
+    Cancelled,
+    InvalidArgument,
+    MunetError,
+    NotFound,
+    PermissionDenied,
+)
+from munet_server.jobs.ingest import DatasetWriter
+from munet_server.rpc import convert
+
+if TYPE_CHECKING:
+    from munet_server.app import MunetApp
+    from munet_server.system import MunetSystem
+
+log = logging.getLogger(__name__)
+
+
+def _fail(context: grpc.ServicerContext, method: str, e: BaseException) -> None:
+    if isinstance(e, MunetError):
+        context.abort(e.code, e.message)
+    incident = uuid.uuid4().hex[:8]
+    log.exception("%s failed (incident %s)", method, incident)
+    context.abort(
+        grpc.StatusCode.INTERNAL,
+        f"internal error ({type(e).__name__}); incident {incident} in the server log",
+    )
+
+
+def unary(fn: Callable) -> Callable:
+    """Map engine errors to precise statuses; count and time every call."""
+
+    @functools.wraps(fn)
+    def wrapper(self: MunetServicer, request: Any, context: grpc.ServicerContext) -> Any:
+        t0, code = time.perf_counter(), "OK"
+        try:
+            return fn(self, request, context)
+        except MunetError as e:
+            code = e.code.name
+            _fail(context, fn.__name__, e)
+        except Exception as e:
+            if context.code() is not None:  # context.abort() raised: already a status
+                code = "ABORTED_BY_HANDLER"
+                raise
+            code = "INTERNAL"
+            _fail(context, fn.__name__, e)
+        finally:
+            self.app.metrics.requests.labels(fn.__name__, code).inc()
+            self.app.metrics.rpc_latency.labels(fn.__name__).observe(time.perf_counter() - t0)
+
+    return wrapper
+
+
+def streaming(fn: Callable) -> Callable:
+    @functools.wraps(fn)
+    def wrapper(self: MunetServicer, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        code = "OK"
+        try:
+            yield from fn(self, request, context)
+        except MunetError as e:
+            code = e.code.name
+            _fail(context, fn.__name__, e)
+        except Exception as e:
+            if context.code() is not None:
+                raise
+            code = "INTERNAL"
+            _fail(context, fn.__name__, e)
+        finally:
+            self.app.metrics.requests.labels(fn.__name__, code).inc()
+
+    return wrapper
+
+
+class MunetServicer(pb_grpc.MunetServicer):
+    def __init__(self, app: MunetApp) -> None:
+        self.app = app
+
+    @property
+    def system(self) -> MunetSystem:  # the live one: Restore replaces it
+        return self.app.ref.system
+
+    # ---- system --------------------------------------------------------------------------------
+    @unary
+    def GetSystem(self, request: pb.GetSystemRequest, context: grpc.ServicerContext) -> pb.SystemInfo:
+        s = self.system
+        cfg = s.root.config
+        from munet_server import __version__
+
+        return pb.SystemInfo(
+            version=__version__,
+            root_model=cfg.model_name,
+            root_weights=cfg.weights,
+            root_weights_sha256=s.root.weights_sha256,
+            family=s.root.family,
+            root_params=s.arch.root_param_count(),
+            num_blocks=s.arch.num_blocks,
+            device=str(s.device),
+            num_tasks=len(s.tasks),
+            total_params=sum(c.num_params for c in s.pool.values()),
+            min_image_size=cfg.min_image_size,
+            max_image_size=cfg.max_image_size,
+            executor=self.app.config.executor,
+        )
+
+    # ---- AddTask -------------------------------------------------------------------------------
+    @unary
+    def AddTask(
+        self, request_iterator: Iterator[pb.AddTaskRequest], context: grpc.ServicerContext
+    ) -> pb.Operation:
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "spec":
+            raise InvalidArgument("the first AddTask message must carry the task spec (name, class names)")
+        spec = convert.task_spec(first.spec, self.app.config.default_budget)
+        jobs = self.app.jobs
+        jobs.check_can_submit(spec.name)  # duplicate names and a full queue fail before the upload
+        writer = DatasetWriter(self.system.store, spec.name, spec.class_names, self.app.config.upload)
+        try:
+            for msg in request_iterator:
+                if msg.WhichOneof("part") != "examples":
+                    raise InvalidArgument(
+                        "only the first AddTask message may carry a spec; send examples after it"
+                    )
+                for ex in msg.examples.examples:
+                    writer.add(ex.image, ex.label)
+            if not context.is_active():
+                raise Cancelled("the client went away during the upload")
+            dataset = writer.finish()
+            job = jobs.submit(spec, dataset)
+        except BaseException:
+            writer.abort()  # nothing of a failed upload stays behind
+            raise
+        log.info(
+            "AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, job.id
+        )
+        return convert.operation(job)
+
+    # ---- operations ----------------------------------------------------------------------------
+    @unary
+    def GetOperation(self, request: pb.GetOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
+        return convert.operation(self.app.jobs.get(request.name))
+
+    @unary
+    def ListOperations(
+        self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
+    ) -> pb.ListOperationsResponse:
+        state = pb.Operation.State.Name(request.state) if request.state else ""
+        jobs = self.app.jobs.list(task=request.task, state=state)
+        return pb.ListOperationsResponse(operations=[convert.operation(j) for j in jobs])
+
+    @unary
+    def WaitOperation(self, request: pb.WaitOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
+        if request.timeout_seconds < 0:
+            raise InvalidArgument("timeout_seconds must be >= 0 (0 waits until done)")
+        left = context.time_remaining()
+        timeout = request.timeout_seconds or None
+        if left is not None:  # answer just before the client's deadline rather than after it
+            timeout = min(timeout or left, max(0.0, left - 0.2))
+        return convert.operation(self.app.jobs.wait(request.name, timeout))
+
+    @unary
+    def CancelOperation(
+        self, request: pb.CancelOperationRequest, context: grpc.ServicerContext
+    ) -> pb.Operation:
+        return convert.operation(self.app.jobs.cancel(request.name))
+
+    @streaming
+    def WatchOperation(
+        self, request: pb.WatchOperationRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Operation]:
+        for job in self.app.jobs.watch(request.name, alive=context.is_active):
+            yield convert.operation(job)
+
+    # ---- Predict -------------------------------------------------------------------------------
+    @unary
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
+        if not request.task:
+            raise InvalidArgument("name the task to predict with (PredictRequest.task)")
+        t0 = time.perf_counter()
+        raw = convert.raw_pixels(request.raw_images)
+        preds = self.app.predictor.predict(
+            request.task, list(request.images), raw, request.top_k, timeout=context.time_remaining()
+        )
+        m = self.app.metrics
+        m.predict_latency.labels(request.task).observe(time.perf_counter() - t0)
+        m.predict_images.labels(request.task).inc(len(preds))
+        return convert.predict_response(request.task, preds)
+
+    @unary
+    def PredictMany(
+        self, request: pb.PredictManyRequest, context: grpc.ServicerContext
+    ) -> pb.PredictManyResponse:
+        t0 = time.perf_counter()
+        tasks = list(request.tasks)
+        raw = convert.raw_pixels(request.raw_images)
+        preds = self.app.predictor.predict_many(
+            tasks, list(request.images), raw, request.top_k, timeout=context.time_remaining()
+        )
+        m = self.app.metrics
+        for t in tasks:  # each task answered every image in the time of the whole call
+            m.predict_latency.labels(t).observe(time.perf_counter() - t0)
+            m.predict_images.labels(t).inc(len(preds[t]))
+        return pb.PredictManyResponse(results=[convert.predict_response(t, preds[t]) for t in tasks])
+
+    # ---- tasks ---------------------------------------------------------------------------------
+    @unary
+    def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> pb.ListTasksResponse:
+        s = self.system
+        return pb.ListTasksResponse(tasks=[convert.task_info(s, n) for n in sorted(s.tasks)])
+
+    @unary
+    def DescribeTask(self, request: pb.DescribeTaskRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
+        return convert.task_info(self.system, request.name)
+
+    @unary
+    def DeleteTask(
+        self, request: pb.DeleteTaskRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteTaskResponse:
+        s = self.system
+        if request.name not in s.tasks:
+            raise NotFound(f"task {request.name!r} does not exist")
+        sizes = {cid: c.num_params for cid, c in s.pool.items()}
+        freed = s.delete_task(request.name)
+        self.app.on_tasks_changed(deleted=[request.name])
+        return pb.DeleteTaskResponse(freed_components=freed, params_freed=sum(sizes.get(c, 0) for c in freed))
+
+    # ---- snapshot / restore --------------------------------------------------------------------
+    def _server_path(self, raw: str, what: str) -> Path:
+        if not raw:
+            raise InvalidArgument(f"give the server-side {what} directory")
+        if "\x00" in raw:
+            raise InvalidArgument(f"the {what} path contains a NUL byte")
+        p = Path(raw).expanduser().resolve()
+        root = self.app.config.snapshot_root
+        if root is not None and not p.is_relative_to(root.resolve()):
+            raise PermissionDenied(f"{what} directories must be inside {root} (the server's --snapshot-root)")
+        return p
+
+    @unary
+    def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotInfo:
+        dest = self._server_path(request.dest_dir, "snapshot")
+        manifest = self.system.store.snapshot(dest)
+        return pb.SnapshotInfo(
+            path=str(dest),
+            manifest_sha256=manifest_digest(manifest),
+            num_files=len(manifest["files"]),
+            num_bytes=sum(f["size"] for f in manifest["files"].values()),
+            num_tasks=len(manifest["tasks"]),
+        )
+
+    @streaming
+    def StreamSnapshot(
+        self, request: pb.StreamSnapshotRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.SnapshotChunk]:
+        for chunk in self.system.store.iter_snapshot_archive(chunk_size=1 << 20):
+            yield pb.SnapshotChunk(data=chunk)
+
+    @unary
+    def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> pb.RestoreResponse:
+        src = self._server_path(request.src_dir, "snapshot")
+        manifest = self.app.restore(lambda store: store.restore(src))
+        return _restored(manifest)
+
+    @unary
+    def StreamRestore(
+        self, request_iterator: Iterator[pb.SnapshotChunk], context: grpc.ServicerContext
+    ) -> pb.RestoreResponse:
+        limit = self.app.config.upload.max_bytes * 4
+        chunks = (m.data for m in request_iterator)
+        manifest = self.app.restore(lambda store: store.restore_archive(chunks, limit))
+        return _restored(manifest)
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _restored(manifest: dict[str, Any]) -> pb.RestoreResponse:
+    tasks = list(manifest.get("tasks", []))
+    return pb.RestoreResponse(num_tasks=len(tasks), manifest_sha256=manifest_digest(manifest), tasks=tasks)

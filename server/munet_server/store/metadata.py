@@ -1,0 +1,278 @@
+"""LMDB metadata: one environment, one named DB per record type, JSON values.
+
+Every `with meta.write() as w:` block is one LMDB write transaction: all of it commits or none
+(an exception aborts it; a kill -9 before commit leaves the previous state). Readers never block
+writers and see a consistent snapshot for the life of their transaction.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
+from munet_server.store.records import (
+    JOB_STATES,
+    ComponentRecord,
+    DatasetRecord,
+    JobRecord,
+    SystemRecord,
+    TaskRecord,
+    _Record,
+)
+
+DB_NAMES = ("system", "components", "tasks", "datasets", "examples", "jobs")
+_SYSTEM_KEY = b"system"
+_MAX_KEY = 480  # LMDB's key limit is 511 bytes; examples add "/<9 digits>"
+_LABEL = struct.Struct("<I")
+_BATCH = 1024  # examples read per transaction: long scans must not pin old pages forever
+R = TypeVar("R", bound=_Record)
+
+
+def _key(value: object, what: str, allow_slash: bool = True) -> bytes:
+    if not isinstance(value, str) or not value or "\x00" in value or (not allow_slash and "/" in value):
+        raise InvalidArgument(
+            f"{what} {value!r} must be a non-empty string without NUL{'' if allow_slash else ' or /'}"
+        )
+    raw = value.encode()
+    if len(raw) > _MAX_KEY:
+        raise InvalidArgument(f"{what} is {len(raw)} bytes long; the limit is {_MAX_KEY}")
+    return raw
+
+
+def _example_key(dataset_id: str, index: int) -> bytes:
+    if not isinstance(index, int) or not 0 <= index < 10**9:
+        raise InvalidArgument(f"example index {index!r} must be an int in [0, 1e9)")
+    return _key(dataset_id, "dataset id", allow_slash=False) + f"/{index:09d}".encode()
+
+
+def _map_full(path: Path) -> ResourceExhausted:
+    return ResourceExhausted(
+        f"the metadata database at {path} is full (LMDB map size reached); delete tasks or old "
+        "operations, or restart the server with a larger map size"
+    )
+
+
+class MetaView:
+    """Getters over one LMDB transaction (read-only or write)."""
+
+    def __init__(self, txn: lmdb.Transaction, dbs: dict[str, lmdb._Database]) -> None:
+        self._txn = txn
+        self._dbs = dbs
+
+    @property
+    def txn(self) -> lmdb.Transaction:
+        return self._txn
+
+    def _get(self, db: str, key: bytes, cls: type[R]) -> R | None:
+        raw = self._txn.get(key, db=self._dbs[db])
+        return None if raw is None else cls.from_json(bytes(raw))
+
+    def _list(self, db: str, cls: type[R]) -> list[R]:
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            return [cls.from_json(bytes(v)) for _, v in cur]
+
+    def get_system(self) -> SystemRecord | None:
+        return self._get("system", _SYSTEM_KEY, SystemRecord)
+
+    def get_task(self, name: str) -> TaskRecord | None:
+        return self._get("tasks", _key(name, "task name"), TaskRecord)
+
+    def list_tasks(self) -> list[TaskRecord]:
+        return sorted(self._list("tasks", TaskRecord), key=lambda t: (t.created_at, t.name))
+
+    def get_component(self, id: str) -> ComponentRecord | None:
+        return self._get("components", _key(id, "component id"), ComponentRecord)
+
+    def list_components(self) -> list[ComponentRecord]:
+        return self._list("components", ComponentRecord)
+
+    def get_dataset(self, id: str) -> DatasetRecord | None:
+        return self._get("datasets", _key(id, "dataset id", allow_slash=False), DatasetRecord)
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        return self._list("datasets", DatasetRecord)
+
+    def get_job(self, id: str) -> JobRecord | None:
+        return self._get("jobs", _key(id, "job id"), JobRecord)
+
+    def list_jobs(self) -> list[JobRecord]:
+        return sorted(self._list("jobs", JobRecord), key=lambda j: (j.created_at, j.id))
+
+    def iter_examples(self, dataset_id: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        """(label, encoded image) in index order, from index `start`, within this transaction."""
+        for _, label, data in self._scan_examples(dataset_id, start, None):
+            yield label, data
+
+    def _scan_examples(
+        self, dataset_id: str, start: int, limit: int | None
+    ) -> Iterator[tuple[int, int, bytes]]:
+        prefix = _key(dataset_id, "dataset id", allow_slash=False) + b"/"
+        with self._txn.cursor(db=self._dbs["examples"]) as cur:
+            if not cur.set_range(_example_key(dataset_id, start)):
+                return
+            for count, (key, value) in enumerate(cur):
+                if not key.startswith(prefix) or (limit is not None and count >= limit):
+                    return
+                if len(value) < 4:
+                    raise DataLoss(f"stored example {key!r} is truncated; restore a snapshot")
+                yield int(key[len(prefix) :]), _LABEL.unpack_from(value)[0], value[4:]
+
+
+class MetaWriter(MetaView):
+    """Puts and deletes inside one write transaction (see `MetadataStore.write`)."""
+
+    def _put(self, db: str, key: bytes, record: _Record) -> None:
+        self._txn.put(key, record.to_json(), db=self._dbs[db])
+
+    def put_system(self, rec: SystemRecord) -> None:
+        self._put("system", _SYSTEM_KEY, rec)
+
+    def put_task(self, rec: TaskRecord) -> None:
+        self._put("tasks", _key(rec.name, "task name"), rec)
+
+    def delete_task(self, name: str) -> bool:
+        return self._txn.delete(_key(name, "task name"), db=self._dbs["tasks"])
+
+    def put_component(self, rec: ComponentRecord) -> None:
+        self._put("components", _key(rec.id, "component id"), rec)
+
+    def delete_component(self, id: str) -> bool:
+        return self._txn.delete(_key(id, "component id"), db=self._dbs["components"])
+
+    def put_dataset(self, rec: DatasetRecord) -> None:
+        self._put("datasets", _key(rec.id, "dataset id", allow_slash=False), rec)
+
+    def put_example(self, dataset_id: str, index: int, label: int, data: bytes) -> None:
+        if not isinstance(label, int) or not 0 <= label < 2**32:
+            raise InvalidArgument(f"example label {label!r} must be an int in [0, 2**32)")
+        self._txn.put(
+            _example_key(dataset_id, index), _LABEL.pack(label) + bytes(data), db=self._dbs["examples"]
+        )
+
+    def delete_dataset(self, id: str) -> bool:
+        """Delete the record and all its examples; True if the record existed."""
+        prefix = _key(id, "dataset id", allow_slash=False) + b"/"
+        with self._txn.cursor(db=self._dbs["examples"]) as cur:
+            if cur.set_range(prefix):
+                while cur.key().startswith(prefix):
+                    if not cur.delete():  # delete() moves to the next record
+                        break
+        return self._txn.delete(prefix[:-1], db=self._dbs["datasets"])
+
+    def put_job(self, rec: JobRecord) -> None:
+        if rec.state not in JOB_STATES:
+            raise InvalidArgument(f"job state {rec.state!r} is not one of {', '.join(JOB_STATES)}")
+        self._put("jobs", _key(rec.id, "job id"), rec)
+
+    def delete_job(self, id: str) -> bool:
+        return self._txn.delete(_key(id, "job id"), db=self._dbs["jobs"])
+
+
+class MetadataStore:
+    def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._env: lmdb.Environment | None = lmdb.open(
+                str(self.path), subdir=True, map_size=map_size, max_dbs=len(DB_NAMES),
+                lock=True, writemap=False, readahead=False,
+            )  # fmt: skip
+            self._dbs = {n: self._env.open_db(n.encode()) for n in DB_NAMES}
+        except lmdb.MapFullError:
+            raise _map_full(self.path) from None
+        except lmdb.Error as e:
+            raise DataLoss(
+                f"cannot open the metadata database at {self.path} ({e}); restore a snapshot"
+            ) from None
+
+    @property
+    def env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise FailedPrecondition(f"the metadata database at {self.path} is closed")
+        return self._env
+
+    @contextmanager
+    def read(self) -> Iterator[MetaView]:
+        txn = self.env.begin(write=False)
+        try:
+            yield MetaView(txn, self._dbs)
+        finally:
+            txn.abort()
+
+    @contextmanager
+    def write(self) -> Iterator[MetaWriter]:
+        txn = self.env.begin(write=True)
+        try:
+            yield MetaWriter(txn, self._dbs)
+            txn.commit()
+        except lmdb.MapFullError:
+            txn.abort()
+            raise _map_full(self.path) from None
+        except BaseException:
+            txn.abort()
+            raise
+
+    # Short one-transaction reads, for callers that need a single record.
+    def get_system(self) -> SystemRecord | None:
+        with self.read() as v:
+            return v.get_system()
+
+    def get_task(self, name: str) -> TaskRecord | None:
+        with self.read() as v:
+            return v.get_task(name)
+
+    def list_tasks(self) -> list[TaskRecord]:
+        with self.read() as v:
+            return v.list_tasks()
+
+    def get_component(self, id: str) -> ComponentRecord | None:
+        with self.read() as v:
+            return v.get_component(id)
+
+    def list_components(self) -> list[ComponentRecord]:
+        with self.read() as v:
+            return v.list_components()
+
+    def get_dataset(self, id: str) -> DatasetRecord | None:
+        with self.read() as v:
+            return v.get_dataset(id)
+
+    def list_datasets(self) -> list[DatasetRecord]:
+        with self.read() as v:
+            return v.list_datasets()
+
+    def get_job(self, id: str) -> JobRecord | None:
+        with self.read() as v:
+            return v.get_job(id)
+
+    def list_jobs(self) -> list[JobRecord]:
+        with self.read() as v:
+            return v.list_jobs()
+
+    def iter_examples(self, dataset_id: str) -> Iterator[tuple[int, bytes]]:
+        """(label, image bytes) in insertion order, read in batches of short transactions."""
+        start = 0
+        while True:
+            with self.read() as v:
+                batch = list(v._scan_examples(dataset_id, start, _BATCH))
+            for _, label, data in batch:
+                yield label, data
+            if len(batch) < _BATCH:
+                return
+            start = batch[-1][0] + 1
+
+    def copy_to(self, dest_dir: Path, txn: lmdb.Transaction | None = None) -> None:
+        """A consistent, compacted copy (dest_dir/data.mdb); pass `txn` to copy a given read view."""
+        Path(dest_dir).mkdir(parents=True, exist_ok=True)
+        self.env.copy(str(dest_dir), compact=True, txn=txn)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None

@@ -1,0 +1,303 @@
+"""Snapshots (a directory or an uncompressed tar stream) and verified restores.
+
+A snapshot is `manifest.json` + `meta.lmdb/data.mdb` + `shards/<sha256>.safetensors`, the manifest
+listing every file's sha256 and size. Restore builds the new generation in a `staging-*` dir inside
+the store root, verifies every byte and every cross-reference there, and only then switches
+CURRENT: any refusal leaves the live store untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from munet_server.errors import (
+    AlreadyExists,
+    CorruptShard,
+    DataLoss,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from munet_server.faults import crash_point
+from munet_server.store import archive, layout
+from munet_server.store.metadata import MetadataStore
+from munet_server.store.shards import SUFFIX, is_digest, sha256_file, validate_shard_file
+
+if TYPE_CHECKING:
+    from munet_server.store.store import Store
+
+log = logging.getLogger(__name__)
+
+FORMAT = "munet-snapshot"
+SCHEMA_VERSION = 1
+MANIFEST = archive.MANIFEST
+DATA_MDB = "meta.lmdb/data.mdb"
+_MAX_MANIFEST = 64 << 20
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)  # shards are immutable, so sharing the inode is safe (never edit in place)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        shutil.copyfile(src, dst)
+
+
+def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
+    """Write a complete snapshot into the new dir `dest`; return its manifest."""
+    (dest / "meta.lmdb").mkdir(parents=True)
+    (dest / "shards").mkdir()
+    with store.meta.read() as view:  # one read txn: the copied LMDB and the shard list agree
+        store.meta.copy_to(dest / "meta.lmdb", txn=view.txn)
+        tasks = [t.name for t in view.list_tasks()]
+        n_components = len(view.list_components())
+        required = {c.shard for c in view.list_components() if c.shard}
+        required |= {s for t in view.list_tasks() for s in t.shards}
+        optional = {s for j in view.list_jobs() if not j.terminal for s in j.checkpoint_shards()} - required
+    files: dict[str, dict[str, Any]] = {}
+    for digest in sorted(required | optional):
+        if not is_digest(digest):
+            raise DataLoss(f"the store references a malformed shard name {digest!r}; restore a snapshot")
+        dst = dest / "shards" / f"{digest}{SUFFIX}"
+        try:
+            _link_or_copy(store.shards.path(digest), dst)
+        except FileNotFoundError:
+            if digest in required:
+                raise DataLoss(f"shard {digest} is referenced but missing; restore a snapshot") from None
+            log.warning("snapshot: checkpoint shard %s vanished (its job moved on); skipped", digest)
+            continue
+        sha, size = sha256_file(dst)
+        if sha != digest:  # never hand out a damaged snapshot
+            raise CorruptShard(f"shard file {store.shards.path(digest)} is damaged; restore from a snapshot")
+        files[f"shards/{dst.name}"] = {"sha256": sha, "size": size}
+    sha, size = sha256_file(dest / DATA_MDB)
+    files[DATA_MDB] = {"sha256": sha, "size": size}
+    manifest = {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created_at": time.time(),
+        "files": dict(sorted(files.items())),
+        "tasks": tasks,
+        "components": n_components,
+    }
+    (dest / MANIFEST).write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
+    layout.fsync_tree(dest)
+    return manifest
+
+
+def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise AlreadyExists(f"{dest} already exists and is not empty; choose a new snapshot directory")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.urandom(6).hex()}")
+    try:
+        with store._lock:
+            manifest = build_snapshot(store, tmp)
+        if dest.exists():
+            dest.rmdir()
+        os.rename(tmp, dest)
+    except BaseException:
+        layout.remove_tree(tmp)
+        raise
+    layout.fsync_dir(dest.parent)
+    return manifest
+
+
+@contextlib.contextmanager
+def _staged_snapshot(store: Store) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """A snapshot in a staging dir of the store root (same filesystem: shards are hard links)."""
+    staging = store.root / layout.new_name(layout.STAGING_PREFIX)
+    store._active_staging.add(staging.name)
+    try:
+        with store._lock:
+            manifest = build_snapshot(store, staging)
+        yield staging, manifest
+    finally:
+        layout.remove_tree(staging)
+        store._active_staging.discard(staging.name)
+
+
+def iter_archive(store: Store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise InvalidArgument(f"chunk_size must be a positive int, not {chunk_size!r}")
+    return _iter_archive(store, chunk_size)
+
+
+def _iter_archive(store: Store, chunk_size: int) -> Iterator[bytes]:
+    # A generator: the staging snapshot is made on the first next() and removed when the stream
+    # ends or is closed (a client that disconnects closes it).
+    with _staged_snapshot(store) as (staging, manifest):
+        for i, chunk in enumerate(archive.rechunk(archive.tar_blocks(staging, manifest), chunk_size)):
+            yield chunk
+            if i == 0:
+                crash_point("during_snapshot")
+
+
+def snapshot_to_archive(store: Store, dest_file: Path) -> dict[str, Any]:
+    if dest_file.exists():
+        raise AlreadyExists(f"{dest_file} already exists; choose a new archive name")
+    dest_file.parent.mkdir(parents=True, exist_ok=True)
+    with _staged_snapshot(store) as (staging, manifest), layout.atomic_file(dest_file) as f:
+        for block in archive.tar_blocks(staging, manifest):
+            f.write(block)
+    return manifest
+
+
+# ---- reading ------------------------------------------------------------------------------------
+def _read_manifest(d: Path) -> dict[str, Any]:
+    path = d / MANIFEST
+    if not path.is_file() or path.is_symlink():
+        raise InvalidArgument(f"{d} has no {MANIFEST}: not a munet snapshot")
+    if path.stat().st_size > _MAX_MANIFEST:
+        raise InvalidArgument(f"{MANIFEST} is implausibly large")
+    try:
+        m = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidArgument(f"{MANIFEST} is not valid JSON") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise InvalidArgument(f"{MANIFEST} does not describe a {FORMAT}")
+    version = m.get("schema_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InvalidArgument(f"{MANIFEST} has a bad schema_version {version!r}")
+    if version > SCHEMA_VERSION:
+        raise FailedPrecondition(
+            f"the snapshot has schema_version {version}; this munet-server reads up to "
+            f"{SCHEMA_VERSION}: upgrade munet-server to restore it"
+        )
+    files = m.get("files")
+    if not isinstance(files, dict) or DATA_MDB not in files:
+        raise InvalidArgument(f"{MANIFEST} lists no {DATA_MDB}")
+    for rel, info in files.items():
+        ok = (
+            isinstance(rel, str)
+            and bool(archive.FILE_RE.match(rel))
+            and rel != MANIFEST
+            and isinstance(info, dict)
+        )
+        ok = ok and is_digest(info.get("sha256")) and isinstance(info.get("size"), int) and info["size"] >= 0
+        if not ok:
+            raise InvalidArgument(f"{MANIFEST} has a malformed entry for {rel!r}")
+    return m
+
+
+def _scan_tree(d: Path) -> set[str]:
+    """Relative paths of the regular files under d; anything unexpected is refused."""
+    found: set[str] = set()
+    for dirpath, dirs, files in os.walk(d):
+        for name in dirs + files:
+            p = Path(dirpath) / name
+            rel = p.relative_to(d).as_posix()
+            if p.is_symlink():
+                raise InvalidArgument(f"{rel} in the snapshot is a symlink; refusing it")
+            if name in dirs:
+                if rel not in archive.DIRS:
+                    raise InvalidArgument(f"unexpected directory {rel} in the snapshot")
+            elif not p.is_file() or not archive.FILE_RE.match(rel):
+                raise InvalidArgument(f"unexpected file {rel} in the snapshot")
+            else:
+                found.add(rel)
+    return found
+
+
+def verify_snapshot_dir(d: Path, map_size: int) -> dict[str, Any]:
+    """Every check a restore needs, on the copy that will become live. Returns the manifest."""
+    manifest = _read_manifest(d)
+    files: dict[str, dict[str, Any]] = manifest["files"]
+    present = _scan_tree(d) - {MANIFEST}
+    if present - set(files):
+        raise InvalidArgument(
+            f"the snapshot holds files its manifest does not list: {sorted(present - set(files))[:5]}"
+        )
+    if set(files) - present:
+        raise DataLoss(f"the snapshot lacks files its manifest lists: {sorted(set(files) - present)[:5]}")
+    keys: dict[str, list[str]] = {}
+    for rel, info in sorted(files.items()):
+        sha, size = sha256_file(d / rel)
+        if size != info["size"]:
+            raise DataLoss(
+                f"{rel} is {size} bytes but the manifest says {info['size']}: truncated or damaged"
+            )
+        if sha != info["sha256"]:
+            raise DataLoss(f"{rel} does not match its sha256 in the manifest: damaged or tampered with")
+        if rel.startswith("shards/"):
+            digest = rel[len("shards/") : -len(SUFFIX)]
+            if sha != digest:
+                raise DataLoss(f"{rel} does not match the digest in its name: damaged or tampered with")
+            keys[digest] = validate_shard_file(d / rel)
+    try:
+        meta = MetadataStore(d / "meta.lmdb", map_size)
+    except DataLoss as e:
+        raise DataLoss(f"the snapshot's metadata database is unusable: {e.message}") from None
+    try:
+        with meta.read() as v:
+            v.get_system()
+            v.list_datasets()
+            components = {c.id: c for c in v.list_components()}
+            tasks, jobs = v.list_tasks(), v.list_jobs()
+    except lmdb.Error as e:
+        raise DataLoss(f"the snapshot's metadata database is damaged ({e})") from None
+    finally:
+        meta.close()
+    for c in components.values():
+        if c.shard and c.shard not in keys:
+            raise DataLoss(f"component {c.id!r} lives in shard {c.shard}, which the snapshot lacks")
+    for t in tasks:
+        missing = [p for p in t.path if len(p) != 2 or p[1] not in components]
+        if missing:
+            raise DataLoss(f"task {t.name!r} references components the snapshot lacks: {missing[:3]}")
+        if any(s not in keys for s in t.shards):
+            raise DataLoss(f"task {t.name!r} references a shard the snapshot lacks")
+    for j in jobs:
+        if not j.terminal and any(s not in keys for s in j.checkpoint_shards()):
+            log.warning("restore: operation %s lost its checkpoint; it will fail when resumed", j.id)
+    return manifest
+
+
+def _copy_dir(src: Path, staging: Path) -> None:
+    """Copy (never link: the source may be edited later) the expected files of a snapshot dir."""
+    for rel in sorted(_scan_tree(src)):
+        out = staging / rel
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / rel, out, follow_symlinks=False)  # a swapped-in link stays a link: refused
+
+
+def _restore_staged(store: Store, staging: Path, fill: Any) -> dict[str, Any]:
+    store._active_staging.add(staging.name)
+    try:
+        fill(staging)
+        with store._lock:
+            manifest = verify_snapshot_dir(staging, store.map_size)
+            store._switch_to(staging)
+        log.info("restored %d tasks into %s", len(manifest.get("tasks", [])), store.generation_dir)
+        return manifest
+    finally:
+        layout.remove_tree(staging)  # gone already on success (renamed into a generation)
+        store._active_staging.discard(staging.name)
+
+
+def restore_dir(store: Store, src: Path) -> dict[str, Any]:
+    if not src.is_dir():
+        raise NotFound(f"snapshot directory {src} does not exist")
+
+    def fill(staging: Path) -> None:
+        staging.mkdir()
+        _copy_dir(src, staging)
+
+    return _restore_staged(store, store.root / layout.new_name(layout.STAGING_PREFIX), fill)
+
+
+def restore_from_archive(store: Store, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
+    staging = store.root / layout.new_name(layout.STAGING_PREFIX)
+    return _restore_staged(store, staging, lambda s: archive.extract_archive(chunks, s, max_bytes))

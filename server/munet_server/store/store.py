@@ -1,0 +1,326 @@
+"""The Store: one live generation (LMDB metadata + content-addressed shards) behind CURRENT.
+
+`commit_task` is the only writer of tasks: tensors go to one new shard first, then one LMDB
+transaction publishes components and task together, so a crash in between leaves at most an
+unreferenced shard for `gc`. Snapshot and restore live in `server.store.snapshot`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
+from munet_server.faults import crash_point
+from munet_server.store import layout, snapshot
+from munet_server.store.layout import GEN_PREFIX, META_DIR, SHARDS_DIR, STAGING_PREFIX
+from munet_server.store.metadata import MetadataStore, MetaView
+from munet_server.store.records import ComponentRecord, TaskRecord
+from munet_server.store.shards import SUFFIX, ShardStore, is_digest
+
+log = logging.getLogger(__name__)
+
+TASK_TENSOR_PREFIX = "__task__/"  # task-level tensors (e.g. probe inputs) inside the task's shard
+Tensors = dict[str, torch.Tensor]
+
+
+def _after_shard_written(digest: str) -> None:
+    """Fault-injection point (tests monkeypatch it): a task's shard is durable, nothing published."""
+    crash_point("after_shard_written")
+
+
+def _before_current_switch(gen_name: str) -> None:
+    """Fault-injection point (tests monkeypatch it): a restored generation is complete, not live."""
+    crash_point("before_current_switch")
+
+
+class Store:
+    def __init__(self, root: Path, map_size: int = 1 << 36, gc_on_open: bool = True) -> None:
+        self.root = Path(root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise FailedPrecondition(f"the store path {self.root} exists but is not a directory") from None
+        self.map_size = map_size
+        self.cache_size = 4  # decoded shards kept in memory (the root shard is read once per open)
+        self._lock = threading.RLock()  # commit / delete / gc / snapshot / restore never interleave
+        self._cache: OrderedDict[str, Tensors] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._active_staging: set[str] = set()  # staging dirs in use: gc must leave them alone
+        self._proc_lock = layout.acquire_lock(self.root)
+        try:
+            self._open_generation(layout.read_current(self.root) or self._init_first_generation())
+            if gc_on_open:
+                self.gc()
+        except BaseException:
+            layout.release_lock(self._proc_lock)
+            raise
+
+    # ---- generations ---------------------------------------------------------------------------
+    def _init_first_generation(self) -> str:
+        holding = [
+            p.name
+            for p in self.root.iterdir()
+            if layout.is_generation_name(p.name)
+            and ((p / META_DIR / "data.mdb").exists() or any((p / SHARDS_DIR).glob(f"*{SUFFIX}")))
+        ]
+        if holding:  # CURRENT was lost, not never written: do not start an empty store over data
+            raise DataLoss(
+                f"{self.root / layout.CURRENT} is missing but {sorted(holding)} hold data; write the "
+                "name of the right generation into CURRENT, or restore from a snapshot"
+            )
+        staging = self.root / layout.new_name(STAGING_PREFIX)
+        (staging / META_DIR).mkdir(parents=True)
+        (staging / SHARDS_DIR).mkdir()
+        name = self._publish_generation(staging)
+        log.info("created a new store at %s", self.root)
+        return name
+
+    def _publish_generation(self, staging: Path) -> str:
+        """staging -> gen-<id> -> CURRENT. Before CURRENT is replaced, gc treats it as garbage."""
+        layout.fsync_tree(staging)
+        name = layout.new_name(GEN_PREFIX)
+        os.rename(staging, self.root / name)
+        layout.fsync_dir(self.root)
+        try:
+            _before_current_switch(name)
+            layout.write_current(self.root, name)
+        except BaseException:
+            layout.remove_tree(self.root / name)
+            raise
+        return name
+
+    def _open_generation(self, name: str) -> None:
+        self.generation_dir = self.root / name
+        self.meta = MetadataStore(self.generation_dir / META_DIR, self.map_size)
+        self.shards = ShardStore(self.generation_dir / SHARDS_DIR)
+        with self._cache_lock:
+            self._cache.clear()
+
+    def reopen(self) -> None:
+        """Close and reopen whatever generation CURRENT names now."""
+        with self._lock:
+            self.meta.close()
+            name = layout.read_current(self.root)
+            if name is None:
+                raise DataLoss(f"{self.root / layout.CURRENT} disappeared; restore from a snapshot")
+            self._open_generation(name)
+
+    def close(self) -> None:
+        self.meta.close()
+        with self._cache_lock:
+            self._cache.clear()
+        layout.release_lock(self._proc_lock)
+        self._proc_lock = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- tasks ---------------------------------------------------------------------------------
+    def commit_task(
+        self,
+        task: TaskRecord,
+        new_components: list[tuple[ComponentRecord, Tensors]],
+        extra_tensors: Tensors | None = None,
+    ) -> TaskRecord:
+        """Publish a task and its new components atomically; returns the task as stored.
+
+        Tensors go into ONE shard (component tensors under `key_prefix`, `extra_tensors` under
+        TASK_TENSOR_PREFIX, read back with `load_task_tensors`); then ONE LMDB transaction.
+        """
+        if not isinstance(task.name, str) or not task.name:
+            raise InvalidArgument("a task needs a non-empty name")
+        if not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in task.path
+        ):
+            raise InvalidArgument(
+                f"task {task.name!r}: path must be a list of [component_name, component_id]"
+            )
+        ids = [rec.id for rec, _ in new_components]
+        if len(set(ids)) != len(ids):
+            raise InvalidArgument(f"task {task.name!r}: new components repeat an id")
+        prefixes = sorted(rec.key_prefix for rec, _ in new_components)
+        if any(not p or p.startswith(TASK_TENSOR_PREFIX) for p in prefixes) or any(
+            b.startswith(a) for a, b in itertools.pairwise(prefixes)
+        ):  # a prefix inside another would hand one component's tensors to the other
+            raise InvalidArgument(
+                f"task {task.name!r}: component key prefixes must be non-empty and disjoint"
+            )
+        tensors: Tensors = {}
+        for rec, ts in new_components:
+            tensors.update({rec.key_prefix + k: v for k, v in ts.items()})
+        tensors.update({TASK_TENSOR_PREFIX + k: v for k, v in (extra_tensors or {}).items()})
+        with self._lock:
+            if self.meta.get_task(task.name) is not None:  # fail before writing anything
+                raise _task_exists(task.name)
+            digest = self.shards.put(tensors, {"task": task.name}) if tensors or new_components else ""
+            _after_shard_written(digest)
+            comps = [replace(rec, shard=digest) for rec, _ in new_components]
+            stored = replace(task, shards=[digest] if digest else [])
+            with self.meta.write() as w:
+                if w.get_task(task.name) is not None:
+                    raise _task_exists(task.name)
+                for c in comps:
+                    if w.get_component(c.id) is not None:
+                        raise AlreadyExists(
+                            f"component {c.id!r} is already in the store; reference it instead"
+                        )
+                new_ids = set(ids)
+                missing = [
+                    i for i in stored.component_ids() if i not in new_ids and w.get_component(i) is None
+                ]
+                if missing:
+                    raise FailedPrecondition(
+                        f"task {task.name!r} references unknown components {missing[:5]}"
+                    )
+                for c in comps:
+                    w.put_component(c)
+                w.put_task(stored)
+            return stored
+
+    def delete_task(self, name: str) -> list[str]:
+        """Remove a task, its dataset and the components nothing else uses; returns their ids."""
+        with self._lock, self.meta.write() as w:
+            task = w.get_task(name)
+            if task is None:
+                raise NotFound(f"task {name!r} does not exist")
+            others = [t for t in w.list_tasks() if t.name != name]
+            used = {cid for t in others for cid in t.component_ids()}
+            freed = []
+            for cid in dict.fromkeys(task.component_ids()):
+                rec = w.get_component(cid)
+                if cid not in used and rec is not None and rec.owner != "root":
+                    w.delete_component(cid)
+                    freed.append(cid)
+            w.delete_task(name)
+            ds = task.dataset_id
+            if ds and "/" not in ds and all(t.dataset_id != ds for t in others):
+                w.delete_dataset(ds)
+            return freed
+
+    # ---- tensors -------------------------------------------------------------------------------
+    def _load_shard(self, digest: str) -> Tensors:
+        with self._cache_lock:
+            if digest in self._cache:
+                self._cache.move_to_end(digest)
+                return self._cache[digest]
+        tensors = self.shards.get(digest)  # outside the lock: verifying a big shard takes a while
+        with self._cache_lock:
+            self._cache[digest] = tensors
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return tensors
+
+    def load_component_tensors(self, rec: ComponentRecord) -> Tensors:
+        """The component's tensors, prefix stripped. Shared with a cache: copy before mutating."""
+        if not rec.shard:
+            raise FailedPrecondition(f"component {rec.id!r} keeps its tensors in the root weights")
+        n = len(rec.key_prefix)
+        return {k[n:]: v for k, v in self._load_shard(rec.shard).items() if k.startswith(rec.key_prefix)}
+
+    def load_task_tensors(self, task: TaskRecord) -> Tensors:
+        """The `extra_tensors` given to `commit_task` for this task."""
+        n = len(TASK_TENSOR_PREFIX)
+        out: Tensors = {}
+        for digest in task.shards:
+            out.update(
+                {k[n:]: v for k, v in self._load_shard(digest).items() if k.startswith(TASK_TENSOR_PREFIX)}
+            )
+        return out
+
+    # ---- garbage -------------------------------------------------------------------------------
+    @staticmethod
+    def referenced_shards(view: MetaView) -> set[str]:
+        """Shards that must survive: components', tasks', and live jobs' checkpoints."""
+        refs = {c.shard for c in view.list_components() if c.shard}
+        refs |= {s for t in view.list_tasks() for s in t.shards}
+        refs |= {s for j in view.list_jobs() if not j.terminal for s in j.checkpoint_shards()}
+        return {s for s in refs if is_digest(s)}
+
+    def release_shard(self, digest: str) -> bool:
+        """Remove a shard now if no record references it (safe alternative to shards.remove)."""
+        with self._lock:
+            with self.meta.read() as v:
+                if digest in self.referenced_shards(v):
+                    return False
+            self.shards.remove(digest)
+            return True
+
+    def gc(self, min_age_s: float = 0.0) -> dict[str, int]:
+        """Delete leftovers of interrupted work. Meant for start-up (it runs on open); at run time
+        pass `min_age_s` so a shard written but not yet published by another writer is spared."""
+        with self._lock:
+            if layout.read_current(self.root) != self.generation_dir.name:
+                raise FailedPrecondition(
+                    f"the store at {self.root} was switched by another handle; reopen it"
+                )
+            counts = {"temp_files": self.shards.clean_temp(), "staging_dirs": 0, "old_generations": 0}
+            for p in self.root.iterdir():
+                if p.name.startswith(layout.CURRENT_TMP_PREFIX):
+                    p.unlink(missing_ok=True)
+                    counts["temp_files"] += 1
+                elif p.name.startswith(STAGING_PREFIX) and p.name.split(".")[0] not in self._active_staging:
+                    layout.remove_tree(p)
+                    counts["staging_dirs"] += 1
+                elif layout.is_generation_name(p.name) and p.name != self.generation_dir.name:
+                    layout.remove_tree(p)
+                    counts["old_generations"] += 1
+            with self.meta.read() as v:
+                refs = self.referenced_shards(v)
+            removed, now = 0, time.time()
+            for digest in self.shards.digests() - refs:
+                path = self.shards.path(digest)
+                try:
+                    if min_age_s > 0 and now - path.stat().st_mtime < min_age_s:
+                        continue
+                except FileNotFoundError:
+                    continue
+                self.shards.remove(digest)
+                removed += 1
+            counts.update(shards_removed=removed, shards_kept=len(refs))
+            if any(counts.values()):
+                log.info("store gc: %s", counts)
+            return counts
+
+    # ---- snapshot / restore (see server/store/snapshot.py) -------------------------------------
+    def snapshot(self, dest_dir: Path) -> dict[str, Any]:
+        return snapshot.snapshot_to_dir(self, Path(dest_dir))
+
+    def snapshot_archive(self, dest_file: Path) -> dict[str, Any]:
+        return snapshot.snapshot_to_archive(self, Path(dest_file))
+
+    def iter_snapshot_archive(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return snapshot.iter_archive(self, chunk_size)
+
+    def restore(self, src_dir: Path) -> dict[str, Any]:
+        return snapshot.restore_dir(self, Path(src_dir))
+
+    def restore_archive(self, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
+        return snapshot.restore_from_archive(self, chunks, max_bytes)
+
+    def _switch_to(self, staging: Path) -> None:
+        """Make a verified staging dir the live generation; then drop the old one."""
+        with self._lock:
+            old = self.generation_dir
+            name = self._publish_generation(staging)
+            self.meta.close()
+            self._open_generation(name)
+            layout.remove_tree(old)
+            layout.fsync_dir(self.root)
+
+
+def _task_exists(name: str) -> AlreadyExists:
+    return AlreadyExists(f"task {name!r} already exists; pick another name or delete the task first")

@@ -1,0 +1,308 @@
+"""The live multitask system: the component pool and every committed task's path, backed by a Store.
+
+Locks (MUNET_METHOD §1): the root's components are frozen from the start; a task's draft components
+are frozen the moment the task is committed, and from then on are only ever *referenced* (or copied)
+by other tasks. Nothing here ever writes into a frozen tensor, so committing a task cannot change
+any earlier task's predictions — `verify_task` recomputes each task's golden digest to prove it.
+
+Readers (Predict) take the current `tasks` mapping, which is replaced, never mutated, on commit and
+delete: they never see a half-published task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path as FsPath
+from typing import Any
+
+import torch
+
+from munet_server.data.transforms import preprocess
+from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound
+from munet_server.evolve.scoring import ScoreConfig, accounted_params
+from munet_server.model.components import Component, ComponentSpec, tensors_of
+from munet_server.model.hparams import SearchSpace
+from munet_server.model.path import Path, PathModel
+from munet_server.model.root import Root, RootConfig, load_root
+from munet_server.model.shared_forward import forward_shared
+from munet_server.store.records import ComponentRecord, SystemRecord, TaskRecord
+from munet_server.store.store import Store
+
+log = logging.getLogger(__name__)
+PROBE_EXAMPLES = 16
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    record: TaskRecord
+    path: Path
+    model: PathModel
+
+
+class MunetSystem:
+    """Open with `MunetSystem.open(store, root_config)`; the store decides the root once created."""
+
+    def __init__(self, store: Store, root: Root, device: torch.device) -> None:
+        self.store = store
+        self.root = root
+        self.arch = root.arch
+        self.device = device
+        cfg = root.config
+        self.space = SearchSpace.for_root(
+            self.arch.num_blocks, self.arch.patch_multiple, cfg.min_image_size, cfg.max_image_size
+        )
+        self.storage_size = cfg.max_image_size  # datasets are kept decoded at this size
+        self.pool: dict[str, Component] = {}
+        self.root_path: Path | None = None
+        self.tasks: dict[str, TaskEntry] = {}
+        self._lock = threading.RLock()
+
+    # ---- opening -------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, store: Store, root_config: RootConfig | None = None, device: str = "auto") -> MunetSystem:
+        dev = resolve_device(device)
+        rec = store.meta.get_system()
+        if rec is None:
+            root = load_root(root_config or RootConfig())
+            system = cls(store, root, dev)
+            system._create_root()
+        else:
+            stored = RootConfig.from_dict(rec.root)
+            if root_config is not None and root_config.model_name != stored.model_name:
+                raise FailedPrecondition(
+                    f"the store at {store.root} holds a system rooted on {stored.model_name!r}, not "
+                    f"{root_config.model_name!r}; open it without --root or use another --store"
+                )
+            # The architecture comes from timm; every tensor, the root's included, from the shards.
+            skeleton = RootConfig.from_dict({**stored.to_dict(), "weights": "random"})
+            root = load_root(skeleton)
+            root.weights_sha256 = rec.root.get("weights_sha256", "")
+            root.config = stored
+            system = cls(store, root, dev)
+            system._load()
+        return system
+
+    def _create_root(self) -> None:
+        comps = [
+            Component(s, self.arch.root_modules[s.name], frozen=True).freeze("root")
+            for s in self.arch.root_specs()
+        ]
+        tensors = {f"{c.id}/{k}": v for c in comps for k, v in tensors_of(c.module).items()}
+        digest = self.store.shards.put(tensors, metadata={"owner": "root"})
+        now = time.time()
+        with self.store.meta.write() as w:
+            w.put_system(SystemRecord(root=self.root.describe(), created_at=now))
+            for c in comps:
+                w.put_component(_component_record(c, shard=digest, now=now))
+        for c in comps:
+            c.module.to(self.device)
+            self.pool[c.id] = c
+        self.root_path = self._make_root_path()
+
+    def _load(self) -> None:
+        records = {r.id: r for r in self.store.meta.list_components()}
+        for rec in records.values():
+            spec = ComponentSpec.from_dict(rec.spec)
+            module = self.arch.fresh(spec)
+            module.load_state_dict(self.store.load_component_tensors(rec), strict=True)
+            if rec.owner == "root":  # root slots must be the very modules the arch lays out
+                self.arch.root_modules[spec.name].load_state_dict(module.state_dict(), strict=True)
+                module = self.arch.root_modules[spec.name]
+            c = Component(spec, module.to(self.device), frozen=True, id=rec.id, owner=rec.owner)
+            c.num_params = rec.num_params
+            self.pool[rec.id] = c
+        self.root_path = self._make_root_path()
+        tasks = {}
+        for t in self.store.meta.list_tasks():
+            missing = [cid for _, cid in t.path if cid not in self.pool]
+            if missing:
+                raise DataLoss(
+                    f"task {t.name!r} references missing components {missing[:3]}; restore a snapshot"
+                )
+            path = Path(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
+            path.quality = float(t.metrics.get("validation_accuracy", 0.0))
+            path.score = float(t.metrics.get("score", path.quality))
+            tasks[t.name] = TaskEntry(t, path, path.build(self.arch).eval())
+        self.tasks = tasks
+
+    def _make_root_path(self) -> Path:
+        by_name = {c.spec.name: c for c in self.pool.values() if c.owner == "root"}
+        hp = self.space.defaults(self.root.config.image_size)
+        comps = [by_name[s.name] for s in self.arch.root_specs()]
+        path = Path(task="root", hparams=hp, components=comps)
+        return path
+
+    # ---- accounting ----------------------------------------------------------------------------
+    def users(self, component: Component, exclude: str = "") -> int:
+        """Committed tasks whose path references this component (the root's lock is not a user)."""
+        tasks = self.tasks
+        return sum(
+            1
+            for name, e in tasks.items()
+            if name != exclude and any(c is component for c in e.path.components)
+        )
+
+    def shared_with(self, component: Component) -> list[str]:
+        names = [n for n, e in self.tasks.items() if any(c is component for c in e.path.components)]
+        return (["root"] if component.owner == "root" else []) + sorted(names)
+
+    def accounted_params(self, path: Path, task: str) -> float:
+        return accounted_params(path.components, lambda c: self.users(c, exclude=task) if c.frozen else 0)
+
+    def score_config(self, scale_factor: float) -> ScoreConfig:
+        return ScoreConfig(scale_factor=scale_factor, root_params=self.arch.root_param_count())
+
+    def seed_paths(self, exclude: str = "") -> list[Path]:
+        """Published paths of other tasks plus the root, newest first (muNet's seed order)."""
+        entries = sorted(
+            (e for n, e in self.tasks.items() if n != exclude),
+            key=lambda e: e.record.created_at,
+            reverse=True,
+        )
+        assert self.root_path is not None
+        return [e.path for e in entries] + [self.root_path]
+
+    # ---- commit / delete -----------------------------------------------------------------------
+    def commit(
+        self,
+        task: str,
+        class_names: list[str],
+        path: Path,
+        metrics: dict[str, Any],
+        dataset_id: str,
+        probe_images: torch.Tensor,
+    ) -> TaskRecord:
+        """Freeze the path's drafts, write one shard + one LMDB transaction, then publish in memory."""
+        with self._lock:
+            if task in self.tasks:
+                raise AlreadyExists(f"task {task!r} already exists; choose another name or delete it first")
+            comps, new = [], []
+            for c in path.components:
+                if not c.frozen:
+                    c.freeze(owner=task)
+                    existing = self.pool.get(c.id)
+                    if existing is not None:
+                        c = existing  # identical content already in the system: share it
+                    elif all(n.id != c.id for n in new):
+                        new.append(c)
+                comps.append(c)
+            path.components = comps
+            path.parent = None
+            model = path.build(self.arch).eval()
+            probe = probe_images[:PROBE_EXAMPLES].contiguous()
+            golden = self.golden_digest(model, path.hparams, probe)
+            now = time.time()
+            metrics = {
+                **metrics,
+                "params_added": sum(c.num_params for c in new),
+                "params_total": path.num_params(),
+                "new_components": [c.id for c in new],
+            }
+            record = TaskRecord(
+                name=task,
+                class_names=list(class_names),
+                path=[[c.spec.name, c.id] for c in comps],
+                hparams=path.hparams,
+                metrics=metrics,
+                shards=[],
+                golden_digest=golden,
+                probe={"num_examples": int(probe.shape[0])},
+                dataset_id=dataset_id,
+                created_at=now,
+            )
+            recs = [(_component_record(c, shard="", now=now), tensors_of(c.module)) for c in new]
+            probe_key = "probe/images"
+            record = self.store.commit_task(record, recs, extra_tensors={probe_key: probe})
+            for c in new:
+                self.pool[c.id] = c
+            self.tasks = {**self.tasks, task: TaskEntry(record, path, model)}
+            return record
+
+    def delete_task(self, task: str) -> list[str]:
+        with self._lock:
+            if task not in self.tasks:
+                raise NotFound(f"task {task!r} does not exist")
+            freed = self.store.delete_task(task)
+            self.tasks = {n: e for n, e in self.tasks.items() if n != task}
+            for cid in freed:
+                self.pool.pop(cid, None)
+            return freed
+
+    # ---- predictions ---------------------------------------------------------------------------
+    def entry(self, task: str) -> TaskEntry:
+        e = self.tasks.get(task)
+        if e is None:
+            known = ", ".join(sorted(self.tasks)[:10]) or "none yet"
+            raise NotFound(f"task {task!r} does not exist (known tasks: {known})")
+        return e
+
+    @torch.no_grad()
+    def logits(self, task: str, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, S, S) uint8 at storage size -> (B, classes) float32 logits on the CPU."""
+        e = self.entry(task)
+        x = preprocess(images, int(e.path.hparams["ds_image_size"])).to(self.device)
+        return e.model(x).float().cpu()
+
+    @torch.no_grad()
+    def logits_many(self, tasks: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The same images through several tasks' paths: the components they share run once.
+
+        Each task's logits are exactly what `logits(task, images)` returns."""
+        entries = {t: self.entry(t) for t in tasks}
+        resized: dict[int, torch.Tensor] = {}  # one preprocessed batch per image size
+        inputs = {}
+        for t, e in entries.items():
+            size = int(e.path.hparams["ds_image_size"])
+            if size not in resized:
+                resized[size] = preprocess(images, size).to(self.device)
+            inputs[t] = resized[size]
+        chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}
+        return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
+
+    @torch.no_grad()
+    def golden_digest(self, model: PathModel, hp: dict[str, Any], probe: torch.Tensor) -> str:
+        x = preprocess(probe, int(hp["ds_image_size"])).to(self.device)
+        out = model(x).float().cpu().contiguous()
+        return hashlib.sha256(out.numpy().tobytes()).hexdigest()
+
+    def probe_images(self, task: str) -> torch.Tensor:
+        return self.store.load_task_tensors(self.entry(task).record)["probe/images"]
+
+    def verify_task(self, task: str) -> bool:
+        """Recompute the task's outputs on its stored probe inputs: bit-identical or not."""
+        e = self.entry(task)
+        return self.golden_digest(e.model, e.path.hparams, self.probe_images(task)) == e.record.golden_digest
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.root.describe(), "device": str(self.device), "tasks": len(self.tasks)}
+
+
+def _component_record(c: Component, shard: str, now: float) -> ComponentRecord:
+    return ComponentRecord(
+        id=c.id,
+        kind=c.spec.kind,
+        spec=c.spec.to_dict(),
+        num_params=c.num_params,
+        shard=shard,
+        key_prefix=f"{c.id}/",
+        owner=c.owner,
+        created_at=now,
+    )
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FailedPrecondition("--device cuda was asked for but no CUDA device is available")
+    return torch.device(device)
+
+
+def open_system(
+    store_dir: FsPath, root_config: RootConfig | None = None, device: str = "auto"
+) -> MunetSystem:
+    return MunetSystem.open(Store(store_dir), root_config, device)
