@@ -48,6 +48,15 @@ def animal_shapes_at(size: int, per_class: int, seed: int = 0) -> tuple[torch.Te
     return x.to(torch.uint8).expand(-1, 3, -1, -1).contiguous(), torch.from_numpy(raw.labels)
 
 
+@pytest.fixture(autouse=True)
+def _no_leaked_servers():
+    """A failing test must not leave a `munet-server` subprocess behind."""
+    yield
+    from tests.helpers import kill_leftover_servers
+
+    kill_leftover_servers()
+
+
 @pytest.fixture(scope="session")
 def tiny_vit_weights() -> str:
     """A tiny ViT pretrained for ~10 s on animal shapes: a real (if small) pretrained root.

@@ -8,90 +8,17 @@ resumed or reported failed (never half-applied), and no leftover files survive s
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from munet_client import MunetClient, MunetError
+from munet_client import MunetError
 from munet_server.data.images import encode_png
 from tests.conftest import image_folder
+from tests.helpers import ServerProcess
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-_STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_leaked_servers():
-    """A failing test must not leave a server process behind."""
-    yield
-    while _STARTED:
-        p = _STARTED.pop()
-        if p.poll() is None:
-            p.kill()
-            p.wait(30)
-
-
-class ServerProcess:
-    def __init__(self, store: Path, weights: str, crash_at: str = "", budget: dict | None = None) -> None:
-        self.port = _free_port()
-        kwargs = json.dumps(dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2))
-        cmd = [
-            sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(self.port), "--device", "cpu",
-            "--root", "vit_tiny_patch16_224", "--root-kwargs", kwargs, "--root-weights", weights,
-            "--image-size", "32", "--min-image-size", "16", "--max-image-size", "64", "--log-level", "WARNING",
-        ]  # fmt: skip
-        env = {**os.environ, "MUNET_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
-        self.log = open(store.parent / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        _STARTED.append(self.proc)
-        self.client = MunetClient(f"127.0.0.1:{self.port}", timeout=60)
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"server exited: {(store.parent / f'server-{self.port}.log').read_text()}"
-                )
-            try:
-                if self.client.health() == "SERVING":
-                    return
-            except MunetError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError("server did not start")
-            time.sleep(0.2)
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-        self.close()
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(60) == 0
-        self.close()
-
-    def wait_dead(self) -> None:
-        assert self.proc.wait(120) == -signal.SIGKILL
-        self.close()
-
-    def close(self) -> None:
-        self.client.close()
-        self.log.close()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from munet_server.data.dataset import stratified_split
-from munet_server.errors import AlreadyExists, Cancelled, CorruptShard
+from munet_server.errors import AlreadyExists, Cancelled, DataLoss
 from munet_server.evolve.search import EvolutionSearch, SearchConfig
 from munet_server.evolve.train import TrainConfig
 from munet_server.jobs.ingest import DatasetWriter, UploadLimits
@@ -107,8 +107,10 @@ def test_corrupted_shard_is_refused(tmp_path, tiny_vit):
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(CorruptShard):
-        MunetSystem.open(Store(tmp_path / "s"), device="cpu")
+    reopened = MunetSystem.open(Store(tmp_path / "s"), device="cpu")  # the others still serve
+    assert "t" in reopened.damaged and "t" not in reopened.tasks
+    with pytest.raises(DataLoss, match="Restore a snapshot"):
+        reopened.logits("t", torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
 
 
 def test_cancel_leaves_system_unchanged(system, digits):

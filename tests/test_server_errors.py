@@ -12,16 +12,7 @@ from munet_client import MunetClient, MunetError
 from munet_server.data.images import encode_png
 from munet_server.jobs.ingest import UploadLimits
 from tests.conftest import image_folder, make_app
-
-
-def store_state(app) -> tuple:
-    """Everything that must not change: tasks, components, datasets, shard files, golden digests."""
-    s = app.ref.system
-    with s.store.meta.read() as v:
-        tasks = tuple(sorted((t.name, t.golden_digest) for t in v.list_tasks()))
-        comps = tuple(sorted(c.id for c in v.list_components()))
-        datasets = tuple(sorted(d.id for d in v.list_datasets() if not d.complete))
-    return tasks, comps, datasets, tuple(sorted(s.store.shards.digests()))
+from tests.helpers import store_state
 
 
 @pytest.fixture(scope="module")
@@ -276,4 +267,4 @@ def test_concurrent_predicts_across_tasks(served):
     for t in threads:
         t.join(120)
     assert not errors and len(results) == 40 and all(results)
-    assert app.predictor.batcher.batches < app.predictor.batcher.batched_images  # requests were merged
+    assert app.service.predictor.batcher.batches < app.service.predictor.batcher.batched_images  # requests were merged

@@ -90,7 +90,7 @@ def served(tmp_path_factory, tiny_vit):
     folder, test = image_folder(tmp, classes=3, per_class=20)
     assert client.wait(client.add_task_from_folder("a", folder).name, timeout=300).state == "SUCCEEDED"
     images = [encode_png(i) for i in test.images[:6]]
-    _add_twin(app.ref.system, "a", "b", app.predictor.decode(images, []))
+    _add_twin(app.ref.system, "a", "b", app.service.predictor.decode(images, []))
     yield app, client, images, tmp
     client.close()
     app.stop(0)

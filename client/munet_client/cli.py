@@ -189,7 +189,7 @@ def cmd_tasks(c: MunetClient, a: argparse.Namespace) -> int:
     for i in tasks:
         shared = sum(1 for p in i.path if p.shared)
         t.add_row(
-            i.name,
+            i.name if not i.state.startswith("DAMAGED") else f"{i.name} [red]({i.state.lower()})[/]",
             str(len(i.class_names)),
             f"{i.validation_accuracy:.3f}",
             _fmt_params(i.params_added),

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
         app = MunetApp(config)
         port = app.start()
     except MunetError as e:
-        raise SystemExit(f"munet-server: {e.message}") from None
+        raise SystemExit(f"munet-server: {e.code.name}: {e.message}") from None
     print(f"munet-server listening on {config.host}:{port}", flush=True)
     stop = threading.Event()
 

@@ -1,6 +1,7 @@
-"""Wiring: store -> system -> jobs + predictor -> gRPC server (health, reflection, auth, metrics).
+"""Wiring: the service (store -> system -> operations + predictor) behind a gRPC server with health,
+reflection, token auth and Prometheus metrics.
 
-upload (AddTask) -> jobs/ingest -> store (LMDB) -> jobs/manager -> evolve/search -> system.commit
+upload (AddTask) -> jobs/ingest -> store (LMDB) -> jobs/manager -> learn -> system.commit
 Predict -> serve/predictor -> serve/batcher -> system.logits
 Snapshot/Restore -> store/snapshot (the system is reopened after a restore)
 """
@@ -8,7 +9,6 @@ Snapshot/Restore -> store/snapshot (the system is reopened after a restore)
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any
@@ -24,10 +24,9 @@ from munet_server.jobs.manager import JobManager
 from munet_server.metrics import Metrics
 from munet_server.rpc.auth import TokenAuth
 from munet_server.rpc.servicer import MunetServicer
-from munet_server.serve.predictor import Predictor, SystemRef
+from munet_server.serve.predictor import SystemRef
+from munet_server.service import MunetService
 from munet_server.store.records import JobRecord
-from munet_server.store.store import Store
-from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -53,39 +52,25 @@ def task_health_name(task: str) -> str:
 
 
 class MunetApp:
+    """The process: the service, its gRPC server (health, reflection, auth), metrics endpoint."""
+
     def __init__(self, config: ServerConfig, executor_factory: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.store = Store(config.store)
-        try:
-            root = config.root if config.root_explicit or self.store.meta.get_system() is None else None
-            self.ref = SystemRef(MunetSystem.open(self.store, root, config.device))
-        except BaseException:
-            self.store.close()
-            raise
-        self.executor_factory = executor_factory or executor_from_config(config)
-        self.jobs = self._make_jobs()
-        self.predictor = Predictor(
-            self.ref,
-            config.max_batch,
-            config.batch_wait_ms,
-            config.max_predict_images,
-            config.predict_threads,
-            on_pass=lambda tasks: self.metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
-        )
+        self.service = MunetService(config, self.metrics, executor_factory or executor_from_config(config))
+        self.service.on_tasks_changed = self.on_tasks_changed
+        self.service.on_operation = self._on_progress
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self._restore_lock = threading.Lock()
         self.server: grpc.Server | None = None
         self.port = 0
 
-    def _make_jobs(self) -> JobManager:
-        return JobManager(
-            self.ref.system,
-            max_pending=self.config.max_pending_operations,
-            on_commit=lambda task: self.on_tasks_changed(),
-            on_progress=self._on_progress,
-            executor_factory=self.executor_factory,
-        )
+    @property
+    def ref(self) -> SystemRef:
+        return self.service.ref
+
+    @property
+    def jobs(self) -> JobManager:
+        return self.service.jobs
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> int:
@@ -100,7 +85,7 @@ class MunetApp:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        munet_pb2_grpc.add_MunetServicer_to_server(MunetServicer(self), self.server)
+        munet_pb2_grpc.add_MunetServicer_to_server(MunetServicer(self.service), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -121,16 +106,17 @@ class MunetApp:
                 "restore tasks; set --admin-token or MUNET_ADMIN_TOKEN",
                 cfg.host,
             )
-        self.jobs.start(resume=cfg.resume_operations)
+        self.service.start()
         self.server.start()
-        self.on_tasks_changed()
+        self.on_tasks_changed([])
+        s = self.service.system
         log.info(
             "serving %d tasks on %s:%d (root %s, device %s)",
-            len(self.ref.system.tasks),
+            len(s.tasks),
             cfg.host,
             self.port,
-            self.ref.system.root.config.model_name,
-            self.ref.system.device,
+            s.root.config.model_name,
+            s.device,
         )
         return self.port
 
@@ -139,29 +125,29 @@ class MunetApp:
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
-        self.jobs.stop()
-        self.predictor.stop()
-        self.store.close()
+        self.service.stop()
 
     def wait(self) -> None:
         assert self.server is not None
         self.server.wait_for_termination()
 
     # ---- state changes -------------------------------------------------------------------------
-    def on_tasks_changed(self, deleted: list[str] | tuple[str, ...] = ()) -> None:
-        s = self.ref.system
+    def on_tasks_changed(self, deleted: list[str]) -> None:
+        s = self.service.system
         for name in deleted:
             self.health.set(task_health_name(name), health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
         self.health.set("", SERVING)
         self.health.set(SERVICE_NAME, SERVING)
         for name in s.tasks:
             self.health.set(task_health_name(name), SERVING)
+        for name in s.damaged:  # listed, refused with DATA_LOSS until restored or deleted
+            self.health.set(task_health_name(name), NOT_SERVING)
         self.metrics.tasks.set(len(s.tasks))
         self.metrics.system_params.set(sum(c.num_params for c in s.pool.values()))
 
     def _on_progress(self, job: JobRecord) -> None:
         m = self.metrics
-        m.operations_active.set(self.jobs.active())
+        m.operations_active.set(self.service.jobs.active())
         if job.terminal:
             m.operations.labels(job.state).inc()
             return
@@ -170,22 +156,3 @@ class MunetApp:
         m.evolution_best_accuracy.labels(job.task_name).set(
             max(0.0, float(p.get("best_validation_accuracy", 0.0)))
         )
-
-    def restore(self, do_restore: Callable[[Store], dict[str, Any]]) -> dict[str, Any]:
-        """Swap in a restored store generation; refused while an operation is queued or running."""
-        with self._restore_lock:
-            if self.jobs.active():
-                raise FailedPrecondition(
-                    f"{self.jobs.active()} operations are queued or running; wait for them or cancel them "
-                    "before a restore"
-                )
-            old_tasks = set(self.ref.system.tasks)
-            self.jobs.stop()
-            try:
-                manifest = do_restore(self.store)  # verified before the switch; on error nothing changed
-            finally:
-                self.ref.system = MunetSystem.open(self.store, None, self.config.device)
-                self.jobs = self._make_jobs()
-                self.jobs.start(resume=False)
-            self.on_tasks_changed(deleted=sorted(old_tasks - set(self.ref.system.tasks)))
-            return manifest

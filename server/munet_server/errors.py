@@ -1,4 +1,4 @@
-"""Domain errors. Each carries the gRPC status it maps to, so one interceptor can translate any of them.
+"""Domain errors. Each carries the gRPC status it maps to, so one generic mapping translates any of them.
 
 The core (model, evolve, store, data) raises these; only `server/rpc` turns them into statuses.
 Messages are written for the person who sent the request: say what was wrong and what to do.
@@ -65,8 +65,14 @@ class Aborted(MunetError):
     code = grpc.StatusCode.ABORTED
 
 
+class DeadlineExceeded(MunetError):
+    """The caller's deadline passed before the answer was ready; its queued work is dropped."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class DataLoss(MunetError):
-    """Stored bytes do not match their digest: a corrupted shard, snapshot or record."""
+    """Stored data is missing, truncated or does not match its digest (a shard, the metadata, a snapshot)."""
 
     code = grpc.StatusCode.DATA_LOSS
 

@@ -37,6 +37,12 @@ PROBE_EXAMPLES = 16
 
 
 @dataclass(frozen=True)
+class DamagedTask:
+    record: TaskRecord
+    reason: str
+
+
+@dataclass(frozen=True)
 class TaskEntry:
     record: TaskRecord
     path: Path
@@ -59,6 +65,9 @@ class MunetSystem:
         self.pool: dict[str, Component] = {}
         self.root_path: Path | None = None
         self.tasks: dict[str, TaskEntry] = {}
+        # Tasks whose stored weights are missing or corrupt: kept in the store (a snapshot restore or a
+        # delete is the user's call), refused by Predict with DATA_LOSS while every other task serves.
+        self.damaged: dict[str, DamagedTask] = {}
         self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -105,10 +114,19 @@ class MunetSystem:
 
     def _load(self) -> None:
         records = {r.id: r for r in self.store.meta.list_components()}
+        unreadable: dict[str, str] = {}
         for rec in records.values():
             spec = ComponentSpec.from_dict(rec.spec)
             module = self.arch.fresh(spec)
-            module.load_state_dict(self.store.load_component_tensors(rec), strict=True)
+            try:
+                tensors = self.store.load_component_tensors(rec)
+            except (DataLoss, NotFound) as e:
+                if rec.owner == "root":  # every task runs through the root: nothing can be served
+                    raise DataLoss(f"the root's weights are unreadable: {e.message}") from None
+                log.error("component %s of %s is unreadable: %s", rec.id, rec.owner, e.message)
+                unreadable[rec.id] = e.message
+                continue
+            module.load_state_dict(tensors, strict=True)
             if rec.owner == "root":  # root slots must be the very modules the arch lays out
                 self.arch.root_modules[spec.name].load_state_dict(module.state_dict(), strict=True)
                 module = self.arch.root_modules[spec.name]
@@ -116,18 +134,19 @@ class MunetSystem:
             c.num_params = rec.num_params
             self.pool[rec.id] = c
         self.root_path = self._make_root_path()
-        tasks = {}
+        tasks, damaged = {}, {}
         for t in self.store.meta.list_tasks():
             missing = [cid for _, cid in t.path if cid not in self.pool]
             if missing:
-                raise DataLoss(
-                    f"task {t.name!r} references missing components {missing[:3]}; restore a snapshot"
-                )
+                why = unreadable.get(missing[0], f"component {missing[0]} has no record")
+                damaged[t.name] = DamagedTask(t, f"{len(missing)} of its components are unreadable ({why})")
+                log.error("task %r cannot be served: %s", t.name, damaged[t.name].reason)
+                continue
             path = Path(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
             path.quality = float(t.metrics.get("validation_accuracy", 0.0))
             path.score = float(t.metrics.get("score", path.quality))
             tasks[t.name] = TaskEntry(t, path, path.build(self.arch).eval())
-        self.tasks = tasks
+        self.tasks, self.damaged = tasks, damaged
 
     def _make_root_path(self) -> Path:
         by_name = {c.spec.name: c for c in self.pool.values() if c.owner == "root"}
@@ -178,7 +197,7 @@ class MunetSystem:
     ) -> TaskRecord:
         """Freeze the path's drafts, write one shard + one LMDB transaction, then publish in memory."""
         with self._lock:
-            if task in self.tasks:
+            if task in self.tasks or task in self.damaged:
                 raise AlreadyExists(f"task {task!r} already exists; choose another name or delete it first")
             comps, new = [], []
             for c in path.components:
@@ -224,10 +243,11 @@ class MunetSystem:
 
     def delete_task(self, task: str) -> list[str]:
         with self._lock:
-            if task not in self.tasks:
+            if task not in self.tasks and task not in self.damaged:
                 raise NotFound(f"task {task!r} does not exist")
             freed = self.store.delete_task(task)
             self.tasks = {n: e for n, e in self.tasks.items() if n != task}
+            self.damaged = {n: d for n, d in self.damaged.items() if n != task}
             for cid in freed:
                 self.pool.pop(cid, None)
             return freed
@@ -235,6 +255,11 @@ class MunetSystem:
     # ---- predictions ---------------------------------------------------------------------------
     def entry(self, task: str) -> TaskEntry:
         e = self.tasks.get(task)
+        if e is None and task in self.damaged:
+            raise DataLoss(
+                f"task {task!r} cannot be served: {self.damaged[task].reason}. Restore a snapshot "
+                "(munet restore), or delete the task and add it again"
+            )
         if e is None:
             known = ", ".join(sorted(self.tasks)[:10]) or "none yet"
             raise NotFound(f"task {task!r} does not exist (known tasks: {known})")

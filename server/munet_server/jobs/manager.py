@@ -136,7 +136,7 @@ class JobManager:
     def check_can_submit(self, name: str) -> None:
         """Refuse a duplicate name or a full queue (called before an upload, and again at submit)."""
         with self._cond:
-            if name in self.system.tasks:
+            if name in self.system.tasks or name in self.system.damaged:
                 raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
             if any(j.task_name == name and j.state not in TERMINAL for j in self._jobs.values()):
                 raise AlreadyExists(f"task {name!r} is already being added by another operation")
@@ -228,7 +228,8 @@ class JobManager:
                 self._finish(job_id, "FAILED", error={"code": "INTERNAL", "message": msg})
 
     def _run(self, job_id: str) -> None:
-        job = self._update(job_id, state="RUNNING", progress={"phase": "loading"}, persist=True)
+        job = self._jobs[job_id]
+        job = self._update(job_id, state="RUNNING", progress={**job.progress, "phase": "loading"}, persist=True)
         spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k != "dataset_id"})
         dataset_id = job.spec["dataset_id"]
         cancel = self._cancel.setdefault(job_id, threading.Event())

@@ -12,7 +12,7 @@ from munet_server.evolve.mutations import POLICIES
 from munet_server.jobs.spec import AddTaskSpec, Budget
 from munet_server.serve.predictor import LabelScore, RawPixels
 from munet_server.store.records import JobRecord
-from munet_server.system import MunetSystem
+from munet_server.system import DamagedTask, MunetSystem
 
 BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
 
@@ -72,6 +72,8 @@ def _finite(x: Any) -> float:
 
 
 def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
+    if name in system.damaged:
+        return damaged_task_info(system.damaged[name])
     e = system.entry(name)
     rec, m = e.record, e.record.metrics
     path = []
@@ -105,6 +107,21 @@ def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
         search_seconds=float(m.get("search_seconds", 0.0)),
         candidates_trained=int(m.get("candidates", 0)),
         num_examples=int(m.get("num_examples", 0)),
+    )
+
+
+def damaged_task_info(d: DamagedTask) -> pb.TaskInfo:
+    """A task whose stored weights are unreadable: listed (so users see it), never served."""
+    rec, m = d.record, d.record.metrics
+    return pb.TaskInfo(
+        name=rec.name,
+        state=f"DAMAGED: {d.reason}",
+        class_names=rec.class_names,
+        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
+        params_added=int(m.get("params_added", 0)),
+        hparams={k: json.dumps(v) for k, v in rec.hparams.items()},
+        created_at=rec.created_at,
+        golden_digest=rec.golden_digest,
     )
 
 

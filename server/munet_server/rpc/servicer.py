@@ -1,4 +1,4 @@
-"""The gRPC service: thin handlers that validate, call the engine, and map errors to status codes."""
+"""The gRPC transport: thin handlers that convert protobuf, call the service, and map errors to statuses."""
 
 from __future__ import annotations
 
@@ -9,28 +9,30 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
-from munet_server.errors import (
-    Cancelled,
-    InvalidArgument,
-    MunetError,
-    NotFound,
-    PermissionDenied,
-)
-from munet_server.jobs.ingest import DatasetWriter
+from munet_server.errors import InvalidArgument, MunetError
 from munet_server.rpc import convert
+from munet_server.service import MunetService
 
 if TYPE_CHECKING:
-    from munet_server.app import MunetApp
     from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
+NO_DEADLINE_S = 365 * 24 * 3600.0  # grpc reports "no deadline" as ~9e18 s remaining
+
+
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """Seconds until the caller's deadline, or None when it set none (grpcurl, grpc-js and plain
+    generated stubs send no deadline by default: normal, not an error)."""
+    left = context.time_remaining()
+    if left is None or left > NO_DEADLINE_S:
+        return None
+    return max(0.0, left)
 
 
 def _fail(context: grpc.ServicerContext, method: str, e: BaseException) -> None:
@@ -62,8 +64,8 @@ def unary(fn: Callable) -> Callable:
             code = "INTERNAL"
             _fail(context, fn.__name__, e)
         finally:
-            self.app.metrics.requests.labels(fn.__name__, code).inc()
-            self.app.metrics.rpc_latency.labels(fn.__name__).observe(time.perf_counter() - t0)
+            self.service.metrics.requests.labels(fn.__name__, code).inc()
+            self.service.metrics.rpc_latency.labels(fn.__name__).observe(time.perf_counter() - t0)
 
     return wrapper
 
@@ -83,18 +85,18 @@ def streaming(fn: Callable) -> Callable:
             code = "INTERNAL"
             _fail(context, fn.__name__, e)
         finally:
-            self.app.metrics.requests.labels(fn.__name__, code).inc()
+            self.service.metrics.requests.labels(fn.__name__, code).inc()
 
     return wrapper
 
 
 class MunetServicer(pb_grpc.MunetServicer):
-    def __init__(self, app: MunetApp) -> None:
-        self.app = app
+    def __init__(self, service: MunetService) -> None:
+        self.service = service
 
     @property
     def system(self) -> MunetSystem:  # the live one: Restore replaces it
-        return self.app.ref.system
+        return self.service.system
 
     # ---- system --------------------------------------------------------------------------------
     @unary
@@ -116,7 +118,7 @@ class MunetServicer(pb_grpc.MunetServicer):
             total_params=sum(c.num_params for c in s.pool.values()),
             min_image_size=cfg.min_image_size,
             max_image_size=cfg.max_image_size,
-            executor=self.app.config.executor,
+            executor=self.service.config.executor,
         )
 
     # ---- AddTask -------------------------------------------------------------------------------
@@ -127,64 +129,54 @@ class MunetServicer(pb_grpc.MunetServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("part") != "spec":
             raise InvalidArgument("the first AddTask message must carry the task spec (name, class names)")
-        spec = convert.task_spec(first.spec, self.app.config.default_budget)
-        jobs = self.app.jobs
-        jobs.check_can_submit(spec.name)  # duplicate names and a full queue fail before the upload
-        writer = DatasetWriter(self.system.store, spec.name, spec.class_names, self.app.config.upload)
-        try:
+        spec = convert.task_spec(first.spec, self.service.config.default_budget)
+
+        def examples() -> Iterator[tuple[bytes, int]]:
             for msg in request_iterator:
                 if msg.WhichOneof("part") != "examples":
                     raise InvalidArgument(
                         "only the first AddTask message may carry a spec; send examples after it"
                     )
                 for ex in msg.examples.examples:
-                    writer.add(ex.image, ex.label)
-            if not context.is_active():
-                raise Cancelled("the client went away during the upload")
-            dataset = writer.finish()
-            job = jobs.submit(spec, dataset)
-        except BaseException:
-            writer.abort()  # nothing of a failed upload stays behind
-            raise
-        log.info(
-            "AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, job.id
-        )
+                    yield ex.image, ex.label
+
+        job = self.service.add_task(spec, examples(), alive=context.is_active)
         return convert.operation(job)
 
     # ---- operations ----------------------------------------------------------------------------
     @unary
     def GetOperation(self, request: pb.GetOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
-        return convert.operation(self.app.jobs.get(request.name))
+        return convert.operation(self.service.jobs.get(request.name))
 
     @unary
     def ListOperations(
         self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
     ) -> pb.ListOperationsResponse:
         state = pb.Operation.State.Name(request.state) if request.state else ""
-        jobs = self.app.jobs.list(task=request.task, state=state)
+        jobs = self.service.jobs.list(task=request.task, state=state)
         return pb.ListOperationsResponse(operations=[convert.operation(j) for j in jobs])
 
     @unary
     def WaitOperation(self, request: pb.WaitOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
         if request.timeout_seconds < 0:
             raise InvalidArgument("timeout_seconds must be >= 0 (0 waits until done)")
-        left = context.time_remaining()
+        left = time_left(context)
         timeout = request.timeout_seconds or None
         if left is not None:  # answer just before the client's deadline rather than after it
             timeout = min(timeout or left, max(0.0, left - 0.2))
-        return convert.operation(self.app.jobs.wait(request.name, timeout))
+        return convert.operation(self.service.jobs.wait(request.name, timeout))
 
     @unary
     def CancelOperation(
         self, request: pb.CancelOperationRequest, context: grpc.ServicerContext
     ) -> pb.Operation:
-        return convert.operation(self.app.jobs.cancel(request.name))
+        return convert.operation(self.service.jobs.cancel(request.name))
 
     @streaming
     def WatchOperation(
         self, request: pb.WatchOperationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Operation]:
-        for job in self.app.jobs.watch(request.name, alive=context.is_active):
+        for job in self.service.jobs.watch(request.name, alive=context.is_active):
             yield convert.operation(job)
 
     # ---- Predict -------------------------------------------------------------------------------
@@ -194,10 +186,10 @@ class MunetServicer(pb_grpc.MunetServicer):
             raise InvalidArgument("name the task to predict with (PredictRequest.task)")
         t0 = time.perf_counter()
         raw = convert.raw_pixels(request.raw_images)
-        preds = self.app.predictor.predict(
-            request.task, list(request.images), raw, request.top_k, timeout=context.time_remaining()
+        preds = self.service.predictor.predict(
+            request.task, list(request.images), raw, request.top_k, timeout=time_left(context)
         )
-        m = self.app.metrics
+        m = self.service.metrics
         m.predict_latency.labels(request.task).observe(time.perf_counter() - t0)
         m.predict_images.labels(request.task).inc(len(preds))
         return convert.predict_response(request.task, preds)
@@ -209,10 +201,10 @@ class MunetServicer(pb_grpc.MunetServicer):
         t0 = time.perf_counter()
         tasks = list(request.tasks)
         raw = convert.raw_pixels(request.raw_images)
-        preds = self.app.predictor.predict_many(
-            tasks, list(request.images), raw, request.top_k, timeout=context.time_remaining()
+        preds = self.service.predictor.predict_many(
+            tasks, list(request.images), raw, request.top_k, timeout=time_left(context)
         )
-        m = self.app.metrics
+        m = self.service.metrics
         for t in tasks:  # each task answered every image in the time of the whole call
             m.predict_latency.labels(t).observe(time.perf_counter() - t0)
             m.predict_images.labels(t).inc(len(preds[t]))
@@ -222,7 +214,8 @@ class MunetServicer(pb_grpc.MunetServicer):
     @unary
     def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> pb.ListTasksResponse:
         s = self.system
-        return pb.ListTasksResponse(tasks=[convert.task_info(s, n) for n in sorted(s.tasks)])
+        names = sorted({*s.tasks, *s.damaged})
+        return pb.ListTasksResponse(tasks=[convert.task_info(s, n) for n in names])
 
     @unary
     def DescribeTask(self, request: pb.DescribeTaskRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
@@ -232,30 +225,14 @@ class MunetServicer(pb_grpc.MunetServicer):
     def DeleteTask(
         self, request: pb.DeleteTaskRequest, context: grpc.ServicerContext
     ) -> pb.DeleteTaskResponse:
-        s = self.system
-        if request.name not in s.tasks:
-            raise NotFound(f"task {request.name!r} does not exist")
-        sizes = {cid: c.num_params for cid, c in s.pool.items()}
-        freed = s.delete_task(request.name)
-        self.app.on_tasks_changed(deleted=[request.name])
-        return pb.DeleteTaskResponse(freed_components=freed, params_freed=sum(sizes.get(c, 0) for c in freed))
+        d = self.service.delete_task(request.name)
+        return pb.DeleteTaskResponse(freed_components=d.freed_components, params_freed=d.params_freed)
 
     # ---- snapshot / restore --------------------------------------------------------------------
-    def _server_path(self, raw: str, what: str) -> Path:
-        if not raw:
-            raise InvalidArgument(f"give the server-side {what} directory")
-        if "\x00" in raw:
-            raise InvalidArgument(f"the {what} path contains a NUL byte")
-        p = Path(raw).expanduser().resolve()
-        root = self.app.config.snapshot_root
-        if root is not None and not p.is_relative_to(root.resolve()):
-            raise PermissionDenied(f"{what} directories must be inside {root} (the server's --snapshot-root)")
-        return p
-
     @unary
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotInfo:
-        dest = self._server_path(request.dest_dir, "snapshot")
-        manifest = self.system.store.snapshot(dest)
+        dest = self.service.server_path(request.dest_dir)
+        manifest = self.service.snapshot_to(dest)
         return pb.SnapshotInfo(
             path=str(dest),
             manifest_sha256=manifest_digest(manifest),
@@ -268,22 +245,19 @@ class MunetServicer(pb_grpc.MunetServicer):
     def StreamSnapshot(
         self, request: pb.StreamSnapshotRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SnapshotChunk]:
-        for chunk in self.system.store.iter_snapshot_archive(chunk_size=1 << 20):
+        for chunk in self.service.stream_snapshot(chunk_size=1 << 20):
             yield pb.SnapshotChunk(data=chunk)
 
     @unary
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> pb.RestoreResponse:
-        src = self._server_path(request.src_dir, "snapshot")
-        manifest = self.app.restore(lambda store: store.restore(src))
+        manifest = self.service.restore_from_dir(self.service.server_path(request.src_dir))
         return _restored(manifest)
 
     @unary
     def StreamRestore(
         self, request_iterator: Iterator[pb.SnapshotChunk], context: grpc.ServicerContext
     ) -> pb.RestoreResponse:
-        limit = self.app.config.upload.max_bytes * 4
-        chunks = (m.data for m in request_iterator)
-        manifest = self.app.restore(lambda store: store.restore_archive(chunks, limit))
+        manifest = self.service.restore_from_stream(m.data for m in request_iterator)
         return _restored(manifest)
 
 

@@ -14,9 +14,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import torch
+
+from munet_server.errors import DeadlineExceeded
 
 Forward = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -63,7 +66,16 @@ class Batcher:
         return req.future
 
     def __call__(self, task: str, images: torch.Tensor, timeout: float | None = None) -> torch.Tensor:
-        return self.submit(task, images).result(timeout)
+        """The forward pass of `images` for `task`; `timeout` None waits as long as it takes."""
+        future = self.submit(task, images)
+        try:
+            return future.result(timeout)
+        except FutureTimeout:
+            future.cancel()  # still queued: a worker will skip it instead of computing for no one
+            raise DeadlineExceeded(
+                f"the Predict answer was not ready within the call's deadline ({timeout:.3g} s); "
+                "retry with a longer deadline or fewer images"
+            ) from None
 
     def stop(self) -> None:
         with self._cond:

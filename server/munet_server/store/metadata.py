@@ -51,6 +51,44 @@ def _example_key(dataset_id: str, index: int) -> bytes:
     return _key(dataset_id, "dataset id", allow_slash=False) + f"/{index:09d}".encode()
 
 
+DATA_FILE = "data.mdb"
+_META_MAGIC = 0xBEEFC0DE
+# MDB_meta inside each of the two meta pages (64-bit builds): magic at 16, the page size (the free DB's
+# md_pad) at 40, the last used page number at 136 and the transaction id at 144.
+_META_FIELDS = ((16, "<I"), (40, "<I"), (136, "<Q"), (144, "<Q"))
+
+
+def check_data_file(path: Path) -> None:
+    """Refuse an LMDB data file that is empty, torn or shorter than its own meta page says.
+
+    LMDB maps the file: reading a page past a truncated end kills the process with SIGBUS, and an
+    empty file is silently re-initialised as an empty database. Both are detected here, before
+    mapping, from the newest of the two meta pages at the start of the file.
+    """
+    fix = "restore the store from a snapshot (munet restore), or move the store aside and start afresh"
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(2 * 65536)
+    metas = []
+    for page in range(2):
+        psize = 4096 if page == 0 else metas[0][1] if metas else 4096
+        off = page * psize
+        if len(head) < off + 152:
+            break
+        magic, pagesize, last_pg, txnid = (struct.unpack_from(fmt, head, off + o)[0] for o, fmt in _META_FIELDS)
+        if magic == _META_MAGIC and pagesize in (4096, 8192, 16384, 32768, 65536):
+            metas.append((txnid, pagesize, last_pg))
+    if size == 0 or not metas:
+        raise DataLoss(f"the metadata database {path} is empty or not an LMDB file ({size} bytes); {fix}")
+    _, pagesize, last_pg = max(metas)
+    need = (last_pg + 1) * pagesize
+    if size < need:
+        raise DataLoss(
+            f"the metadata database {path} is truncated: {size} bytes, but its last page ends at byte "
+            f"{need}; {fix}"
+        )
+
+
 def _map_full(path: Path) -> ResourceExhausted:
     return ResourceExhausted(
         f"the metadata database at {path} is full (LMDB map size reached); delete tasks or old "
@@ -178,6 +216,8 @@ class MetadataStore:
     def __init__(self, path: Path, map_size: int = 1 << 36) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        if (self.path / DATA_FILE).exists():
+            check_data_file(self.path / DATA_FILE)
         try:
             self._env: lmdb.Environment | None = lmdb.open(
                 str(self.path), subdir=True, map_size=map_size, max_dbs=len(DB_NAMES),

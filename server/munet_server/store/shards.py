@@ -196,6 +196,17 @@ class ShardStore:
         if actual != digest:
             raise self._damaged(digest, "does not match its sha256 digest")
 
+    def metadata(self, digest: str) -> dict[str, str]:
+        """The `metadata` given to `put` (read from the header only; {} if unreadable)."""
+        try:
+            with open(self.path(digest), "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(min(n, 1 << 20)))
+            meta = header.get("__metadata__", {})
+            return meta if isinstance(meta, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
     def remove(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
 

@@ -103,7 +103,7 @@ def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(f".{dest.name}.tmp-{os.urandom(6).hex()}")
     try:
-        with store._lock:
+        with store.exclusive():
             manifest = build_snapshot(store, tmp)
         if dest.exists():
             dest.rmdir()
@@ -118,15 +118,10 @@ def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
 @contextlib.contextmanager
 def _staged_snapshot(store: Store) -> Iterator[tuple[Path, dict[str, Any]]]:
     """A snapshot in a staging dir of the store root (same filesystem: shards are hard links)."""
-    staging = store.root / layout.new_name(layout.STAGING_PREFIX)
-    store._active_staging.add(staging.name)
-    try:
-        with store._lock:
+    with store.staging_dir() as staging:
+        with store.exclusive():
             manifest = build_snapshot(store, staging)
         yield staging, manifest
-    finally:
-        layout.remove_tree(staging)
-        store._active_staging.discard(staging.name)
 
 
 def iter_archive(store: Store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -273,31 +268,41 @@ def _copy_dir(src: Path, staging: Path) -> None:
         shutil.copyfile(src / rel, out, follow_symlinks=False)  # a swapped-in link stays a link: refused
 
 
-def _restore_staged(store: Store, staging: Path, fill: Any) -> dict[str, Any]:
-    store._active_staging.add(staging.name)
-    try:
-        fill(staging)
-        with store._lock:
-            manifest = verify_snapshot_dir(staging, store.map_size)
-            store._switch_to(staging)
-        log.info("restored %d tasks into %s", len(manifest.get("tasks", [])), store.generation_dir)
-        return manifest
-    finally:
-        layout.remove_tree(staging)  # gone already on success (renamed into a generation)
-        store._active_staging.discard(staging.name)
+def publish_staged(store: Store, staging: Path) -> dict[str, Any]:
+    """Verify a filled staging dir (see `staged_restore`) and switch it in; on any error nothing changed."""
+    with store.exclusive():
+        manifest = verify_snapshot_dir(staging, store.map_size)
+        store.switch_to(staging)
+    log.info("restored %d tasks into %s", len(manifest.get("tasks", [])), store.generation_dir)
+    return manifest
+
+
+@contextlib.contextmanager
+def staged_restore(
+    store: Store, *, src_dir: Path | None = None, chunks: Iterable[bytes] | None = None, max_bytes: int = 0
+) -> Iterator[Path]:
+    """Phase 1 of a restore: copy a snapshot dir, or receive a tar stream, into a staging dir.
+
+    Nothing is locked and nothing live changes meanwhile, so a slow or stalled sender holds up no
+    one; phase 2, `publish_staged`, verifies and switches. The staging dir is removed on exit.
+    """
+    if src_dir is not None and not src_dir.is_dir():
+        raise NotFound(f"snapshot directory {src_dir} does not exist")
+    with store.staging_dir() as staging:
+        if src_dir is not None:
+            staging.mkdir()
+            _copy_dir(src_dir, staging)
+        else:
+            assert chunks is not None
+            archive.extract_archive(chunks, staging, max_bytes)
+        yield staging
 
 
 def restore_dir(store: Store, src: Path) -> dict[str, Any]:
-    if not src.is_dir():
-        raise NotFound(f"snapshot directory {src} does not exist")
-
-    def fill(staging: Path) -> None:
-        staging.mkdir()
-        _copy_dir(src, staging)
-
-    return _restore_staged(store, store.root / layout.new_name(layout.STAGING_PREFIX), fill)
+    with staged_restore(store, src_dir=src) as staging:
+        return publish_staged(store, staging)
 
 
 def restore_from_archive(store: Store, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
-    staging = store.root / layout.new_name(layout.STAGING_PREFIX)
-    return _restore_staged(store, staging, lambda s: archive.extract_archive(chunks, s, max_bytes))
+    with staged_restore(store, chunks=chunks, max_bytes=max_bytes) as staging:
+        return publish_staged(store, staging)

@@ -7,6 +7,7 @@ unreferenced shard for `gc`. Snapshot and restore live in `server.store.snapshot
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -24,7 +25,7 @@ from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, Inv
 from munet_server.faults import crash_point
 from munet_server.store import layout, snapshot
 from munet_server.store.layout import GEN_PREFIX, META_DIR, SHARDS_DIR, STAGING_PREFIX
-from munet_server.store.metadata import MetadataStore, MetaView
+from munet_server.store.metadata import DATA_FILE, MetadataStore, MetaView
 from munet_server.store.records import ComponentRecord, TaskRecord
 from munet_server.store.shards import SUFFIX, ShardStore, is_digest
 
@@ -101,20 +102,34 @@ class Store:
         return name
 
     def _open_generation(self, name: str) -> None:
-        self.generation_dir = self.root / name
-        self.meta = MetadataStore(self.generation_dir / META_DIR, self.map_size)
-        self.shards = ShardStore(self.generation_dir / SHARDS_DIR)
+        gen = self.root / name
+        shards = ShardStore(gen / SHARDS_DIR)
+        data = gen / META_DIR / DATA_FILE
+        fix = "restore the store from a snapshot (munet restore), or move the store aside and start afresh"
+        if (not data.exists() or data.stat().st_size == 0) and shards.digests():
+            # Shards are only ever written after the metadata exists: this is damage, not a new store.
+            # Opening would create an empty database and start-up gc would delete every task's shard.
+            state = "missing" if not data.exists() else "empty"
+            raise DataLoss(f"the metadata database {data} is {state} but {gen / SHARDS_DIR} holds data; {fix}")
+        meta = MetadataStore(gen / META_DIR, self.map_size)
+        try:
+            with meta.read() as v:
+                has_system = v.get_system() is not None
+            foreign = (
+                [] if has_system else [d for d in shards.digests() if shards.metadata(d).get("owner") != "root"]
+            )
+        except BaseException:
+            meta.close()
+            raise
+        if foreign:  # only the root's shard may precede the first record
+            meta.close()
+            raise DataLoss(
+                f"the metadata database {data} holds no system record but {len(foreign)} task or "
+                f"checkpoint shards exist in {gen / SHARDS_DIR}; {fix}"
+            )
+        self.generation_dir, self.meta, self.shards = gen, meta, shards
         with self._cache_lock:
             self._cache.clear()
-
-    def reopen(self) -> None:
-        """Close and reopen whatever generation CURRENT names now."""
-        with self._lock:
-            self.meta.close()
-            name = layout.read_current(self.root)
-            if name is None:
-                raise DataLoss(f"{self.root / layout.CURRENT} disappeared; restore from a snapshot")
-            self._open_generation(name)
 
     def close(self) -> None:
         self.meta.close()
@@ -128,6 +143,33 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- concurrency, for store/snapshot.py -------------------------------------------------
+    def exclusive(self) -> threading.RLock:
+        """Held, nothing else writes: commit, delete, gc, snapshot and the restore switch never interleave."""
+        return self._lock
+
+    @contextlib.contextmanager
+    def staging_dir(self) -> Iterator[Path]:
+        """A fresh `staging-*` path in the store root (same filesystem, so shards hard-link and the
+        switch is a rename). gc leaves it alone while in use; it is removed on exit unless switched in."""
+        staging = self.root / layout.new_name(STAGING_PREFIX)
+        self._active_staging.add(staging.name)
+        try:
+            yield staging
+        finally:
+            layout.remove_tree(staging)  # gone already when it became the live generation
+            self._active_staging.discard(staging.name)
+
+    def switch_to(self, staging: Path) -> None:
+        """Make a verified staging dir the live generation; then drop the old one."""
+        with self._lock:
+            old = self.generation_dir
+            name = self._publish_generation(staging)
+            self.meta.close()
+            self._open_generation(name)
+            layout.remove_tree(old)
+            layout.fsync_dir(self.root)
 
     # ---- tasks ---------------------------------------------------------------------------------
     def commit_task(
@@ -310,16 +352,6 @@ class Store:
 
     def restore_archive(self, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
         return snapshot.restore_from_archive(self, chunks, max_bytes)
-
-    def _switch_to(self, staging: Path) -> None:
-        """Make a verified staging dir the live generation; then drop the old one."""
-        with self._lock:
-            old = self.generation_dir
-            name = self._publish_generation(staging)
-            self.meta.close()
-            self._open_generation(name)
-            layout.remove_tree(old)
-            layout.fsync_dir(self.root)
 
 
 def _task_exists(name: str) -> AlreadyExists:

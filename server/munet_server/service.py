@@ -1,0 +1,195 @@
+"""What the server can be asked to do, independent of the transport (the gRPC servicer converts).
+
+One object owns the live state: the store, the system (replaced by a restore), the operations and the
+Predict batcher. Uploads and restores exclude each other: a restore is refused while an upload
+streams or an operation is queued or running, and an upload is refused while a restore switches the
+system, so no acknowledged example is ever lost to a restore. A restore receives its snapshot before
+it takes any lock, so a slow or stalled sender holds up nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from munet_server.config import ServerConfig
+from munet_server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from munet_server.jobs.ingest import DatasetWriter
+from munet_server.jobs.manager import JobManager
+from munet_server.jobs.spec import AddTaskSpec
+from munet_server.metrics import Metrics
+from munet_server.serve.predictor import Predictor, SystemRef
+from munet_server.store.records import JobRecord
+from munet_server.store.snapshot import publish_staged, staged_restore
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
+
+log = logging.getLogger(__name__)
+TasksChanged = Callable[[list[str]], None]  # called with the names of deleted tasks
+
+
+@dataclass(frozen=True)
+class Deleted:
+    freed_components: list[str]
+    params_freed: int
+
+
+class MunetService:
+    def __init__(
+        self,
+        config: ServerConfig,
+        metrics: Metrics,
+        executor_factory: Callable[[], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.store = Store(config.store)
+        try:
+            root = config.root if config.root_explicit or self.store.meta.get_system() is None else None
+            self.ref = SystemRef(MunetSystem.open(self.store, root, config.device))
+        except BaseException:
+            self.store.close()
+            raise
+        self.executor_factory = executor_factory
+        self.on_tasks_changed: TasksChanged = lambda deleted: None
+        self.on_operation: Callable[[JobRecord], None] = lambda job: None
+        self.jobs = self._make_jobs()
+        self.predictor = Predictor(
+            self.ref,
+            config.max_batch,
+            config.batch_wait_ms,
+            config.max_predict_images,
+            config.predict_threads,
+            on_pass=lambda tasks: metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
+        )
+        self._state = threading.Lock()  # guards the two counters below
+        self._uploads = 0
+        self._restoring = False
+        self._restore_lock = threading.Lock()  # one restore at a time
+
+    @property
+    def system(self) -> MunetSystem:  # the live one: a restore replaces it
+        return self.ref.system
+
+    def _make_jobs(self) -> JobManager:
+        return JobManager(
+            self.ref.system,
+            max_pending=self.config.max_pending_operations,
+            on_commit=lambda task: self.on_tasks_changed([]),
+            on_progress=lambda job: self.on_operation(job),
+            executor_factory=self.executor_factory,
+        )
+
+    def start(self) -> None:
+        self.jobs.start(resume=self.config.resume_operations)
+
+    def stop(self) -> None:
+        self.jobs.stop()
+        self.predictor.stop()
+        self.store.close()
+
+    # ---- AddTask -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _upload(self) -> Iterator[None]:
+        with self._state:
+            if self._restoring:
+                raise FailedPrecondition(
+                    "a restore is replacing the system right now; add the task again when it has finished"
+                )
+            self._uploads += 1
+        try:
+            yield
+        finally:
+            with self._state:
+                self._uploads -= 1
+
+    def add_task(
+        self, spec: AddTaskSpec, examples: Iterable[tuple[bytes, int]], alive: Callable[[], bool]
+    ) -> JobRecord:
+        """Store an upload example by example, then queue its operation; a failed or abandoned
+        upload leaves nothing behind."""
+        with self._upload():
+            self.jobs.check_can_submit(spec.name)  # duplicate names and a full queue fail first
+            writer = DatasetWriter(self.store, spec.name, spec.class_names, self.config.upload)
+            try:
+                for image, label in examples:
+                    writer.add(image, label)
+                if not alive():
+                    raise Cancelled("the client went away during the upload")
+                dataset = writer.finish()
+                job = self.jobs.submit(spec, dataset)
+            except BaseException:
+                writer.abort()
+                raise
+        log.info("AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, job.id)
+        return job
+
+    # ---- tasks ---------------------------------------------------------------------------------
+    def delete_task(self, name: str) -> Deleted:
+        s = self.system
+        if name not in s.tasks and name not in s.damaged:
+            raise NotFound(f"task {name!r} does not exist")
+        sizes = {cid: c.num_params for cid, c in s.pool.items()}
+        freed = s.delete_task(name)
+        self.on_tasks_changed([name])
+        return Deleted(freed, sum(sizes.get(c, 0) for c in freed))
+
+    # ---- snapshot / restore --------------------------------------------------------------------
+    def server_path(self, raw: str, what: str = "snapshot") -> Path:
+        """A server-side directory a client named, confined to --snapshot-root when that is set."""
+        if not raw:
+            raise InvalidArgument(f"give the server-side {what} directory")
+        if "\x00" in raw:
+            raise InvalidArgument(f"the {what} path contains a NUL byte")
+        p = Path(raw).expanduser().resolve()
+        root = self.config.snapshot_root
+        if root is not None and not p.is_relative_to(root.resolve()):
+            raise PermissionDenied(f"{what} directories must be inside {root} (the server's --snapshot-root)")
+        return p
+
+    def snapshot_to(self, dest: Path) -> dict[str, Any]:
+        return self.store.snapshot(dest)
+
+    def stream_snapshot(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return self.store.iter_snapshot_archive(chunk_size)
+
+    def restore_from_dir(self, src: Path) -> dict[str, Any]:
+        with staged_restore(self.store, src_dir=src) as staging:
+            return self._switch(staging)
+
+    def restore_from_stream(self, chunks: Iterable[bytes]) -> dict[str, Any]:
+        limit = self.config.upload.max_bytes * 4  # a snapshot may hold several uploads' worth of weights
+        with staged_restore(self.store, chunks=chunks, max_bytes=limit) as staging:
+            return self._switch(staging)
+
+    def _switch(self, staging: Path) -> dict[str, Any]:
+        """Phase 2 of a restore: refuse while work is in flight, then verify, switch and reopen."""
+        with self._restore_lock:
+            with self._state:
+                active = self.jobs.active()
+                if self._uploads or active:
+                    raise FailedPrecondition(
+                        f"{self._uploads} uploads are streaming and {active} operations are queued or "
+                        "running; wait for them (or cancel them) before a restore"
+                    )
+                self._restoring = True
+            try:
+                old_tasks = set(self.system.tasks) | set(self.system.damaged)
+                self.jobs.stop()
+                try:
+                    manifest = publish_staged(self.store, staging)  # verified first: on error nothing changed
+                finally:
+                    self.ref.system = MunetSystem.open(self.store, None, self.config.device)
+                    self.jobs = self._make_jobs()
+                    self.jobs.start(resume=False)
+                now = set(self.system.tasks) | set(self.system.damaged)
+                self.on_tasks_changed(sorted(old_tasks - now))
+                return manifest
+            finally:
+                with self._state:
+                    self._restoring = False

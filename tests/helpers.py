@@ -1,0 +1,100 @@
+"""Helpers shared by the tests (fixtures live in conftest.py): real server processes, store state."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from munet_client import MunetClient, MunetError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+_STARTED: list[subprocess.Popen] = []
+
+
+def kill_leftover_servers() -> None:
+    """A failing test must not leave a server process behind (conftest calls this after each test)."""
+    while _STARTED:
+        p = _STARTED.pop()
+        if p.poll() is None:
+            p.kill()
+            p.wait(30)
+
+
+TINY_VIT_FLAGS = ["--root", "vit_tiny_patch16_224", "--image-size", "32", "--min-image-size", "16",
+                  "--max-image-size", "64"]  # fmt: skip
+
+
+def server_command(store: Path, port: int, weights: str) -> list[str]:
+    """`munet-server` on the tiny test ViT, as a user would start it."""
+    kwargs = json.dumps(dict(img_size=32, patch_size=8, depth=2, embed_dim=64, num_heads=2))
+    return [
+        sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(port), "--device", "cpu",
+        *TINY_VIT_FLAGS, "--root-kwargs", kwargs, "--root-weights", weights, "--log-level", "WARNING",
+    ]  # fmt: skip
+
+
+class ServerProcess:
+    """A real `munet-server` subprocess on a loopback port, with a client once it is SERVING."""
+
+    def __init__(self, store: Path, weights: str, crash_at: str = "") -> None:
+        self.port = free_port()
+        cmd = server_command(store, self.port, weights)
+        env = {**os.environ, "MUNET_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
+        self.log = open(store.parent / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        _STARTED.append(self.proc)
+        self.client = MunetClient(f"127.0.0.1:{self.port}", timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"server exited: {(store.parent / f'server-{self.port}.log').read_text()}"
+                )
+            try:
+                if self.client.health() == "SERVING":
+                    return
+            except MunetError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("server did not start")
+            time.sleep(0.2)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        assert self.proc.wait(60) == 0
+        self.close()
+
+    def wait_dead(self) -> None:
+        assert self.proc.wait(120) == -signal.SIGKILL
+        self.close()
+
+    def close(self) -> None:
+        self.client.close()
+        self.log.close()
+
+
+def store_state(app) -> tuple:
+    """Everything that must not change: tasks, components, datasets, shard files, golden digests."""
+    s = app.ref.system
+    with s.store.meta.read() as v:
+        tasks = tuple(sorted((t.name, t.golden_digest) for t in v.list_tasks()))
+        comps = tuple(sorted(c.id for c in v.list_components()))
+        datasets = tuple(sorted(d.id for d in v.list_datasets() if not d.complete))
+    return tasks, comps, datasets, tuple(sorted(s.store.shards.digests()))
