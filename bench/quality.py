@@ -1,495 +1,292 @@
-"""Quality benchmark: the muNet paper's comparison, at small scale, on real packaged data.
+"""Quality benchmark: what AddTask learns against what a user would do instead, done well.
 
-A stream of real tasks (Split Fashion-MNIST, MNIST-5k, animal shapes, optionally UCI digits) is
-learned task after task from the same pretrained root by:
-- muNet at several scale factors s, each in its own system (cross-task seeds, mutations, commit);
-- full fine-tuning, linear probe and adapters at every layer: search policies with the same
-  per-task budget and root-only parents, each method in its own system;
-- sequential fine-tuning of one shared model (a new head per task, the body keeps training).
+For each seed (its own train/test split of every task) and task:
+- `linear_probe`, `finetune`, `finetune_bn_train`, `finetune_top`: bench/baselines.py, independent of the
+  server's machinery, each choosing its hyperparameters inside the training images and refitted;
+- `adapters`: the server's `adapters` policy (an adapter before every block, its own learning-rate
+  sweep on a holdout, refit) with a generous budget;
+- `munet<S>`: `learn_task` - exactly what AddTask runs - with a budget of S wall-clock seconds; the
+  tasks are learned as one stream into one system per budget (later tasks may build on earlier ones),
+  and after the stream every earlier task is re-tested (forgetting must be exactly 0: golden digests).
 
-Reported per task: test accuracy, parameters added (plain, and accounted as the score counts them),
-system size, wall time, and forgetting (test accuracy right after learning a task minus after the
-whole stream). No search ever sees a test split: validation is carved out of the training part.
+Rows go to a JSONL file as they finish (re-running skips what is there); `--report` writes the tables
+into RESULTS.md and the plot. CPU seconds are process CPU time, sweeps included.
 
-    .venv/bin/python -m bench.quality --quick   # ~13 min on 2 CPU cores (all methods)
-    .venv/bin/python -m bench.quality --full    # for a GPU: more data, larger budget
+    .venv/bin/python -m bench.quality --seeds 0-4            # ~1 h per seed on 2 CPU cores
+    .venv/bin/python -m bench.quality --report
 """
 
 from __future__ import annotations
 
 import os
 
-# Idle OpenMP threads sleep instead of spinning: on a small shared CPU, spinning threads of another
-# process make every torch op wait (measured here: 1.42 s vs 0.18 s per fine-tuning step while a
-# second torch process ran). Must be set before torch is first imported; override it from the shell.
-# Not for bench.serving: sleeping threads add wake-up latency to every small forward pass.
+# Idle OpenMP threads sleep instead of spinning (must be set before torch is imported).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import json
 import math
-import platform
-import re
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from munet_server.data import offline
-from munet_server.data.dataset import ImageDataset, stratified_split
-from munet_server.data.transforms import preprocess
-from munet_server.evolve.baselines import SequentialFinetune, SequentialTask, policy_config
-from munet_server.evolve.search import EvolutionSearch, SearchConfig
-from munet_server.evolve.train import TrainConfig
-from munet_server.jobs.spec import Budget
-from munet_server.model.hparams import SearchSpace
-from munet_server.model.root import RootConfig, load_root
+from bench import baselines, machine
+from bench.tasks import TaskData, load_task
+from munet_server.evolve.budget import Budget
+from munet_server.jobs.spec import AddTaskSpec
+from munet_server.learn import learn_task
+from munet_server.model.root import RootConfig
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 
-BENCH_DIR = Path(__file__).resolve().parent
-FASHION_PAIRS = ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9))
-STREAM = (*(f"fmnist_{a}_{b}" for a, b in FASHION_PAIRS), "mnist5k", "animals")
-METHODS = ("munet_s1.0", "munet_s0.5", "munet_s0.1", "finetune", "linear_probe", "adapters", "sequential")
-POLICY_METHODS = ("finetune", "linear_probe", "adapters")
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out" / "quality.jsonl"
+DEFAULT_TASKS = ("photos", "mnist40", "fmnist_shirts10", "fmnist_shirts100", "animals10")
+BASELINES = ("linear_probe", "finetune", "finetune_bn_train", "finetune_top")
+MUNET_BUDGETS = {"munet30": 30.0, "munet90": 90.0, "munet360": 360.0}
+METHODS = (*BASELINES, "adapters", *MUNET_BUDGETS)
+PROBE_SIZES = (64, 96, 112)
 
 
-# ---- configuration ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataConfig:
-    tasks: tuple[str, ...] = STREAM  # learned in this order
-    train_per_class: int = 100  # drawn from the train side; validation is carved out of it
-    test_per_class: int = 200  # capped by what the test side holds (MNIST-5k: 100)
-    val_fraction: float = 0.2
-    holdout_fraction: float = 0.2  # test side for sources without an official test split
-    seed: int = 0
-
-
-def sequential_config(budget: Budget) -> TrainConfig:
-    """Sequential fine-tuning trains once per task with the whole budget (all candidates' steps)."""
-    total = budget.validations * budget.generations * budget.candidates_per_generation
-    return replace(budget.train_config(), validations=total)
-
-
-@dataclass(frozen=True)
-class QualityConfig:
-    setting: str
-    root: RootConfig = field(default_factory=RootConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    budget: Budget = field(default_factory=Budget)
-    methods: tuple[str, ...] = METHODS
-    device: str = "cpu"
-    seed: int = 0
-
-
-def quick_config() -> QualityConfig:
-    # The pretrained Lite0 root at 32-48 px; per task 9 candidates of <= 24 SGD steps (binary tasks:
-    # 10, one epoch per validation) keep all seven methods near 15 min on two CPU cores.
-    root = RootConfig(image_size=32, min_image_size=32, max_image_size=48)
-    return QualityConfig(
-        setting="quick",
-        root=root,
-        data=DataConfig(),
-        budget=Budget(generations=3, candidates_per_generation=3, validations=2, steps_per_validation=12),
-    )
-
-
-def full_config() -> QualityConfig:
-    data = DataConfig(tasks=(*STREAM, "digits"), train_per_class=500, test_per_class=500)
-    budget = Budget(
-        generations=8, candidates_per_generation=4, validations=5, steps_per_validation=50, batch_size=64
-    )
-    return QualityConfig(setting="full", root=RootConfig(), data=data, budget=budget, device="auto")
-
-
-# ---- data ------------------------------------------------------------------------------------------
-@dataclass
-class TaskData:
-    name: str
-    train: ImageDataset
-    val: ImageDataset
-    test: ImageDataset
-
-    @property
-    def num_classes(self) -> int:
-        return self.train.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.train.class_names
-
-
-def to_dataset(raw: offline.RawImages, size: int) -> ImageDataset:
-    """Grey (N, H, W) uint8 -> (N, 3, size, size) uint8 by bilinear resize and channel repeat."""
-    x = torch.from_numpy(np.ascontiguousarray(raw.images))[:, None].float()
-    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).round().clamp(0, 255)
-    images = x.to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    return ImageDataset(images, torch.from_numpy(raw.labels.astype(np.int64)), list(raw.class_names))
-
-
-def _raw_sources(names: tuple[str, ...], cfg: DataConfig) -> dict[str, tuple[offline.RawImages, ...]]:
-    """name -> (train side, test side): official splits for Fashion-MNIST, seeded holdout otherwise."""
-    out: dict[str, tuple[offline.RawImages, ...]] = {}
-    fashion = [n for n in names if n.startswith("fmnist_")]
-    if fashion:
-        pairs = tuple((int(n.split("_")[1]), int(n.split("_")[2])) for n in fashion)
-        trains = offline.split_fashion_mnist(pairs, "train")
-        tests = offline.split_fashion_mnist(pairs, "test")
-        out.update({n: (tr, te) for n, tr, te in zip(fashion, trains, tests)})
-    loaders = {"mnist5k": offline.mnist5k, "animals": offline.animal_shapes, "digits": offline.digits}
-    for n in names:
-        if n in loaders:
-            out[n] = offline.train_test_split(loaders[n](), cfg.holdout_fraction, cfg.seed)
-    unknown = set(names) - set(out)
-    if unknown:
-        raise ValueError(f"unknown tasks {sorted(unknown)}; known: fmnist_A_B, {', '.join(loaders)}")
-    return out
-
-
-def load_stream(cfg: DataConfig, size: int) -> list[TaskData]:
-    sources = _raw_sources(cfg.tasks, cfg)
-    stream = []
-    for i, name in enumerate(cfg.tasks):
-        train_raw, test_raw = sources[name]
-        seed = cfg.seed + 1000 * i
-        train = to_dataset(offline.sample_per_class(train_raw, cfg.train_per_class, seed), size)
-        test = to_dataset(offline.sample_per_class(test_raw, cfg.test_per_class, seed + 1), size)
-        tr, va = stratified_split(train, cfg.val_fraction, seed + 2)
-        stream.append(TaskData(name, tr, va, test))
-    return stream
-
-
-# ---- results ---------------------------------------------------------------------------------------
-@dataclass
-class TaskOutcome:
-    task: str
-    val_acc: float
-    test_acc: float  # right after the task was learned
-    params_added: int  # new parameters stored for this task
-    seconds: float  # search (or training) plus commit
-    steps: int
-    test_acc_end: float = math.nan  # after the whole stream
-    accounted_params: float = math.nan  # the score's p at the end of the stream (shared cost split)
-    verified: bool | None = None  # golden digest recomputed bit-identically (muNet systems)
-
-    @property
-    def forgetting(self) -> float:
-        return self.test_acc - self.test_acc_end
-
-
-@dataclass
-class MethodResult:
-    method: str
-    tasks: list[TaskOutcome]
-    system_params: int  # every stored parameter: root (where kept) plus everything added
-    seconds: float
-
-    def summary(self) -> dict[str, float]:
-        t = self.tasks
-        return {
-            "test_acc": _mean(o.test_acc for o in t),
-            "test_acc_end": _mean(o.test_acc_end for o in t),
-            "forgetting": _mean(o.forgetting for o in t),
-            "max_forgetting": max(o.forgetting for o in t),
-            "params_added": _mean(o.params_added for o in t),
-            "accounted_params": _mean(o.accounted_params for o in t),
-            "seconds": sum(o.seconds for o in t),
-            "system_params": self.system_params,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        tasks = [{**asdict(o), "forgetting": o.forgetting} for o in self.tasks]
-        return {"method": self.method, "tasks": tasks, "summary": self.summary(), "seconds": self.seconds}
-
-
-def _mean(values: Any) -> float:
-    v = list(values)
-    return float(sum(v) / len(v)) if v else math.nan
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @torch.no_grad()
-def accuracy(predict: Callable[[torch.Tensor], torch.Tensor], ds: ImageDataset, batch: int = 256) -> float:
-    correct = 0
-    for i in range(0, len(ds), batch):
-        correct += int((predict(ds.images[i : i + batch]).argmax(-1).cpu() == ds.labels[i : i + batch]).sum())
-    return correct / max(1, len(ds))
+def test_accuracy(system: MunetSystem, task: str, data: TaskData) -> float:
+    x = data.test.images
+    logits = torch.cat([system.logits(task, x[i : i + 64]) for i in range(0, len(x), 64)])
+    return float((logits.argmax(1) == data.test.labels).float().mean())
 
 
-def log(msg: str, t0: float = 0.0) -> None:
-    stamp = f"[{time.monotonic() - t0:7.1f}s] " if t0 else ""
-    print(f"{stamp}{msg}", flush=True)
-
-
-# ---- methods ---------------------------------------------------------------------------------------
-def method_search_config(method: str, cfg: QualityConfig) -> SearchConfig:
-    if method.startswith("munet_s"):
-        return cfg.budget.search_config(float(method.removeprefix("munet_s")), cfg.seed)
-    if method in POLICY_METHODS:
-        return policy_config(cfg.budget.search_config(1.0, cfg.seed), method)
-    raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
-
-
-def run_system_method(method: str, stream: list[TaskData], cfg: QualityConfig, workdir: Path) -> MethodResult:
-    """muNet or a search-policy baseline: every task searched, then committed into this method's store."""
-    t0 = time.monotonic()
-    torch.manual_seed(cfg.seed)
-    system = MunetSystem.open(Store(workdir / method), cfg.root, device=cfg.device)
-    base = method_search_config(method, cfg)
-    outcomes = []
-    for i, task in enumerate(stream):
-        t_task = time.monotonic()
-        search = EvolutionSearch(
-            system, task.name, task.num_classes, task.train, task.val, replace(base, seed=cfg.seed + i)
+def run_learned(
+    method: str, stream: list[TaskData], seed: int, root: RootConfig, workdir: Path, budget: Budget | None = None
+) -> list[dict[str, Any]]:
+    """muNet (or the adapters policy) through learn_task, task after task, into one system."""
+    policy = "adapters" if method == "adapters" else "munet"
+    if budget is None:
+        budget = Budget(seconds=180.0, epochs=15) if method == "adapters" else Budget(seconds=MUNET_BUDGETS[method])
+    system = MunetSystem.open(Store(workdir / method), root, device="cpu")
+    rows = []
+    for data in stream:
+        spec = AddTaskSpec(name=data.name, class_names=data.class_names, budget=budget, seed=seed, policy=policy)
+        with baselines.Timer() as t:
+            learned = learn_task(system, spec, data.train)
+        m = learned.record.metrics
+        rows.append(
+            {
+                "method": method,
+                "task": data.name,
+                "test_accuracy": test_accuracy(system, data.name, data),
+                "cpu_seconds": t.cpu,
+                "wall_seconds": t.wall,
+                "params_added": m["params_added"],
+                "image_size": m["image_size"],
+                "validation_accuracy": m["validation_accuracy"],
+                "probe_validation_accuracy": m["probe_validation_accuracy"],
+                "kind": m["kind"],
+                "candidates": m["candidates"],
+                "new_components": _new_names(system, data.name),
+            }
         )
-        result = search.run()
-        best = result.best
-        metrics = {"validation_accuracy": best.quality, "score": best.score}
-        record = system.commit(
-            task.name, task.class_names, best, metrics, f"bench:{task.name}", task.val.images
-        )
-        seconds = time.monotonic() - t_task
-        acc = accuracy(lambda x, n=task.name: system.logits(n, x), task.test)
-        outcomes.append(
-            TaskOutcome(
-                task.name, best.quality, acc, int(record.metrics["params_added"]), seconds, result.steps
-            )
-        )
-        log(f"{method:>12} {task.name:>10}: val {best.quality:.3f} test {acc:.3f} "
-            f"+{record.metrics['params_added']:,} params {seconds:5.1f}s", t0)  # fmt: skip
-    for o in outcomes:  # after the whole stream: re-measure, re-verify, final shared accounting
-        entry = system.tasks[o.task]
-        o.test_acc_end = accuracy(lambda x, n=o.task: system.logits(n, x), _task(stream, o.task).test)
-        o.verified = system.verify_task(o.task)
-        o.accounted_params = float(system.accounted_params(entry.path, o.task))
-    size = sum(c.num_params for c in system.pool.values())
+        log(f"  {method} {data.name}: test {rows[-1]['test_accuracy']:.3f} (val {m['validation_accuracy']:.3f}, "
+            f"probe {m['probe_validation_accuracy']:.3f}) {t.wall:.0f} s, +{m['params_added']:,} params")  # fmt: skip
+    # After the whole stream: nothing learned later changed an earlier task.
+    for row, data in zip(rows, stream):
+        row["test_accuracy_end"] = test_accuracy(system, data.name, data)
+        row["verified"] = system.verify_task(data.name)
+        row["params_accounted_end"] = system.accounted_params(system.tasks[data.name].path, data.name)
     system.store.close()
-    return MethodResult(method, outcomes, size, time.monotonic() - t0)
+    return rows
 
 
-def run_sequential(stream: list[TaskData], cfg: QualityConfig) -> MethodResult:
-    """One shared body fine-tuned on each task in turn; earlier heads sit on a body that keeps moving."""
-    t0 = time.monotonic()
-    torch.manual_seed(cfg.seed)
-    root = load_root(cfg.root)
-    arch, rc = root.arch, cfg.root
-    hp = SearchSpace.for_root(arch.num_blocks, arch.patch_multiple, rc.min_image_size, rc.max_image_size)
-    hp = hp.defaults(rc.image_size)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else "cpu")
-    seq = SequentialFinetune(arch, hp, device)
-    train_cfg = sequential_config(cfg.budget)
-    outcomes = []
-    body = sum(c.num_params for c in seq.body)
-    for i, task in enumerate(stream):
-        t_task = time.monotonic()
-        res = seq.add_task(
-            SequentialTask(task.name, task.train, task.val, task.num_classes), train_cfg, cfg.seed + i
+def _new_names(system: MunetSystem, task: str) -> list[str]:
+    e = system.tasks[task]
+    new = set(e.record.metrics.get("new_components", []))
+    return [c.spec.name for c in e.path.components if c.id in new]
+
+
+def run_baseline(method: str, data: TaskData, seed: int, root: RootConfig, lp_size: int) -> dict[str, Any]:
+    if method == "linear_probe":
+        out = baselines.linear_probe(data.train, data.test, root, PROBE_SIZES, seed)
+    else:
+        out = baselines.finetune(data.train, data.test, root, lp_size, baselines.RECIPES[method], seed)
+    log(f"  {method} {data.name}: test {out.test_accuracy:.3f} at {out.image_size} px, {out.cpu_seconds:.0f} CPU s")
+    return {
+        "method": method,
+        "task": data.name,
+        "test_accuracy": out.test_accuracy,
+        "cpu_seconds": out.cpu_seconds,
+        "wall_seconds": out.wall_seconds,
+        "params_added": out.params_added,
+        "image_size": out.image_size,
+        "chosen": out.chosen,
+    }
+
+
+def done_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        for r in rows:
+            f.write(json.dumps(r, default=float) + "\n")
+
+
+def run(seeds: list[int], tasks: tuple[str, ...], methods: tuple[str, ...], out: Path, root: RootConfig) -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    env = {"machine": machine.describe(), "load": os.getloadavg()[0]}
+    for seed in seeds:
+        have = {(r["seed"], r["task"], r["method"]) for r in done_rows(out)}
+        stream = [load_task(t, seed) for t in tasks]
+        log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
+        lp_size = {}
+        for r in done_rows(out):
+            if r["seed"] == seed and r["method"] == "linear_probe":
+                lp_size[r["task"]] = r["image_size"]
+        for method in methods:
+            if method in BASELINES:
+                for data in stream:
+                    if (seed, data.name, method) in have:
+                        continue
+                    row = run_baseline(method, data, seed, root, lp_size.get(data.name, 112))
+                    if method == "linear_probe":
+                        lp_size[data.name] = row["image_size"]
+                    append(out, [{**row, "seed": seed, "tasks": list(tasks), **env}])
+            elif not all((seed, d.name, method) in have for d in stream):
+                with tempfile.TemporaryDirectory() as tmp:
+                    rows = run_learned(method, stream, seed, root, Path(tmp))
+                append(out, [{**r, "seed": seed, "tasks": list(tasks), **env} for r in rows])
+
+
+# ---- report ----------------------------------------------------------------------------------------
+LABELS = {
+    "linear_probe": "linear probe (converged, CV)",
+    "finetune": "fine-tune all, BN frozen (LP-FT, lr sweep)",
+    "finetune_bn_train": "fine-tune all, BN train mode (LP-FT)",
+    "finetune_top": "fine-tune top 2 blocks (LP-FT, lr sweep)",
+    "adapters": "adapters at every block (180 s)",
+    "munet30": "muNet, 30 s budget",
+    "munet90": "muNet, 90 s budget (default)",
+    "munet360": "muNet, 360 s budget (4x)",
+}
+
+
+def _ci95(x: np.ndarray) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+
+def report(out: Path, results_md: Path) -> str:
+    rows = done_rows(out)
+    by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    for r in rows:
+        by[(r["method"], r["task"])][r["seed"]] = r
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = [m for m in METHODS if any((m, t) in by for t in tasks)]
+    # Seeds complete for every method and task: the paired comparison uses only those.
+    seeds = sorted(set.intersection(*(set(by[(m, t)]) for m in methods for t in tasks)))
+    if not seeds:
+        return "no complete seed yet"
+    acc = {(m, t): np.array([by[(m, t)][s]["test_accuracy"] for s in seeds]) for m in methods for t in tasks}
+    cpu = {(m, t): np.array([by[(m, t)][s]["cpu_seconds"] for s in seeds]) for m in methods for t in tasks}
+    lines = [
+        f"Machine: {rows[-1].get('machine', '?')}. Seeds {', '.join(map(str, seeds))} (each its own train/test split); "
+        "test accuracy in %, mean ± sd over seeds; CPU s = process CPU time incl. hyperparameter sweeps.",
+        "",
+        "| method | " + " | ".join(tasks) + " | mean | CPU s / task | params added / task |",
+        "|---|" + "---:|" * (len(tasks) + 3),
+    ]
+    for m in methods:
+        per = [f"{100 * acc[(m, t)].mean():.1f} ± {100 * acc[(m, t)].std(ddof=1):.1f}" for t in tasks]
+        mean_over = np.mean([acc[(m, t)] for t in tasks], axis=0)
+        params = np.mean([[by[(m, t)][s]["params_added"] for s in seeds] for t in tasks])
+        lines.append(
+            f"| {LABELS[m]} | " + " | ".join(per) + f" | **{100 * mean_over.mean():.1f}** | "
+            f"{np.mean([cpu[(m, t)].mean() for t in tasks]):.0f} | {params / 1e3:,.0f} K |"
         )
-        seconds = time.monotonic() - t_task
-        acc = accuracy(_seq_predict(seq, task.name, hp, device), task.test)
-        head = seq.paths[task.name].components[-1].num_params
-        added = head + (body if i == 0 else 0)  # the first task replaces the root by a trainable copy
-        outcomes.append(TaskOutcome(task.name, res.quality, acc, added, seconds, res.steps))
-        log(f"{'sequential':>12} {task.name:>10}: val {res.quality:.3f} test {acc:.3f} {seconds:5.1f}s", t0)
-    for o in outcomes:
-        o.test_acc_end = accuracy(_seq_predict(seq, o.task, hp, device), _task(stream, o.task).test)
-        head = seq.paths[o.task].components[-1].num_params
-        o.accounted_params = body / len(outcomes) + head
-    return MethodResult("sequential", outcomes, seq.total_params(), time.monotonic() - t0)
-
-
-def _seq_predict(seq: SequentialFinetune, task: str, hp: dict[str, Any], device: torch.device) -> Callable:
-    model = seq.model(task)
-    size = int(hp["ds_image_size"])
-    return lambda x: model(preprocess(x, size).to(device)).float()
-
-
-def _task(stream: list[TaskData], name: str) -> TaskData:
-    return next(t for t in stream if t.name == name)
-
-
-# ---- the benchmark ---------------------------------------------------------------------------------
-def run_benchmark(
-    cfg: QualityConfig,
-    workdir: Path,
-    stream: list[TaskData] | None = None,
-    on_method: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Every method on the same stream; returns the raw results (JSON-able).
-
-    `on_method` gets the results so far after each method (to save partial results).
-    """
-    t0 = time.monotonic()
-    load_before = os.getloadavg()[0]
-    if stream is None:
-        size = cfg.root.max_image_size  # the systems' storage size
-        stream = load_stream(cfg.data, size)
-    log(f"stream: {', '.join(f'{t.name} ({len(t.train)}/{len(t.val)}/{len(t.test)})' for t in stream)}")
-    results: dict[str, Any] = {
-        "setting": cfg.setting,
-        "config": _config_dict(cfg),
-        "machine": machine_info(cfg.device),
-        "tasks": [_task_info(t) for t in stream],
-        "methods": {},
-        "wall_seconds": 0.0,
-    }
-    methods = results["methods"]
-    for method in cfg.methods:
-        if method == "sequential":
-            res = run_sequential(stream, cfg)
-        else:
-            res = run_system_method(method, stream, cfg, workdir)
-        methods[method] = {**res.to_dict(), "loadavg_1min_after": os.getloadavg()[0]}
-        s = res.summary()
-        log(f"== {method}: test {s['test_acc']:.3f} -> {s['test_acc_end']:.3f} after the stream, "
-            f"system {s['system_params']:,} params, {res.seconds:.0f}s", t0)  # fmt: skip
-        results["wall_seconds"] = time.monotonic() - t0
-        if on_method is not None:
-            on_method(results)
-    # Other processes on the machine slow the timings down: record the load around the run.
-    results["machine"]["loadavg_1min"] = [load_before, os.getloadavg()[0]]
-    return results
-
-
-def _config_dict(cfg: QualityConfig) -> dict[str, Any]:
-    return {
-        "setting": cfg.setting,
-        "root": cfg.root.to_dict(),
-        "data": asdict(cfg.data),
-        "budget": asdict(cfg.budget),
-        "methods": list(cfg.methods),
-        "device": cfg.device,
-        "seed": cfg.seed,
-    }
-
-
-def _task_info(t: TaskData) -> dict[str, Any]:
-    return {
-        "name": t.name,
-        "classes": t.class_names,
-        "train": len(t.train),
-        "val": len(t.val),
-        "test": len(t.test),
-    }
-
-
-def machine_info(device: str) -> dict[str, Any]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
-    model = platform.processor()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        model = next(
-            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), model
+    # Paired differences against the strongest baseline per task (chosen per task by its mean).
+    lines += ["", "Paired differences (percentage points), mean and 95 % CI over seeds:", ""]
+    base = [b for b in ("linear_probe", "finetune", "finetune_top") if b in methods]
+    head = "| muNet budget | vs linear probe, per task | mean vs linear probe | mean vs max(probe, fine-tune) | worst task vs probe |"
+    lines += [head, "|---|---|---:|---:|---:|"]
+    for m in [m for m in methods if m.startswith("munet")]:
+        d_lp = {t: 100 * (acc[(m, t)] - acc[("linear_probe", t)]) for t in tasks}
+        best = {t: max(base, key=lambda b: acc[(b, t)].mean()) for t in tasks}
+        d_best = np.mean([100 * (acc[(m, t)] - acc[(best[t], t)]) for t in tasks], axis=0)
+        d_lp_mean = np.mean(list(d_lp.values()), axis=0)
+        per = ", ".join(f"{t} {d.mean():+.1f}" for t, d in d_lp.items())
+        worst = min(d_lp, key=lambda t: d_lp[t].mean())
+        lines.append(
+            f"| {m} | {per} | {d_lp_mean.mean():+.1f} ± {_ci95(d_lp_mean):.1f} | "
+            f"{d_best.mean():+.1f} ± {_ci95(d_best):.1f} | {worst} {d_lp[worst].mean():+.1f} |"
         )
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if device != "cpu" and torch.cuda.is_available() else None
-    label = f"{cores}-core CPU, " + (f"GPU {gpu}" if gpu else "no GPU")
-    return {
-        "label": label,
-        "cpu": model,
-        "cores": cores,
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "threads": torch.get_num_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
-    }
+    ft_params = np.mean([[by[("finetune", t)][s]["params_added"] for s in seeds] for t in tasks]) if "finetune" in methods else math.nan
+    lines += ["", "Parameters added per task as a share of full fine-tuning's, and forgetting after the stream:", ""]
+    lines += ["| method | params / fine-tune | forgetting (pp) | golden digests verified |", "|---|---:|---:|---:|"]
+    for m in [m for m in methods if m.startswith("munet") or m == "adapters"]:
+        p = np.mean([[by[(m, t)][s]["params_added"] for s in seeds] for t in tasks])
+        forget = np.mean([[by[(m, t)][s]["test_accuracy"] - by[(m, t)][s]["test_accuracy_end"] for s in seeds] for t in tasks])
+        ok = all(by[(m, t)][s]["verified"] for s in seeds for t in tasks)
+        lines.append(f"| {m} | {100 * p / ft_params:.0f} % | {100 * forget:.2f} | {'all' if ok else 'NOT ALL'} |")
+    body = "\n".join(lines)
+    _plot(acc, cpu, methods, tasks, results_md.parent / "quality_acc_vs_cpu.png")
+    machine.update_section(str(results_md), "quality", "## Quality: learning a task\n\n" + body
+                           + "\n\n![accuracy vs CPU seconds](quality_acc_vs_cpu.png)\n")  # fmt: skip
+    return body
+
+
+def _plot(acc: dict, cpu: dict, methods: list[str], tasks: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for m in methods:
+        x = np.mean([cpu[(m, t)].mean() for t in tasks])
+        y = 100 * np.mean([acc[(m, t)].mean() for t in tasks])
+        ax.scatter(x, y, s=40, marker="o" if m.startswith("munet") else "s")
+        ax.annotate(m, (x, y), textcoords="offset points", xytext=(5, 3), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("CPU seconds per task (incl. sweeps)")
+    ax.set_ylabel("mean test accuracy over tasks (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _seeds(text: str) -> list[int]:
+    if "-" in text:
+        a, b = text.split("-")
+        return list(range(int(a), int(b) + 1))
+    return [int(s) for s in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    group = ap.add_mutually_exclusive_group()
-    group.add_argument("--quick", action="store_true", help="the 2-CPU setting (default)")
-    group.add_argument("--full", action="store_true", help="the GPU setting: more data, larger budget")
-    ap.add_argument("--methods", default="", help="comma-separated subset of " + ",".join(METHODS))
-    ap.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="draws the data and seeds the searches; RESULTS.md reports all seeds",
-    )
-    ap.add_argument("--no-report", action="store_true", help="skip RESULTS.md and the plots")
-    ap.add_argument("--report-only", action="store_true", help="rebuild the report from the saved JSON")
-    args = ap.parse_args(argv)
-    cfg = full_config() if args.full else quick_config()
-    cfg = replace(cfg, seed=args.seed, data=replace(cfg.data, seed=args.seed))
-    out = result_path(cfg.setting, args.seed)
-    if args.report_only:
-        _report(cfg.setting)
-        return 0
-    if args.methods:
-        cfg = replace(cfg, methods=tuple(m.strip() for m in args.methods.split(",")))
-        out = out.with_name(f"{out.stem}-{'+'.join(cfg.methods)}.json")  # never replaces a full run
-    if cfg.device == "cpu":
-        torch.set_num_threads(2)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_suffix(".partial.json")
-    with tempfile.TemporaryDirectory(prefix="munet-quality-") as tmp:
-        results = run_benchmark(cfg, Path(tmp), on_method=lambda r: _save(r, partial))
-    _save(results, out)
-    partial.unlink(missing_ok=True)
-    log(f"wrote {out} ({results['wall_seconds']:.0f}s in all)")
-    if not args.no_report:
-        _report(cfg.setting)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,3")
+    p.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--report", action="store_true", help="only write the tables from --out")
+    a = p.parse_args(argv)
+    if not a.report:
+        run(_seeds(a.seeds), tuple(a.tasks.split(",")), tuple(a.methods.split(",")), a.out, RootConfig())
+    print(report(a.out, BENCH / "RESULTS.md"))
     return 0
 
 
-def result_path(setting: str, seed: int) -> Path:
-    return (
-        BENCH_DIR / "out" / (f"quality-{setting}.json" if seed == 0 else f"quality-{setting}-seed{seed}.json")
-    )
-
-
-def seed_runs(setting: str) -> list[dict[str, Any]]:
-    """Every saved run of this setting whose budget, data sizes and methods match seed 0's."""
-    main = json.loads(result_path(setting, 0).read_text())
-
-    def same(c: dict[str, Any]) -> bool:
-        data = {k: v for k, v in c["data"].items() if k != "seed"}
-        ref = {k: v for k, v in main["config"]["data"].items() if k != "seed"}
-        return c["budget"] == main["config"]["budget"] and data == ref and c["root"] == main["config"]["root"]
-
-    runs = [main]
-    seed_file = re.compile(rf"quality-{re.escape(setting)}-seed\d+\.json")  # not partial or subset runs
-    for path in sorted(result_path(setting, 0).parent.glob(f"quality-{setting}-seed*.json")):
-        if not seed_file.fullmatch(path.name):
-            continue
-        run = json.loads(path.read_text())
-        if same(run["config"]):
-            runs.append(run)
-        else:
-            log(f"skipping {path.name}: its budget or data differ from seed 0's")
-    return runs
-
-
-def _report(setting: str) -> None:
-    """RESULTS.md details seed 0 and summarises every seed run of the same setting."""
-    from bench.quality_report import write_report
-
-    runs = seed_runs(setting)
-    for path in write_report(runs[0], BENCH_DIR, runs):
-        log(f"wrote {path}")
-
-
-def _save(results: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(results, indent=1, default=_json_default))
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float | np.floating):
-        return float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    raise TypeError(f"not JSON-able: {type(o)}")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -37,10 +37,11 @@ import torch
 from bench.machine import describe, update_section
 from munet_client import MunetClient
 from munet_server.data import offline
-from munet_server.data.dataset import ImageDataset, stratified_split
+from munet_server.data.dataset import ImageDataset
 from munet_server.data.images import decode_to_storage, encode_png
-from munet_server.evolve.search import EvolutionSearch, SearchConfig
-from munet_server.evolve.train import TrainConfig
+from munet_server.evolve.budget import Budget
+from munet_server.jobs.spec import AddTaskSpec
+from munet_server.learn import learn_task
 from munet_server.model.root import RootConfig
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
@@ -86,18 +87,10 @@ def build_system(store_dir: Path, cfg: ServingConfig) -> list[str]:
     for (a, b), raw in zip(pairs, offline.split_fashion_mnist(pairs)):
         name = f"fmnist-{a}-{b}"
         ds = to_dataset(offline.sample_per_class(raw, cfg.per_class, 0), system.storage_size)
-        train, val = stratified_split(ds, 0.2, 0)
-        search = SearchConfig(
-            generations=1,
-            candidates_per_generation=2,
-            train=TrainConfig(validations=2, steps_per_validation=10, validation_examples=64),
-        )
-        best = EvolutionSearch(system, name, 2, train, val, search).run().best
-        system.commit(name, ds.class_names, best, {"validation_accuracy": best.quality}, "bench", val.images)
+        spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=Budget(seconds=30))
+        m = learn_task(system, spec, ds).record.metrics  # exactly what AddTask runs
         names.append(name)
-        print(
-            f"  task {name}: val acc {best.quality:.3f}, params added {system.tasks[name].record.metrics['params_added']:,}"
-        )
+        print(f"  task {name}: val acc {m['validation_accuracy']:.3f}, params added {m['params_added']:,}")
     system.store.close()
     return names
 

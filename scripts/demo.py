@@ -30,7 +30,7 @@ from munet_server.data.images import encode_png
 
 console = Console()
 HELD_OUT = 50  # test images per class, never uploaded
-BUDGET = {"generations": 4, "candidates_per_generation": 3, "steps_per_validation": 25, "validations": 3}
+BUDGET = {"seconds": 60}  # per task; the server's default is 90 s
 
 
 def free_port() -> int:
@@ -117,7 +117,10 @@ def main() -> None:
                 last = None
                 for update in client.watch(op.name):
                     p = update.progress
-                    line = f"  gen {p.generation}/{p.generations_total}  candidates {p.candidates_done}/{p.candidates_total}  best val acc {p.best_validation_accuracy:.3f}"
+                    line = (
+                        f"  {p.phase:<10} {p.elapsed_seconds:3.0f}/{p.budget_seconds:.0f} s  generation {p.generation}"
+                        f"  candidates {p.candidates_done}  best val acc {p.best_validation_accuracy:.3f}"
+                    )
                     if line != last:
                         console.print(line)
                         last = line

@@ -92,7 +92,7 @@ def digits() -> ImageDataset:
 
 
 # ---- a real server on a loopback port --------------------------------------------------------------
-SMALL_BUDGET = dict(generations=2, candidates_per_generation=2, steps_per_validation=20, validations=2)
+SMALL_BUDGET = dict(seconds=60.0, generations=2, candidates_per_generation=2, epochs=3)
 
 
 def make_app(store, root: RootConfig, executor_factory=None, **overrides):

@@ -98,3 +98,18 @@ def store_state(app) -> tuple:
         comps = tuple(sorted(c.id for c in v.list_components()))
         datasets = tuple(sorted(d.id for d in v.list_datasets() if not d.complete))
     return tasks, comps, datasets, tuple(sorted(s.store.shards.digests()))
+
+
+def learn(system, name, ds, seed=0, scale=1.0, cancel=None, **budget):
+    """learn_task with a small budget: what AddTask runs, on an in-memory dataset."""
+    from munet_server.evolve.budget import Budget
+    from munet_server.jobs.spec import AddTaskSpec
+    from munet_server.learn import learn_task
+
+    b = Budget(**{**TINY_BUDGET, **budget})
+    spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=b, seed=seed, scale_factor=scale)
+    return learn_task(system, spec, ds, cancel=cancel)
+
+
+# Enough for the tiny test ViT: the probes, one structured generation, one evolved one.
+TINY_BUDGET = dict(seconds=120.0, generations=2, candidates_per_generation=2, epochs=3)

@@ -1,44 +1,50 @@
-"""Smoke test of the quality benchmark's core on a tiny pretrained ViT: structure and zero forgetting."""
+"""Smoke test of the quality benchmark's parts on a tiny pretrained ViT: baselines, the muNet stream
+(exactly learn_task), zero forgetting, and the report."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from bench.quality import DataConfig, QualityConfig, load_stream, run_benchmark
-from bench.quality_report import write_report
-from munet_server.jobs.spec import Budget
+from bench import baselines
+from bench.quality import report, run_baseline, run_learned
+from bench.tasks import TaskData
+from munet_server.evolve.budget import Budget
+from tests.conftest import digits_dataset
 
 
-@pytest.mark.timeout(120)
-def test_quality_benchmark_core(tmp_path, tiny_vit):
-    data = DataConfig(tasks=("fmnist_0_1", "digits"), train_per_class=20, test_per_class=10)
-    budget = Budget(generations=1, candidates_per_generation=2, validations=1, steps_per_validation=3)
-    methods = ("munet_s1.0", "linear_probe", "sequential")
-    cfg = QualityConfig(setting="smoke", root=tiny_vit, data=data, budget=budget, methods=methods)
-    stream = load_stream(data, tiny_vit.max_image_size)
-    results = run_benchmark(cfg, tmp_path, stream)
+def _task(name: str, classes: int) -> TaskData:
+    ds = digits_dataset(classes=classes, per_class=30)
+    idx = list(range(len(ds)))
+    test = [i for i in idx if i % 3 == 0]
+    train = [i for i in idx if i % 3]
+    return TaskData(name, ds.subset(torch.tensor(train)), ds.subset(torch.tensor(test)))
 
-    json.dumps(results)  # the raw results are JSON-able
-    assert [t["name"] for t in results["tasks"]] == ["fmnist_0_1", "digits"]
-    assert set(results["methods"]) == set(methods)
-    for m, r in results["methods"].items():
-        assert [t["task"] for t in r["tasks"]] == ["fmnist_0_1", "digits"], m
-        for t in r["tasks"]:
-            assert 0.0 <= t["test_acc"] <= 1.0 and 0.0 <= t["test_acc_end"] <= 1.0
-            assert t["params_added"] > 0 and t["accounted_params"] > 0
-        assert r["summary"]["system_params"] > 0
-    munet = results["methods"]["munet_s1.0"]
-    assert all(t["forgetting"] == 0.0 and t["verified"] for t in munet["tasks"])
-    assert munet["summary"]["max_forgetting"] == 0.0
 
-    # The report over two seed runs (here the same run twice, so the spread is exactly zero).
-    second = json.loads(json.dumps(results))
-    second["config"]["seed"] = 1
-    paths = write_report(results, tmp_path, [results, second])
-    text = paths[0].read_text()
-    assert "### Across seeds" in text and "Seeds 0, 1" in text
-    acc = 100 * munet["summary"]["test_acc_end"]
-    assert f"| muNet s=1.0 | 2 | {acc:.1f} ± 0.0 | {acc:.1f} – {acc:.1f} |" in text
-    assert all(p.exists() and p.stat().st_size > 0 for p in paths)
+@pytest.mark.timeout(600)
+def test_quality_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
+    monkeypatch.setattr("bench.quality.PROBE_SIZES", (32,))
+    stream = [_task("digits3", 3), _task("digits5", 5)]
+    out = tmp_path / "q.jsonl"
+    rows = []
+    for seed in (0, 1):
+        for data in stream:
+            lp = run_baseline("linear_probe", data, seed, tiny_vit, 32)
+            quick = baselines.Recipe("finetune", lrs=(0.01,), epochs=2)
+            ft = baselines.finetune(data.train, data.test, tiny_vit, 32, quick, seed)
+            assert 0.0 <= lp["test_accuracy"] <= 1.0 and 0.0 <= ft.test_accuracy <= 1.0
+            assert ft.params_added > lp["params_added"] > 0
+            rows.append({**lp, "seed": seed})
+            rows.append({**lp, "method": "finetune", "test_accuracy": ft.test_accuracy, "params_added": ft.params_added, "seed": seed})
+        learned = run_learned("munet30", stream, seed, tiny_vit, tmp_path / f"s{seed}", Budget(seconds=20, generations=1, epochs=2))
+        for r in learned:
+            # A later task never changes an earlier one: bit-identical outputs, same accuracy.
+            assert r["verified"] and r["test_accuracy_end"] == r["test_accuracy"]
+            assert r["validation_accuracy"] >= r["probe_validation_accuracy"] or r["kind"] == "trained"
+            rows.append({**r, "seed": seed})
+    out.write_text("".join(json.dumps({**r, "machine": "test"}) + "\n" for r in rows))
+    text = report(out, tmp_path / "RESULTS.md")
+    assert "Seeds 0, 1" in text and "munet30" in text and "| munet30 |" in text
+    assert (tmp_path / "RESULTS.md").read_text().count("## Quality") == 1

@@ -8,35 +8,15 @@ import time
 import pytest
 import torch
 
-from munet_server.data.dataset import stratified_split
 from munet_server.errors import AlreadyExists, Cancelled, DataLoss
-from munet_server.evolve.search import EvolutionSearch, SearchConfig
-from munet_server.evolve.train import TrainConfig
+from munet_server.evolve.budget import Budget
 from munet_server.jobs.ingest import DatasetWriter, UploadLimits
 from munet_server.jobs.manager import JobManager
-from munet_server.jobs.spec import AddTaskSpec, Budget
+from munet_server.jobs.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset
-
-FAST = TrainConfig(batch_size=32, validations=2, steps_per_validation=15, validation_examples=200)
-
-
-def _evolve(system, name, ds, generations=2, candidates=2, seed=0, scale=1.0, cancel=None, train_cfg=FAST):
-    train, val = stratified_split(ds, 0.2, seed)
-    cfg = SearchConfig(
-        generations=generations,
-        candidates_per_generation=candidates,
-        seed=seed,
-        train=train_cfg,
-        scale_factor=scale,
-    )
-    search = EvolutionSearch(system, name, ds.num_classes, train, val, cfg, cancel=cancel)
-    result = search.run()
-    record = system.commit(
-        name, ds.class_names, result.best, {"validation_accuracy": result.best.quality}, "none", val.images
-    )
-    return record, result, val
+from tests.helpers import learn
 
 
 @pytest.fixture
@@ -44,16 +24,19 @@ def system(tmp_path, tiny_vit):
     return MunetSystem.open(Store(tmp_path / "store"), tiny_vit, device="cpu")
 
 
-def test_evolution_beats_chance_and_survives_reopen(tmp_path, tiny_vit, digits):
+def test_learning_beats_chance_and_survives_reopen(tmp_path, tiny_vit, digits):
     system = MunetSystem.open(Store(tmp_path / "s"), tiny_vit, device="cpu")
-    budget = TrainConfig(batch_size=32, validations=3, steps_per_validation=45, validation_examples=300)
-    record, result, val = _evolve(system, "digits", digits, generations=3, candidates=3, train_cfg=budget)
-    # 10 classes: chance is 0.10. The root was pretrained on animal silhouettes only; 9 candidates of
-    # ~135 SGD steps each must find a path that reads digits far better than chance.
-    assert result.best.quality > 0.4, [h.quality for h in result.history]
+    learned = learn(system, "digits", digits)
+    record = learned.record
+    # 10 classes, 359 held-out images: chance is 0.10 and one standard error about 0.026. The root was
+    # pretrained on animal silhouettes only; a converged probe of it reads digits at ~0.8 (measured on
+    # two machines), so 0.5 leaves a margin of more than ten standard errors for any CPU or BLAS.
+    assert record.metrics["validation_accuracy"] > 0.5, record.metrics["history"]
+    assert record.metrics["probe_validation_accuracy"] > 0.5
+    assert record.metrics["validation_accuracy"] >= record.metrics["probe_validation_accuracy"]
     assert record.metrics["params_added"] > 0
     assert system.verify_task("digits")
-    x = val.images[:20]
+    x = digits.images[:20]
     before = system.logits("digits", x)
     system.store.meta.close()
     reopened = MunetSystem.open(Store(tmp_path / "s"), device="cpu")
@@ -66,18 +49,18 @@ def test_old_tasks_bit_identical_after_two_more(system):
     a = digits_dataset(classes=3)
     b = digits_dataset(classes=5)
     c = digits_dataset(classes=4)
-    _evolve(system, "a", a, generations=1, candidates=2)
+    learn(system, "a", a, generations=1)
     golden = system.tasks["a"].record.golden_digest
     probe = a.images[:32]
     out_a = system.logits("a", probe)
-    _evolve(system, "b", b, generations=2, candidates=2, seed=1)
-    _evolve(system, "c", c, generations=2, candidates=2, seed=2)
+    learn(system, "b", b, seed=1)
+    learn(system, "c", c, seed=2)
     for name in ("a", "b", "c"):
         assert system.verify_task(name), name
     assert torch.equal(system.logits("a", probe), out_a)
     assert system.tasks["a"].record.golden_digest == golden
     with pytest.raises(AlreadyExists):
-        _evolve(system, "a", a, generations=1, candidates=1)
+        learn(system, "a", a, generations=0)
     # cross-task transfer: b and c were seeded from earlier tasks, so some components are shared
     shared = [cid for cid, comp in system.pool.items() if comp.owner != "root" and system.users(comp) > 1]
     total_users = {n: len(e.path.components) for n, e in system.tasks.items()}
@@ -89,9 +72,9 @@ def test_accounting_shares_cost_between_tasks(system):
     root_path = system.root_path
     alone = system.accounted_params(root_path, "new")
     assert alone == pytest.approx(sum(c.num_params for c in root_path.components))
-    _evolve(system, "first", digits_dataset(classes=3), generations=1, candidates=1)
+    learn(system, "first", digits_dataset(classes=3), generations=0)  # the probe: the root + a head
     used = [c for c in root_path.components if system.users(c, exclude="new") == 1]
-    assert used, "the first task's linear-probe seed reuses root components"
+    assert used, "the first task's linear probe reuses root components"
     after = system.accounted_params(root_path, "new")
     assert after == pytest.approx(alone - sum(c.num_params for c in used) / 2)
     cfg = system.score_config(0.5)
@@ -100,7 +83,7 @@ def test_accounting_shares_cost_between_tasks(system):
 
 def test_corrupted_shard_is_refused(tmp_path, tiny_vit):
     system = MunetSystem.open(Store(tmp_path / "s"), tiny_vit, device="cpu")
-    _evolve(system, "t", digits_dataset(classes=3), generations=1, candidates=1)
+    learn(system, "t", digits_dataset(classes=3), generations=0)
     digest = system.tasks["t"].record.shards[0]
     system.store.meta.close()
     shard = Store(tmp_path / "s").shards.path(digest)
@@ -118,7 +101,7 @@ def test_cancel_leaves_system_unchanged(system, digits):
     cancel.set()
     pool = set(system.pool)
     with pytest.raises(Cancelled):
-        _evolve(system, "x", digits, cancel=cancel)
+        learn(system, "x", digits, cancel=cancel)
     assert "x" not in system.tasks and set(system.pool) == pool
 
 
@@ -135,7 +118,7 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     store_dir = tmp_path / "s"
     system = MunetSystem.open(Store(store_dir), tiny_vit, device="cpu")
     ds = digits_dataset(classes=3, per_class=40)
-    budget = Budget(generations=3, candidates_per_generation=1, steps_per_validation=10, validations=1)
+    budget = Budget(generations=3, candidates_per_generation=1, epochs=2)
     spec = AddTaskSpec(name="resumed", class_names=ds.class_names, budget=budget)
     jobs = JobManager(system)
     jobs.start()
@@ -156,5 +139,5 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     assert done.state == "SUCCEEDED", done.error
     assert system2.verify_task("resumed")
     gens = {h["generation"] for h in system2.tasks["resumed"].record.metrics["history"]}
-    assert gens == {0, 1, 2}
+    assert gens == {0, 1, 2, 3}  # the probes, the structured generation, two evolved ones
     jobs2.stop()

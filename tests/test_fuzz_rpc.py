@@ -131,9 +131,9 @@ def test_predict_many_any_task_list(served, tasks):
             [
                 "generations",
                 "candidates_per_generation",
-                "steps_per_validation",
-                "validations",
-                "validation_examples",
+                "epochs",
+                "views",
+                "seconds",
                 "batch_size",
             ]
         ),

@@ -35,7 +35,7 @@ def test_predict_load_while_a_task_evolves(tmp_path, tiny_vit):
             golden = c.predict("a", images)
             # Idle latency first, then the same load while "b" evolves in the background.
             idle = _hammer(target, images, golden, clients=8, seconds=3)
-            op = c.add_task_from_folder("b", folder, budget={"generations": 100, "steps_per_validation": 50})
+            op = c.add_task_from_folder("b", folder, budget={"seconds": 600, "generations": 1000, "epochs": 200})
             while c.operation(op.name).state != "RUNNING":
                 time.sleep(0.05)
             rss0 = _rss_mb()

@@ -13,14 +13,14 @@ from munet_server.evolve.scoring import ScoreConfig, accounted_params, score
 from munet_server.model.components import Component, ComponentSpec, content_id, tensors_of
 from munet_server.model.hparams import SearchSpace
 from munet_server.model.layers import ConvAdapter, TokenAdapter
-from munet_server.model.path import Path
+from munet_server.model.path import TaskPath
 from munet_server.model.root import RootConfig, WeightsMismatch, load_root
 
 
 def _root_path(root, space, size):
     arch = root.arch
     comps = [Component(s, arch.root_modules[s.name], frozen=True).freeze("root") for s in arch.root_specs()]
-    return Path(task="root", hparams=space.defaults(size), components=comps)
+    return TaskPath(task="root", hparams=space.defaults(size), components=comps)
 
 
 def _setup(cfg: RootConfig):
@@ -132,7 +132,12 @@ def test_posembed_interpolation(tiny_vit):
         rp, "t", 2, hp, mutate=False
     )
     pos = child.component("posembed")
-    assert not pos.frozen and pos.spec.get("grid") == (8, 8)
+    # The probe's resampled embedding is a fixed function of the root's: frozen, with a content id.
+    assert pos.frozen and pos.id and pos.spec.get("grid") == (8, 8)
+    mutated = Mutator(root.arch, space, MutationConfig(mu=0.0), random.Random(0)).make_child(
+        rp, "t", 2, hp, mutate=True
+    )
+    assert not mutated.component("posembed").frozen  # a mutated child trains its own
     assert pos.module.table.shape == (1, 1 + 64, 64)
     # the class-token slot is kept as is
     torch.testing.assert_close(pos.module.table[:, 0], rp.component("posembed").module.table[:, 0])

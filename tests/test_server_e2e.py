@@ -240,10 +240,10 @@ def test_cli_add_task_snapshot_restore_delete(served, capsys, tmp_path):
                 "later",
                 str(folder),
                 "--no-wait",
-                "--generations",
-                "30",
-                "--steps-per-validation",
-                "50",
+                "--seconds",
+                "600",
+                "--epochs",
+                "200",
             ],
         )
     )

@@ -50,7 +50,8 @@ GOOD = [(PNG, 0), (PNG, 0), (PNG, 1), (PNG, 1)]
         ("a\x00b", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
         ("", ["a", "b"], GOOD, {}, "INVALID_ARGUMENT", "invalid task name"),
         ("x", ["a", "b"], GOOD, {"budget": {"generations": -1}}, "INVALID_ARGUMENT", "generations"),
-        ("x", ["a", "b"], GOOD, {"budget": {"steps_per_validation": 10**12}}, "INVALID_ARGUMENT", "steps"),
+        ("x", ["a", "b"], GOOD, {"budget": {"epochs": 10**12}}, "INVALID_ARGUMENT", "epochs"),
+        ("x", ["a", "b"], GOOD, {"budget": {"seconds": 0.0}}, "INVALID_ARGUMENT", "seconds"),
         ("x", ["a", "b"], GOOD, {"scale_factor": 0.0}, "INVALID_ARGUMENT", "scale_factor"),
         ("x", ["a", "b"], GOOD, {"policy": "magic"}, "INVALID_ARGUMENT", "policy"),
         ("x", ["a", "b"], [(PNG, i % 2) for i in range(501)], {}, "RESOURCE_EXHAUSTED", "500"),
@@ -116,7 +117,7 @@ def test_cancel_leaves_system_unchanged(served, tmp_path):
     before = store_state(app)
     probe = client.predict("base", [encode_png(i) for i in test.images], top_k=2)
     folder, _ = image_folder(tmp_path, classes=3, per_class=20)
-    op = client.add_task_from_folder("slow", folder, budget={"generations": 50, "steps_per_validation": 50})
+    op = client.add_task_from_folder("slow", folder, budget={"seconds": 600, "generations": 1000, "epochs": 200})
     for update in client.watch(op.name):
         if update.state == "RUNNING" and update.progress.phase == "searching":
             break

@@ -15,11 +15,11 @@ from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc
 from munet_server.data.images import encode_png
 from munet_server.model.components import Component
-from munet_server.model.path import Path
+from munet_server.model.path import TaskPath
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset, image_folder, make_app
-from tests.test_engine_system import _evolve
+from tests.helpers import learn
 
 
 def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> None:
@@ -28,7 +28,7 @@ def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> N
     spec = base.components[-1].spec
     torch.manual_seed(0)
     head = Component(spec, system.arch.fresh(spec), frozen=False)
-    path = Path(name, dict(base.hparams), [*base.components[:-1], head])
+    path = TaskPath(name, dict(base.hparams), [*base.components[:-1], head])
     classes = [str(i) for i in range(int(spec.get("num_classes")))]
     system.commit(name, classes, path, {"validation_accuracy": 0.0}, "none", probe)
 
@@ -37,7 +37,7 @@ def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> N
 def system(tmp_path_factory, tiny_vit):
     system = MunetSystem.open(Store(tmp_path_factory.mktemp("shared") / "store"), tiny_vit, device="cpu")
     for i, classes in enumerate((3, 5, 4)):
-        _evolve(system, f"t{i}", digits_dataset(classes=classes), generations=2, candidates=2, seed=i)
+        learn(system, f"t{i}", digits_dataset(classes=classes), seed=i)
     _add_twin(system, "t0", "twin", digits_dataset(classes=3).images[:8])
     return system
 

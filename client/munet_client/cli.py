@@ -97,28 +97,30 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
 
 
 def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
+    """A bar over the search's time budget: the search stops when its clock does."""
     bar = tqdm(
         total=None,
-        desc="evolve",
-        unit="cand",
+        desc="learn",
+        unit="s",
         disable=quiet,
         file=sys.stderr,
-        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} candidates{postfix}",
+        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s{postfix}",
     )
     last = op
     try:
         for last in c.watch(op.name):
             p = last.progress
-            if p.candidates_total and bar.total != p.candidates_total:
-                bar.total = p.candidates_total
-            bar.n = p.candidates_done
+            if p.budget_seconds and bar.total != round(p.budget_seconds):
+                bar.total = round(p.budget_seconds)
+            bar.n = min(p.elapsed_seconds, bar.total or p.elapsed_seconds)
             if p.candidates_done:
                 bar.set_postfix_str(
-                    f"gen {p.generation}/{p.generations_total}, best acc {p.best_validation_accuracy:.3f},"
-                    f" +{_fmt_params(p.params_added)} params, eta {p.eta_seconds:.0f}s"
+                    f"{p.phase}, gen {p.generation}, {p.candidates_done} candidates, "
+                    f"best acc {p.best_validation_accuracy:.3f}, +{_fmt_params(p.params_added)} params"
                 )
             else:  # queued, or preparing the data: no numbers to show yet
                 bar.set_postfix_str(p.phase or last.state.lower())
+            bar.refresh()
     except KeyboardInterrupt:
         bar.close()
         err.print(f"\nstopped watching; the operation goes on. `munet cancel {op.name}` stops it.")
@@ -185,13 +187,19 @@ def cmd_tasks(c: MunetClient, a: argparse.Namespace) -> int:
     if a.json:
         _print_json(to_dict(tasks))
         return 0
-    t = Table("task", "classes", "val acc", "params added", "params accounted", "reused layers", "search s")
+    t = Table(
+        "task", "classes", "val acc", "probe", "gain", "params added", "params accounted", "reused layers",
+        "search s",
+    )  # fmt: skip
     for i in tasks:
         shared = sum(1 for p in i.path if p.shared)
+        acc = f"{i.validation_accuracy:.3f}" + (" [yellow](near chance)[/]" if i.near_chance else "")
         t.add_row(
             i.name if not i.state.startswith("DAMAGED") else f"{i.name} [red]({i.state.lower()})[/]",
             str(len(i.class_names)),
-            f"{i.validation_accuracy:.3f}",
+            acc,
+            f"{i.probe_validation_accuracy:.3f}",
+            f"{i.gain_over_probe:+.3f}",
             _fmt_params(i.params_added),
             _fmt_params(i.params_accounted),
             f"{shared}/{len(i.path)}",
@@ -207,10 +215,15 @@ def _describe(info: TaskInfo) -> None:
         f"{' ...' if len(info.class_names) > 10 else ''}"
     )
     console.print(
-        f"validation accuracy {info.validation_accuracy:.3f}  score {info.score:.3f}  "
-        f"params added {info.params_added:,}  accounted {info.params_accounted:,.0f}  "
-        f"path total {info.params_total:,}"
+        f"validation accuracy {info.validation_accuracy:.3f} on {info.holdout_size} held-out images "
+        f"(linear probe {info.probe_validation_accuracy:.3f}, gain {info.gain_over_probe:+.3f}; "
+        f"chance {info.chance_accuracy:.3f})  image size {info.image_size}  score {info.score:.3f}"
     )
+    console.print(
+        f"params added {info.params_added:,}  accounted {info.params_accounted:,.0f}  "
+        f"path total {info.params_total:,}  learned in {info.search_seconds:.0f} s"
+    )
+    _warn_if_near_chance(info)
     t = Table("slot", "component", "params", "owner", "shared with", title="path")
     for p in info.path:
         mark = "[green]new[/]" if p.created_by_task else p.owner
@@ -218,6 +231,15 @@ def _describe(info: TaskInfo) -> None:
     console.print(t)
     hp = {k: v for k, v in info.hparams.items() if not k.startswith("_")}
     console.print("hyperparameters: " + ", ".join(f"{k}={v}" for k, v in hp.items()))
+
+
+def _warn_if_near_chance(info: TaskInfo) -> None:
+    if info.near_chance:
+        err.print(
+            f"[yellow]warning[/]: {info.name}'s validation accuracy {info.validation_accuracy:.3f} is near "
+            f"chance ({info.chance_accuracy:.3f}): the images may not show what tells the classes apart, "
+            "or there are too few of them; add more images per class"
+        )
 
 
 def cmd_describe(c: MunetClient, a: argparse.Namespace) -> int:
@@ -282,7 +304,7 @@ def cmd_ops(c: MunetClient, a: argparse.Namespace) -> int:
             o.name,
             o.task,
             o.state,
-            f"{p.candidates_done}/{p.candidates_total}",
+            f"{p.phase} {p.elapsed_seconds:.0f}/{p.budget_seconds:.0f} s",
             f"{p.best_validation_accuracy:.3f}",
             o.error,
         )
@@ -332,16 +354,21 @@ def parser() -> argparse.ArgumentParser:
     sp = add("add-task", cmd_add_task, "upload an ImageFolder tree and evolve a path for it")
     sp.add_argument("name")
     sp.add_argument("folder", type=Path, help="one sub-folder per class, images inside")
-    sp.add_argument("--generations", type=int)
-    sp.add_argument("--candidates-per-generation", type=int)
-    sp.add_argument("--steps-per-validation", type=int)
-    sp.add_argument("--validations", type=int)
-    sp.add_argument("--validation-examples", type=int)
-    sp.add_argument("--batch-size", type=int)
-    sp.add_argument("--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers")
-    sp.add_argument("--validation-fraction", type=float)
-    sp.add_argument("--seed", type=int)
-    sp.add_argument("--policy", default="", choices=("", "munet", "finetune", "linear_probe", "adapters"))
+    sp.add_argument("--seconds", type=float, help="wall-clock budget of the search (server default: 90)")
+    sp.add_argument("--generations", type=int, help="cap on evolved generations; 0: the linear probe only")
+    sp.add_argument("--candidates-per-generation", type=int, help="server default: 4")
+    sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
+    sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
+    sp.add_argument("--batch-size", type=int, help="server default: 32")
+    sp.add_argument("--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 1)")
+    sp.add_argument(
+        "--validation-fraction", type=float, help="images held out to compare candidates (default: 0.3 / 0.2)"
+    )
+    sp.add_argument("--seed", type=int, help="the search's seed (default: 0)")
+    sp.add_argument(
+        "--policy", default="", choices=("", "munet", "finetune", "linear_probe", "adapters"),
+        help="munet (default), or a baseline run through the same machinery",
+    )  # fmt: skip
     sp.add_argument("--no-wait", action="store_true", help="return once the upload is stored")
     sp.add_argument("-q", "--quiet", action="store_true")
     sp = add("predict", cmd_predict, "classify image files with a task (or several: a,b,c)")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from munet_proto.v1 import munet_pb2 as pb
@@ -36,12 +36,12 @@ class Progress:
     generation: int = 0
     generations_total: int = 0
     candidates_done: int = 0
-    candidates_total: int = 0
     best_validation_accuracy: float = 0.0
     best_score: float = 0.0
     params_added: int = 0
     elapsed_seconds: float = 0.0
     eta_seconds: float = 0.0
+    budget_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -114,7 +114,22 @@ class TaskInfo:
     scale_factor: float
     search_seconds: float
     candidates_trained: int
-    extra: dict[str, Any] = field(default_factory=dict)
+    num_examples: int = 0
+    # How good the result is: the holdout estimate above, the converged linear probe's on the same
+    # images, the gain of the chosen path over it, and what guessing the majority class reaches.
+    probe_validation_accuracy: float = 0.0
+    gain_over_probe: float = 0.0
+    holdout_size: int = 0
+    chance_accuracy: float = 0.0
+    image_size: int = 0
+    probe_cv_accuracy: float = 0.0
+
+    @property
+    def near_chance(self) -> bool:
+        """The estimate is within 1.5 standard errors (at 50 %) of guessing: the task is not learned."""
+        if not self.holdout_size:
+            return False
+        return self.validation_accuracy - self.chance_accuracy < 1.5 * 0.5 / self.holdout_size**0.5
 
     @classmethod
     def from_pb(cls, m: pb.TaskInfo) -> TaskInfo:
@@ -139,6 +154,13 @@ class TaskInfo:
             scale_factor=m.scale_factor,
             search_seconds=m.search_seconds,
             candidates_trained=m.candidates_trained,
+            num_examples=m.num_examples,
+            probe_validation_accuracy=m.probe_validation_accuracy,
+            gain_over_probe=m.gain_over_probe,
+            holdout_size=m.holdout_size,
+            chance_accuracy=m.chance_accuracy,
+            image_size=m.image_size,
+            probe_cv_accuracy=m.probe_cv_accuracy,
         )
 
 

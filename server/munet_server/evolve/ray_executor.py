@@ -1,17 +1,19 @@
 """Train a generation's candidates in parallel on Ray (docs/RAY.md).
 
 What goes where:
-- once per search (driver -> object store): the frozen components the candidates reference, one
-  object per component id (content-addressed, so never stale), and the train/validation images;
+- once per search (driver -> object store): the labelled images, labels and the train/holdout split,
+  and the frozen components the candidates reference, one object per component id
+  (content-addressed, so never stale);
 - per candidate (task argument): component specs, hparams, the draft components' initial tensors,
-  the seed, the bar to beat and the score's parameter count;
+  the views, the seed, the head's weight decay, the time left;
 - back (task result): only the trained draft tensors and the `TrainResult`; the driver loads them
   into the candidate's own draft modules, so the rest of the search cannot tell the executors apart.
 
 A worker rebuilds the architecture from the root config (random skeleton: every tensor it uses is
-shipped), keeps frozen modules in an LRU cache by component id across tasks, and trains with
-`train_candidate` and the local executor's seed: on CPU with the same torch thread count the result
-is bitwise that of `LocalExecutor`. Ray is an optional extra, imported lazily.
+shipped), keeps frozen modules in an LRU cache by component id and its own frozen-prefix feature
+cache per dataset, and trains with the local executor's `CandidateTrainer`: on CPU with the same
+torch thread count the result is bitwise that of `LocalExecutor`. Ray is an optional extra,
+imported lazily.
 """
 
 from __future__ import annotations
@@ -21,22 +23,21 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from munet_server.data.dataset import ImageDataset
 from munet_server.errors import Cancelled, FailedPrecondition
-from munet_server.evolve.scoring import ScoreConfig, score
-from munet_server.evolve.train import TrainConfig, TrainResult, Validation, train_candidate
+from munet_server.evolve.features import FeatureCache, View
+from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, TrainResult
 from munet_server.model.components import Component, ComponentSpec, tensors_of
-from munet_server.model.path import Path
+from munet_server.model.path import TaskPath
 from munet_server.model.root import RootConfig, load_root
 
 if TYPE_CHECKING:
-    from munet_server.evolve.search import Candidate, EvolutionSearch
+    from munet_server.evolve.search import Candidate, TrainContext
     from munet_server.model.arch import Architecture
 
 log = logging.getLogger(__name__)
@@ -88,25 +89,40 @@ class _Part:
     spec: dict[str, Any]
     frozen: bool
     key: str = ""  # object-store key of a shared frozen component ("" = tensors inline)
-    state: dict[str, torch.Tensor] | None = None  # initial tensors of a draft
+    state: dict[str, torch.Tensor] | None = None  # initial tensors of a draft (or a derived frozen one)
     no_grad: list[str] = field(default_factory=list)  # draft parameters with requires_grad False
+    id: str = ""
 
 
 @dataclass
-class _Job:
+class _Data:
+    """The search's labelled examples, shipped once."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    train: torch.Tensor
+    holdout: torch.Tensor
+
+
+@dataclass
+class _CandidateTask:
     root: dict[str, Any]  # RootConfig.to_dict(): the worker rebuilds the architecture from it
     hparams: dict[str, Any]
     parts: list[_Part]
     frozen: dict[str, Any]  # key -> ObjectRef of its state dict (nested: resolved by the worker)
-    data: list[Any]  # [ObjectRef of (train, val)] (nested, so cached workers skip the fetch)
+    data: list[Any]  # [ObjectRef of _Data] (nested, so cached workers skip the fetch)
+    views: list[View]
     train: TrainConfig
     seed: int
-    best_score: float
-    params: float  # accounted parameters of the path: the score's p
-    score_cfg: ScoreConfig
+    head_wd: float
+    fit_head_first: bool
+    seconds_left: float | None
+    refit_scale: float
     threads: int
     gpu: bool
     cache_bytes: int
+    channels_last: bool
 
 
 @dataclass
@@ -115,10 +131,6 @@ class _Shipped:
 
     data: Any
     frozen: dict[str, Any] = field(default_factory=dict)
-
-
-def _failed(seconds: float) -> TrainResult:
-    return TrainResult(quality=-float("inf"), score=-float("inf"), improved=False, steps=0, seconds=seconds)
 
 
 class RayExecutor:
@@ -153,8 +165,10 @@ class RayExecutor:
             self._ray.init(**kw)
             self._owns = True
         self._remote = self._ray.remote(_train_task)
-        self._shipped: weakref.WeakKeyDictionary[EvolutionSearch, _Shipped] = weakref.WeakKeyDictionary()
-        self._lock = threading.Lock()  # one executor may serve concurrent searches (jobs)
+        # Keyed by the search's feature cache: one per search, gone with it.
+        self._shipped: weakref.WeakKeyDictionary[FeatureCache, _Shipped] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()  # one executor may serve concurrent searches (operations)
+        self.root_config: dict[str, Any] | None = None
 
     def close(self) -> None:
         """Drop shipped objects; shut Ray down if this executor started it."""
@@ -172,37 +186,35 @@ class RayExecutor:
 
     # ---- driver --------------------------------------------------------------------------------
     def train(
-        self, search: EvolutionSearch, candidates: list[Candidate], generation: int
-    ) -> list[TrainResult]:
+        self, candidates: list[Candidate], ctx: TrainContext, report: Callable[[int, float], None]
+    ) -> list[TrainResult | None]:
         ray = self._ray
-        done0 = generation * search.cfg.candidates_per_generation
-        jobs = [self._job(search, c) for c in candidates]
-        task = self._remote.options(
+        tasks = [self._task(c, ctx) for c in candidates]
+        remote = self._remote.options(
             num_cpus=self.cfg.num_cpus_per_candidate,
             num_gpus=self.cfg.num_gpus_per_candidate,
             max_retries=self.cfg.max_retries,
             retry_exceptions=False,
         )
-        t0 = time.monotonic()
-        refs = [task.remote(job) for job in jobs]
+        refs = [remote.remote(t) for t in tasks]
         index = {ref: i for i, ref in enumerate(refs)}
         results: list[TrainResult | None] = [None] * len(refs)
         pending = list(refs)
         try:
             while pending:
-                if search.cancel is not None and search.cancel.is_set():
+                if ctx.cancel is not None and ctx.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
                 ready, pending = ray.wait(pending, num_returns=1, timeout=self.cfg.poll_seconds)
                 for ref in ready:
                     i = index[ref]
-                    results[i] = self._collect(ref, candidates[i], generation, i, time.monotonic() - t0)
-                    search._report("searching", generation, done0 + sum(r is not None for r in results))
+                    results[i] = self._collect(ref, candidates[i], i)
+                    report(i, 1.0)
         finally:
             for ref in pending:  # cancelled, or the driver failed: free the cluster
                 ray.cancel(ref, force=self.cfg.force_cancel)
-        return [r for r in results if r is not None]
+        return results
 
-    def _collect(self, ref: Any, cand: Candidate, generation: int, i: int, seconds: float) -> TrainResult:
+    def _collect(self, ref: Any, cand: Candidate, i: int) -> TrainResult | None:
         ray = self._ray
         try:
             names, states, result = ray.get(ref)
@@ -210,14 +222,13 @@ class RayExecutor:
             cause = getattr(e, "cause", None) or e
             lines = str(cause).strip().splitlines()
             log.warning(
-                "candidate %d of generation %d failed on Ray and is dropped: %s: %s",
+                "candidate %d of the generation failed on Ray and is dropped: %s: %s",
                 i,
-                generation,
                 type(cause).__name__,
                 lines[-1] if lines else "",
             )
             log.debug("candidate failure", exc_info=e)
-            return _failed(seconds)
+            return None
         drafts = cand.path.trainable()
         if names != [c.spec.name for c in drafts]:
             raise RuntimeError(f"worker trained {names}, the candidate has {[c.spec.name for c in drafts]}")
@@ -225,53 +236,61 @@ class RayExecutor:
             c.module.load_state_dict(state)
         return result
 
-    def _job(self, search: EvolutionSearch, cand: Candidate) -> _Job:
+    def _task(self, cand: Candidate, ctx: TrainContext) -> _CandidateTask:
         ray = self._ray
+        b = ctx.batches
+        if ctx.root is None:
+            raise FailedPrecondition("the Ray executor needs the root config in the train context")
         with self._lock:
-            shipped = self._shipped.get(search)
+            shipped = self._shipped.get(b.cache)
             if shipped is None:
-                val = ImageDataset(search.val.images, search.val.labels, search.train_ds.class_names)
-                shipped = _Shipped(data=ray.put((search.train_ds, val)))
-                self._shipped[search] = shipped
+                data = _Data(b.cache.images, b.labels, b.num_classes, b.train, b.holdout)
+                shipped = _Shipped(data=ray.put(data))
+                self._shipped[b.cache] = shipped
             parts, frozen = [], {}
             for c in cand.path.components:
                 spec = c.spec.to_dict()
-                if c.frozen and c.id:
+                if c.frozen and c.id and c.id in ctx.shared_ids:
                     if c.id not in shipped.frozen:
                         shipped.frozen[c.id] = ray.put(tensors_of(c.module))
                     frozen[c.id] = shipped.frozen[c.id]
-                    parts.append(_Part(spec, frozen=True, key=c.id))
+                    parts.append(_Part(spec, frozen=True, key=c.id, id=c.id))
                 else:
                     no_grad = [n for n, p in c.module.named_parameters() if not p.requires_grad]
-                    parts.append(_Part(spec, frozen=c.frozen, state=tensors_of(c.module), no_grad=no_grad))
-        # The score's p, from the same system state the candidate's own score_of was made from.
-        params = search.system.accounted_params(cand.path, search.task)
-        return _Job(
-            root=search.system.root.config.to_dict(),
+                    parts.append(
+                        _Part(spec, frozen=c.frozen, state=tensors_of(c.module), no_grad=no_grad, id=c.id)
+                    )
+        return _CandidateTask(
+            root=ctx.root,
             hparams=cand.path.hparams,
             parts=parts,
             frozen=frozen,
             data=[shipped.data],
-            train=search.cfg.train,
+            views=list(b.views),
+            train=ctx.config,
             seed=cand.seed,
-            best_score=cand.initial_score,
-            params=params,
-            score_cfg=search.score_cfg,
+            head_wd=cand.head_wd,
+            fit_head_first=cand.fit_head_first,
+            seconds_left=None if ctx.deadline is None else ctx.deadline - time.monotonic(),
+            refit_scale=ctx.refit_scale,
             threads=self.cfg.threads,
             gpu=self.cfg.num_gpus_per_candidate > 0,
             cache_bytes=int(self.cfg.worker_cache_mb * 2**20),
+            channels_last=b.cache.channels_last,
         )
 
 
 # ---- worker ------------------------------------------------------------------------------------
 class _WorkerState:
-    """Per worker process, reused across tasks: the architecture, the data, frozen modules."""
+    """Per worker process, reused across tasks: the architecture, the data and its feature cache,
+    frozen modules."""
 
     def __init__(self) -> None:
         self.root_key = ""
         self.arch: Architecture | None = None
         self.data_key = ""
-        self.data: tuple[ImageDataset, Validation] | None = None
+        self.data: _Data | None = None
+        self.cache: FeatureCache | None = None
         self.frozen: OrderedDict[str, tuple[Component, int]] = OrderedDict()  # LRU, with sizes
 
     def architecture(self, root: dict[str, Any]) -> Architecture:
@@ -283,11 +302,14 @@ class _WorkerState:
             self.frozen.clear()
         return self.arch
 
-    def dataset(self, ray: Any, ref: Any) -> tuple[ImageDataset, Validation]:
-        if self.data is None or ref.hex() != self.data_key:
-            train, val = ray.get(ref)
-            self.data, self.data_key = (train, Validation(val, len(val))), ref.hex()
-        return self.data
+    def dataset(self, ray: Any, ref: Any, task: _CandidateTask, device: torch.device) -> tuple[_Data, FeatureCache]:
+        if self.data is None or self.cache is None or ref.hex() != self.data_key:
+            self.data = ray.get(ref)
+            self.data_key = ref.hex()
+            self.cache = FeatureCache(
+                self.data.images, device, max_bytes=task.cache_bytes, channels_last=task.channels_last
+            )
+        return self.data, self.cache
 
     def frozen_component(
         self, ray: Any, arch: Architecture, spec: ComponentSpec, key: str, ref: Any, device: torch.device
@@ -315,39 +337,41 @@ class _WorkerState:
 _STATE = _WorkerState()
 
 
-def _train_task(job: _Job) -> tuple[list[str], list[dict[str, torch.Tensor]], TrainResult]:
+def _train_task(task: _CandidateTask) -> tuple[list[str], list[dict[str, torch.Tensor]], TrainResult]:
     """Ray task: rebuild the candidate path, train its drafts, return their tensors and the result."""
     import ray
 
-    torch.set_num_threads(job.threads)
-    device = torch.device("cuda" if job.gpu and torch.cuda.is_available() else "cpu")
-    arch = _STATE.architecture(job.root)
-    train, val = _STATE.dataset(ray, job.data[0])
+    torch.set_num_threads(task.threads)
+    device = torch.device("cuda" if task.gpu and torch.cuda.is_available() else "cpu")
+    arch = _STATE.architecture(task.root)
+    data, cache = _STATE.dataset(ray, task.data[0], task, device)
     comps = []
-    for part in job.parts:
+    for part in task.parts:
         spec = ComponentSpec.from_dict(part.spec)
         if part.key:
-            comps.append(_STATE.frozen_component(ray, arch, spec, part.key, job.frozen[part.key], device))
+            comps.append(_STATE.frozen_component(ray, arch, spec, part.key, task.frozen[part.key], device))
             continue
         module = arch.fresh(spec)
         assert part.state is not None
         module.load_state_dict(part.state)
         for n, p in module.named_parameters():  # as on the driver (a frozen copy stays frozen)
             p.requires_grad_(n not in part.no_grad)
-        comps.append(Component(spec, module.to(device), frozen=part.frozen))
-    _STATE.evict({f"{p.key}@{device}" for p in job.parts if p.key}, job.cache_bytes)
-    path = Path(task="", hparams=job.hparams, components=comps)
-    result = train_candidate(
+        comps.append(Component(spec, module.to(device), frozen=part.frozen, id=part.id))
+    _STATE.evict({f"{p.key}@{device}" for p in task.parts if p.key}, task.cache_bytes)
+    path = TaskPath(task="", hparams=task.hparams, components=comps)
+    batches = Batches(cache, data.labels, data.num_classes, data.train, data.holdout, task.views)
+    trainer = CandidateTrainer(
         path,
-        path.build(arch).to(device),
-        train,
-        val,
-        job.train,
-        device,
-        job.seed,
-        partial(score, params=job.params, cfg=job.score_cfg),
-        job.best_score,
+        arch,
+        batches,
+        task.train,
+        seed=task.seed,
+        head_wd=task.head_wd,
+        fit_head_first=task.fit_head_first,
+        deadline=None if task.seconds_left is None else time.monotonic() + task.seconds_left,
+        refit_scale=task.refit_scale,
     )
+    result = trainer.run()
     drafts = path.trainable()
     return [c.spec.name for c in drafts], [tensors_of(c.module) for c in drafts], result
 

@@ -1,4 +1,4 @@
-"""The muNet score: validation accuracy discounted by the parameters a path costs (MUNET_METHOD §5).
+"""The muNet score: validation accuracy discounted by the parameters a path costs (docs/METHOD.md §5).
 
     score = q * s ** (p / P)   [ * s_f ** (FLOPs / F) with the optional µ2Net+ compute factor ]
 

@@ -1,22 +1,29 @@
-"""The evolutionary search for one task (MUNET_METHOD §4), muNet's task iteration.
+"""The evolutionary search for one task: muNet's task iteration, trained on cached features, in seconds.
 
-1. Seeds: every committed task's path and the root, newest first. The first children copy a seed
-   without mutation (only a new zero-initialised head trains: a linear probe of that seed), which
-   is how knowledge transfers across tasks.
-2. Then parents come from this task's population: walk it best-first, accepting each with
-   probability 0.5^offsprings; if none is accepted, pick uniformly among seeds and population.
-3. Each generation samples the data hyperparameters once; every child is mutated, trained for a
-   fixed budget, keeps its best validation checkpoint and joins the population only if it beats
-   its same-task parent's score (strict >).
-4. The best path of the population is the result; the caller commits it.
+Kept from muNet (docs/METHOD.md §4): seeds are every committed task's path and the root; a seed's
+unmutated child (frozen path + new head) starts the population; parents come from the population
+best-first with probability 0.5^offsprings (else uniformly from seeds and population); a generation
+samples the data hyperparameters once; a child joins the population only if it beats its same-task
+parent; the score is q * s^(p/P); the best path is committed.
+
+Changed (docs/LEARNING.md, each measured):
+1. Probe generation: every seed's head is fitted to convergence (L-BFGS) at each probed image size, on
+   cached features; the size and the weight decay are chosen by k-fold cross-validation on the
+   training part. This is the floor: the root's probe *is* a converged linear probe.
+2. First mutated generation: muNet's own actions, structured — clone the top blocks, or insert an
+   adapter before every block — from the best probe (at μ = 0.1 a contiguous suffix of clones is
+   practically never drawn in a short budget).
+3. Then ordinary muNet generations until the wall-clock budget runs out.
+4. Candidates train in epochs on cached prefix outputs (evolve/train.py) and are compared on one
+   stratified holdout (accuracy, then NLL); the winner is refitted on every labelled image.
 
 A checkpoint is taken after every generation, so an interrupted search resumes from there.
-Deviation from the official code: on resume, ancestor links beyond the population are dropped;
-inheritance then falls back to the root for layers no population member holds.
 """
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 import math
 import random
@@ -24,47 +31,74 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 
-from munet_server.data.dataset import ImageDataset
-from munet_server.errors import InvalidArgument
+from munet_server.data.dataset import ImageDataset, holdout_indices
+from munet_server.data.transforms import DataHParams
+from munet_server.errors import Cancelled, InvalidArgument
+from munet_server.evolve.budget import Budget
+from munet_server.evolve.features import FeatureCache, View, train_views
+from munet_server.evolve.heads import (
+    Evaluation,
+    LinearHead,
+    cross_validate,
+    evaluate_logits,
+    stratified_folds,
+)
 from munet_server.evolve.mutations import MutationConfig, Mutator
-from munet_server.evolve.scoring import score
-from munet_server.evolve.train import TrainConfig, TrainResult, Validation, train_candidate
+from munet_server.evolve.scoring import ScoreConfig, score
+from munet_server.evolve.train import (
+    Batches,
+    CandidateTrainer,
+    TrainConfig,
+    TrainResult,
+    fit_probe_head,
+    probe_features,
+    split_path,
+)
+from munet_server.model.arch import Architecture
 from munet_server.model.components import Component, ComponentSpec
-from munet_server.model.path import Path
-
-if TYPE_CHECKING:
-    from munet_server.system import MunetSystem
+from munet_server.model.hparams import SearchSpace
+from munet_server.model.path import TaskPath
 
 log = logging.getLogger(__name__)
+PROBE_SHARE = 0.4  # of the budget, at most, for probing seeds beyond the root's first size
+
+
+class SearchContext(Protocol):
+    """What a search needs from the system it grows (MunetSystem provides it)."""
+
+    arch: Architecture
+    space: SearchSpace
+    device: torch.device
+    pool: dict[str, Component]
+    root: Any  # .config.to_dict(): how a remote worker rebuilds the architecture
+
+    @property
+    def root_path(self) -> TaskPath: ...
+
+    def seed_paths(self, exclude: str = "") -> list[TaskPath]: ...
+
+    def accounted_params(self, path: TaskPath, task: str) -> float: ...
+
+    def score_config(self, scale_factor: float) -> ScoreConfig: ...
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    generations: int = 3
-    candidates_per_generation: int = 2
+    budget: Budget = field(default_factory=Budget)
     scale_factor: float = 1.0  # s of the score; lower values favour reuse and smaller paths
     seed: int = 0
-    train: TrainConfig = field(default_factory=TrainConfig)
     mutation: MutationConfig = field(default_factory=MutationConfig)
-    cross_task: bool = True  # seed from other tasks' paths (baselines start from the root only)
+    holdout_fraction: float = 0.0  # 0: 30 % of the images below 500, 20 % above
+    folds: int = 5  # k of the probe's cross-validation
+    cache_mb: int = 1024  # the frozen-prefix activation cache
 
-    def __post_init__(self) -> None:
-        if not 1 <= self.generations <= 1000:
-            raise InvalidArgument(f"generations must be in 1..1000, got {self.generations}")
-        if not 1 <= self.candidates_per_generation <= 256:
-            raise InvalidArgument(
-                f"candidates_per_generation must be in 1..256, got {self.candidates_per_generation}"
-            )
-        if not 0.0 < self.scale_factor <= 1.0:
-            raise InvalidArgument(f"scale_factor must be in (0, 1], got {self.scale_factor}")
-
-    @property
-    def total_candidates(self) -> int:
-        return self.generations * self.candidates_per_generation
+    def train_config(self) -> TrainConfig:
+        b = self.budget
+        return TrainConfig(epochs=b.epochs, batch_size=b.batch_size)
 
 
 @dataclass
@@ -73,8 +107,7 @@ class SearchProgress:
     generation: int
     generations_total: int
     candidates_done: int
-    candidates_total: int
-    best_quality: float
+    best_accuracy: float
     best_score: float
     params_added: int
     elapsed: float
@@ -84,67 +117,157 @@ class SearchProgress:
 @dataclass
 class CandidateLog:
     generation: int
-    parent: str  # "root", "task:<name>" or "self:<path id>"
-    mutated: bool
-    quality: float
+    parent: str  # "root", "task:<name>" or "self:<member index>"
+    kind: str  # "probe" or "trained"
+    validation_accuracy: float
+    validation_nll: float
     score: float
     accepted: bool
     seconds: float
     params_added: int
     trainable_components: list[str]
     hparams: dict[str, Any]
+    cv_accuracy: float | None = None  # probes: k-fold estimate on the training part
+    epochs: int = 0
 
 
 @dataclass
-class SearchResult:
-    best: Path
-    history: list[CandidateLog]
-    seconds: float
-    steps: int
+class Member:
+    """A path of this task's population, with what the search knows about it."""
+
+    path: TaskPath
+    kind: str  # "probe" (head fitted by L-BFGS) or "trained"
+    evaluation: Evaluation  # on the holdout
+    score: float
+    head_wd: float
+    fit_head_first: bool = True  # trained: the head was new (LP-FT), so a refit fits it again
+    best_epoch: int = 0
+    seconds: float = 0.0
+    cv: Evaluation | None = None
+    initial: list[dict[str, torch.Tensor]] | None = None  # drafts before training: the refit's start
+    offsprings: int = 0
+    generation: int = 0
+
+    def key(self) -> tuple[float, float]:
+        return (self.score, -self.evaluation.nll)
 
 
 @dataclass
 class Candidate:
-    """A child waiting to be trained, with what training needs to know about its parent."""
-
-    path: Path
-    parent: Path
+    path: TaskPath
+    parent: TaskPath
+    parent_member: Member | None  # same-task parent: the bar to beat
     mutated: bool
-    initial_score: float  # the same-task parent's score, or -inf: the bar the child must beat
+    head_wd: float
+    fit_head_first: bool
     seed: int
-    score_of: Callable[[float], float]
+    initial: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+@dataclass
+class SearchResult:
+    best: TaskPath
+    member: Member
+    probe: Member  # the best converged probe: what a linear probe of the best seed reaches
+    history: list[CandidateLog]
+    seconds: float
+    steps: int
+    holdout_idx: torch.Tensor  # the images candidates were compared on
+
+    @property
+    def holdout_size(self) -> int:
+        return len(self.holdout_idx)
+
+
+@dataclass
+class TrainContext:
+    """Everything an executor needs to train a generation's candidates."""
+
+    arch: Architecture
+    batches: Batches
+    config: TrainConfig
+    cancel: threading.Event | None
+    deadline: float | None  # time.monotonic() at which training stops
+    refit_scale: float = 0.0  # training stops so that a refit on all images (this x its time) still fits
+    root: dict[str, Any] | None = None  # RootConfig.to_dict(), for remote executors
+    shared_ids: frozenset[str] = frozenset()  # committed components (shippable once, by id)
 
 
 class Executor(Protocol):
-    """Trains one generation's candidates; returns their results in order."""
+    """Trains a generation's candidates; None for a candidate skipped because the time ran out."""
 
     def train(
-        self, search: EvolutionSearch, candidates: list[Candidate], generation: int
-    ) -> list[TrainResult]: ...
+        self, candidates: list[Candidate], ctx: TrainContext, report: Callable[[int, float], None]
+    ) -> list[TrainResult | None]: ...
 
 
 class LocalExecutor:
-    """Candidates one after another in this process, on the system's device."""
+    """Candidates one after another in this process, sharing the search's feature cache."""
 
     def train(
-        self, search: EvolutionSearch, candidates: list[Candidate], generation: int
-    ) -> list[TrainResult]:
-        done0 = generation * search.cfg.candidates_per_generation
-        return [search.train_one(c, generation, done0 + i) for i, c in enumerate(candidates)]
+        self, candidates: list[Candidate], ctx: TrainContext, report: Callable[[int, float], None]
+    ) -> list[TrainResult | None]:
+        results: list[TrainResult | None] = []
+        durations: list[float] = []
+        for i, cand in enumerate(candidates):
+            left = math.inf if ctx.deadline is None else ctx.deadline - time.monotonic()
+            typical = sum(durations) / len(durations) if durations else 0.0
+            if left <= 0.5 * typical or left <= 0:  # too little time to train it usefully
+                results.append(None)
+                continue
+            trainer = CandidateTrainer(
+                cand.path,
+                ctx.arch,
+                ctx.batches,
+                ctx.config,
+                seed=cand.seed,
+                head_wd=cand.head_wd,
+                fit_head_first=cand.fit_head_first,
+                cancel=ctx.cancel,
+                deadline=ctx.deadline,
+                refit_scale=ctx.refit_scale,
+                on_step=lambda f, i=i: report(i, f),
+            )
+            result = trainer.run()
+            durations.append(result.seconds)
+            results.append(result)
+        return results
 
 
-def new_params(path: Path) -> int:
+def new_params(path: TaskPath) -> int:
     return sum(c.num_params for c in path.trainable())
+
+
+def probe_sizes(space: SearchSpace, default: int) -> tuple[int, ...]:
+    """The image sizes the probe compares: the default, the largest, and one between."""
+    sizes = space.sizes
+    mid = sizes[min(range(len(sizes)), key=lambda i: abs(sizes[i] - (default + sizes[-1]) / 2))]
+    return tuple(sorted({default, mid, sizes[-1]}))
+
+
+def branch_points(keys: list[tuple[str, ...]]) -> list[tuple[int, ...]]:
+    """For each prefix, the lengths at which it parts from another: where outputs are worth keeping."""
+    out = []
+    for a in keys:
+        points = set()
+        for b in keys:
+            if a is b:
+                continue
+            n = 0
+            while n < min(len(a), len(b)) and a[n] == b[n]:
+                n += 1
+            if 0 < n < len(a):
+                points.add(n)
+        out.append(tuple(sorted(points)))
+    return out
 
 
 class EvolutionSearch:
     def __init__(
         self,
-        system: MunetSystem,
+        ctx: SearchContext,
         task: str,
-        num_classes: int,
-        train: ImageDataset,
-        val: ImageDataset,
+        dataset: ImageDataset,
         config: SearchConfig,
         *,
         progress: Callable[[SearchProgress], None] | None = None,
@@ -152,234 +275,476 @@ class EvolutionSearch:
         on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None = None,
         executor: Executor | None = None,
     ) -> None:
-        self.system = system
+        self.ctx = ctx
         self.task = task
-        self.num_classes = num_classes
-        self.train_ds = train
-        self.val = Validation(val, config.train.validation_examples)
+        self.dataset = dataset
+        self.num_classes = dataset.num_classes
+        self.labels = dataset.labels
         self.cfg = config
+        self.budget = config.budget
+        self.train_cfg = config.train_config()
         self.progress = progress
         self.cancel = cancel
         self.on_generation = on_generation
         self.executor: Executor = executor or LocalExecutor()
         self.rng = random.Random(config.seed)
-        self.mutator = Mutator(system.arch, system.space, config.mutation, self.rng)
-        self.score_cfg = system.score_config(config.scale_factor)
-        self.population: list[Path] = []
+        self.mutator = Mutator(ctx.arch, ctx.space, config.mutation, self.rng)
+        self.policy = self.mutator.policy
+        self.score_cfg = ctx.score_config(config.scale_factor)
+        self.train_idx, self.holdout_idx = holdout_indices(self.labels, config.holdout_fraction, config.seed)
+        self.all_idx = torch.arange(len(self.labels))
+        self.cache = FeatureCache(
+            dataset.images,
+            ctx.device,
+            max_bytes=config.cache_mb << 20,
+            channels_last=ctx.arch.family == "cnn" and ctx.device.type == "cpu",
+        )
+        self.population: list[Member] = []
+        self.probes: list[Member] = []
         self.history: list[CandidateLog] = []
-        self.generation = 0
-        self.seeds_used = 0
+        self.generation = 0  # 0: the probe generation
         self.steps = 0
+        self.candidates_done = 0
         self._t0 = time.monotonic()
         self._elapsed_before = 0.0
 
-    # ---- scoring -------------------------------------------------------------------------------
-    def _score_fn(self, path: Path) -> Callable[[float], float]:
-        p = self.system.accounted_params(path, self.task)
-        return lambda q: score(q, p, self.score_cfg)
-
-    def best(self) -> Path | None:
-        return max(self.population, key=lambda p: p.score) if self.population else None
-
-    # ---- parent selection ----------------------------------------------------------------------
-    def _seeds(self) -> list[Path]:
-        if self.cfg.cross_task and self.cfg.mutation.policy == "munet":
-            return self.system.seed_paths(exclude=self.task)
-        assert self.system.root_path is not None
-        return [self.system.root_path]
-
-    def _pick_parent(self, seeds: list[Path]) -> tuple[Path, bool]:
-        if self.cfg.mutation.policy == "munet" and self.seeds_used < len(seeds):
-            self.seeds_used += 1
-            return seeds[self.seeds_used - 1], False  # unmutated seed child: a linear probe
-        for p in sorted(self.population, key=lambda p: p.score, reverse=True):
-            if self.rng.random() < 0.5**p.offsprings:
-                return p, True
-        return self.rng.choice(seeds + self.population), True
-
-    # ---- main loop -----------------------------------------------------------------------------
-    def run(self) -> SearchResult:
-        seeds = self._seeds()
-        per_gen = self.cfg.candidates_per_generation
-        while self.generation < self.cfg.generations:
-            g = self.generation
-            base = self.best() or self.system.root_path
-            assert base is not None
-            ds = self.mutator.sample_data_hparams(base.hparams)
-            # As in muNet, a generation's children are all created from the population as it stood
-            # at the start of the generation, then trained independently (in parallel on Ray).
-            candidates = [self._make_candidate(seeds, ds, g) for _ in range(per_gen)]
-            results = self.executor.train(self, candidates, g)
-            for k, (cand, result) in enumerate(zip(candidates, results, strict=True)):
-                self._record(cand, result)
-                self._report("searching", g, g * per_gen + k + 1)
-            self.generation += 1
-            if self.on_generation is not None:
-                self.on_generation(*self.checkpoint())
-        best = self.best()
-        if best is None:  # every child lost to its parent: impossible for seeds (they start at -inf)
-            raise RuntimeError("the search produced no path")
-        return SearchResult(best=best, history=self.history, seconds=self.elapsed(), steps=self.steps)
-
-    def _make_candidate(self, seeds: list[Path], ds: dict[str, Any], g: int) -> Candidate:
-        parent, mutate = self._pick_parent(seeds)
-        if mutate:
-            hp = self.mutator.mutate_hparams(parent.hparams, ds)
-        else:
-            hp = self.mutator.fix_architecture({**parent.hparams, **ds})
-        child = self.mutator.make_child(parent, self.task, self.num_classes, hp, mutate)
-        child.generation = g
-        same_task = parent.task == self.task
-        if same_task:
-            parent.offsprings += 1
-        return Candidate(
-            path=child,
-            parent=parent,
-            mutated=mutate,
-            initial_score=parent.score if same_task else -math.inf,
-            seed=(self.cfg.seed * 1_000_003 + g) & 0x7FFFFFFF,  # one data stream per generation
-            score_of=self._score_fn(child),
-        )
-
-    def _record(self, cand: Candidate, result: TrainResult) -> None:
-        child, parent = cand.path, cand.parent
-        child.quality, child.score = result.quality, result.score
-        if result.improved:
-            self.population.append(child)
-        self.steps += result.steps
-        self.history.append(
-            CandidateLog(
-                generation=child.generation,
-                parent=f"self:{parent.id}" if parent.task == self.task else f"task:{parent.task}",
-                mutated=cand.mutated,
-                quality=result.quality,
-                score=result.score,
-                accepted=result.improved,
-                seconds=result.seconds,
-                params_added=new_params(child),
-                trainable_components=[c.spec.name for c in child.trainable()],
-                hparams={k: v for k, v in child.hparams.items() if not k.startswith("_mu_")},
-            )
-        )
-
-    def train_one(self, cand: Candidate, generation: int, done: int) -> TrainResult:
-        """Train one candidate in this process (the local executor's unit of work)."""
-        model = cand.path.build(self.system.arch).to(self.system.device)
-
-        def on_step(step: int, total: int) -> None:
-            if step % 10 == 0:
-                self._report("searching", generation, done, fraction=step / total)
-
-        return train_candidate(
-            cand.path,
-            model,
-            self.train_ds,
-            self.val,
-            self.cfg.train,
-            self.system.device,
-            cand.seed,
-            cand.score_of,
-            cand.initial_score,
-            cancel=self.cancel,
-            on_step=on_step,
-        )
-
+    # ---- time ----------------------------------------------------------------------------------
     def elapsed(self) -> float:
         return self._elapsed_before + time.monotonic() - self._t0
 
-    def _report(self, phase: str, generation: int, done: int, fraction: float = 0.0) -> None:
+    def _refit_reserve(self) -> float:
+        """Seconds to keep for refitting the current best on every labelled image."""
+        best = self.best()
+        if best is None or best.kind == "probe":
+            return 0.0
+        scale = len(self.all_idx) / max(1, len(self.train_idx))
+        return best.seconds * scale * best.best_epoch / max(1, self.train_cfg.epochs)
+
+    def _deadline(self) -> float:
+        """time.monotonic() at which candidate training must stop."""
+        left = self.budget.seconds - self.elapsed() - self._refit_reserve()
+        return time.monotonic() + left
+
+    # ---- population ----------------------------------------------------------------------------
+    def best(self) -> Member | None:
+        return max(self.population, key=Member.key) if self.population else None
+
+    def _score(self, path: TaskPath, accuracy: float) -> float:
+        return score(accuracy, self.ctx.accounted_params(path, self.task), self.score_cfg)
+
+    def _seeds(self) -> list[TaskPath]:
+        if self.policy.cross_task_seeds:
+            return self.ctx.seed_paths(exclude=self.task)
+        return [self.ctx.root_path]
+
+    # ---- main loop -----------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        if self.generation == 0:
+            self._report("probing")
+            self._probe_generation()
+            self._end_generation()
+        while self._another_generation():
+            g = self.generation
+            candidates = self._first_generation() if g == 1 else self._evolved_generation()
+            if not candidates:
+                break
+            self._report("searching")
+            self._train_generation(candidates)
+            self._end_generation()
+        best = self.best()
+        assert best is not None  # the probes always join the population
+        self._report("refitting")
+        refit = self._refit(best)
+        probe = max(self.probes, key=lambda m: m.cv.key() if m.cv else m.evaluation.key())
+        return SearchResult(
+            best=refit,
+            member=best,
+            probe=probe,
+            history=self.history,
+            seconds=self.elapsed(),
+            steps=self.steps,
+            holdout_idx=self.holdout_idx,
+        )
+
+    def _another_generation(self) -> bool:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("the operation was cancelled")
+        if self.generation > self.budget.generations:
+            return False
+        if self.generation == 1 and not self.policy.first_generation and not self.policy.evolve:
+            return False
+        if self.generation > 1 and not self.policy.evolve:
+            return False
+        return self._deadline() - time.monotonic() > 0
+
+    def _end_generation(self) -> None:
+        self.generation += 1
+        if self.on_generation is not None:
+            self.on_generation(*self.checkpoint())
+
+    # ---- generation 0: converged probes of every seed ------------------------------------------
+    def _views(self, hp: dict[str, Any]) -> list[View]:
+        return train_views(DataHParams.from_hparams(hp), self.budget.views)
+
+    def _probe_generation(self) -> None:
+        """Image size and weight decay by k-fold CV over every labelled image (more images, a
+        steadier choice than the training part alone); the holdout estimate that candidates are
+        compared with is then taken like theirs: fit on the training part, scored on the holdout.
+
+        The root is probed first and always; other seeds (newest first) and other sizes while the
+        probes have used less than PROBE_SHARE of the budget: with many committed tasks, muNet's
+        seed phase would otherwise eat the whole search."""
+        seeds = self._seeds()
+        seeds = [seeds[-1], *seeds[:-1]] if len(seeds) > 1 else seeds  # the root first
+        train = self.train_idx
+        y = self.labels
+        k = max(2, min(self.cfg.folds if len(y) < 1000 else 3, int(torch.bincount(y).min())))
+        folds = stratified_folds(y, k, self.cfg.seed)
+        default = int(self.ctx.root_path.hparams["ds_image_size"])
+        sizes = sorted(probe_sizes(self.ctx.space, default), key=lambda s: (s != default, -s))
+        found: dict[int, tuple[Any, ...]] = {}  # seed index -> (cv, size, path, features, seconds)
+        for size in sizes:
+            paths = []
+            for seed in seeds:
+                hp = self.mutator.fix_architecture({**copy.deepcopy(seed.hparams), "ds_image_size": size})
+                paths.append(self.mutator.make_child(seed, self.task, self.num_classes, hp, mutate=False))
+            keys = [tuple(split_path(p, self.ctx.arch).prefix_ids) for p in paths]
+            for i, (path, keep) in enumerate(zip(paths, branch_points(keys))):
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled("the operation was cancelled")
+                if found and self.elapsed() > PROBE_SHARE * self.budget.seconds:
+                    break
+                t0 = time.monotonic()
+                feats = probe_features(path, self.ctx.arch, self.cache, self._views(path.hparams), keep)
+                cv = cross_validate(feats, y, self.num_classes, folds)
+                if i not in found or cv.evaluation.key() > found[i][0].evaluation.key():
+                    found[i] = (cv, size, path, feats, time.monotonic() - t0)
+                self.candidates_done += 1
+        seeds = [seeds[i] for i in sorted(found)]
+        found = {j: found[i] for j, i in enumerate(sorted(found))}
+        for i, seed in enumerate(seeds):
+            cv, size, path, feats, seconds = found[i]
+            head = fit_probe_head(path, feats, y, train, self.num_classes, cv.weight_decay)
+            ev = _evaluate_head(head, feats[0][self.holdout_idx], y[self.holdout_idx])
+            path.hparams["head_wd"] = cv.weight_decay
+            m = Member(
+                path=path,
+                kind="probe",
+                evaluation=ev,
+                score=self._score(path, ev.accuracy),
+                head_wd=cv.weight_decay,
+                cv=cv.evaluation,
+                seconds=seconds,
+            )
+            self.population.append(m)
+            self.probes.append(m)
+            self._log(m, parent=seed, accepted=True, mutated=False)
+
+    # ---- generation 1: muNet's actions, structured ---------------------------------------------
+    def _first_generation(self) -> list[Candidate]:
+        base = max(self.probes, key=lambda m: m.cv.key() if m.cv else m.evaluation.key())
+        arch, n = self.ctx.arch, self.ctx.arch.num_blocks
+        floor = min(self.mutator.cfg.clone_floor, n - 1)
+        plans: list[tuple[dict[str, Any], tuple[str, ...]]] = []  # (hparam changes, extra clones)
+        kind = self.policy.first_generation
+        if kind == "structured":
+            top = [f"block_{i}" for i in range(n - 1, floor - 1, -1)]
+            half = max(2, (n - floor) // 4)
+            plans = [
+                ({}, tuple(top[:half])),  # clone the top blocks
+                ({"adapters": list(range(floor, n))}, ()),  # an adapter before every block
+                ({}, tuple(top[:1])),  # clone the last block
+                ({}, ()),  # the final norm alone (always cloned when mutating) and the head
+            ]
+        elif kind in ("finetune", "adapters"):
+            lrs = [0.01, 0.003, 0.03, 0.001]  # the baseline's own learning-rate sweep
+            plans = [({"opt_lr": lr}, ()) for lr in lrs]
+        plans = plans[: self.budget.candidates_per_generation]
+        cands = []
+        for changes, clones in plans:
+            hp = {**copy.deepcopy(base.path.hparams), **changes}
+            hp = self.mutator.fix_architecture(hp)
+            child = self.mutator.make_child(base.path, self.task, self.num_classes, hp, True, clone=clones)
+            cands.append(self._candidate(child, base.path, base, mutated=True))
+        # Shallow cuts first: a deeper prefix then continues from a cached shallower one.
+        cands.sort(key=lambda c: len(split_path(c.path, arch).prefix))
+        return cands
+
+    # ---- later generations: muNet ---------------------------------------------------------------
+    def _pick_parent(self) -> tuple[TaskPath, Member | None]:
+        for m in sorted(self.population, key=Member.key, reverse=True):
+            if self.rng.random() < 0.5**m.offsprings:
+                return m.path, m
+        seeds = self._seeds()
+        choice = self.rng.randrange(len(seeds) + len(self.population))
+        if choice < len(seeds):
+            return seeds[choice], None
+        m = self.population[choice - len(seeds)]
+        return m.path, m
+
+    def _evolved_generation(self) -> list[Candidate]:
+        best = self.best()
+        assert best is not None
+        ds = self.mutator.sample_data_hparams(best.path.hparams)
+        cands: list[Candidate] = []
+        seen: set[str] = set()
+        for _ in range(self.budget.candidates_per_generation * 5):  # redraw children identical to a sibling
+            if len(cands) == self.budget.candidates_per_generation:
+                break
+            parent, member = self._pick_parent()
+            hp = self.mutator.mutate_hparams(parent.hparams, ds)
+            hp.setdefault("head_wd", best.head_wd)
+            child = self.mutator.make_child(parent, self.task, self.num_classes, hp, True)
+            sig = _signature(parent, child)
+            if not child.trainable() or sig in seen:
+                continue
+            seen.add(sig)
+            cands.append(self._candidate(child, parent, member, mutated=True))
+        cands.sort(key=lambda c: len(split_path(c.path, self.ctx.arch).prefix))
+        return cands
+
+    def _candidate(self, child: TaskPath, parent: TaskPath, member: Member | None, mutated: bool) -> Candidate:
+        same_task = member is not None and parent.task == self.task
+        if same_task:
+            member.offsprings += 1
+        parent_head = parent.component("head")
+        fresh_head = not same_task or parent_head is None or parent_head.spec != child.components[-1].spec
+        head_wd = float(child.hparams.get("head_wd", member.head_wd if member else 1e-3))
+        child.hparams["head_wd"] = head_wd
+        return Candidate(
+            path=child,
+            parent=parent,
+            parent_member=member if same_task else None,
+            mutated=mutated,
+            head_wd=head_wd,
+            fit_head_first=fresh_head,
+            seed=(self.cfg.seed * 1_000_003 + self.generation) & 0x7FFFFFFF,  # one data order per generation
+            initial=[copy.deepcopy(c.module.state_dict()) for c in child.trainable()],
+        )
+
+    def _batches(self, train: torch.Tensor, holdout: torch.Tensor, hp: dict[str, Any]) -> Batches:
+        return Batches(self.cache, self.labels, self.num_classes, train, holdout, self._views(hp))
+
+    def _train_generation(self, candidates: list[Candidate]) -> None:
+        # A generation shares its data hyperparameters (muNet): the views come from the first child.
+        ctx = TrainContext(
+            arch=self.ctx.arch,
+            batches=self._batches(self.train_idx, self.holdout_idx, candidates[0].path.hparams),
+            config=self.train_cfg,
+            cancel=self.cancel,
+            deadline=self._deadline(),
+            refit_scale=len(self.all_idx) / max(1, len(self.train_idx)),
+            root=self.ctx.root.config.to_dict(),
+            shared_ids=frozenset(self.ctx.pool),
+        )
+        done0 = self.candidates_done
+        finished: set[int] = set()
+
+        def report(i: int, fraction: float) -> None:  # candidate i is `fraction` done (any order)
+            if fraction >= 1.0:
+                finished.add(i)
+            self.candidates_done = done0 + len(finished)
+            self._report("searching", fraction)
+
+        results = self.executor.train(candidates, ctx, report)
+        self.candidates_done = done0 + len(candidates)
+        for cand, result in zip(candidates, results, strict=True):
+            if result is None or result.evaluation is None:
+                continue
+            self.steps += result.steps
+            ev = result.evaluation
+            m = Member(
+                path=cand.path,
+                kind="trained",
+                evaluation=ev,
+                score=self._score(cand.path, ev.accuracy),
+                head_wd=cand.head_wd,
+                fit_head_first=cand.fit_head_first,
+                best_epoch=result.best_epoch,
+                seconds=result.seconds,
+                initial=cand.initial,
+                generation=self.generation,
+            )
+            bar = cand.parent_member
+            accepted = bar is None or m.key() > bar.key()
+            if accepted:
+                self.population.append(m)
+            self._log(m, parent=cand.parent, accepted=accepted, mutated=True, epochs=result.epochs)
+
+    # ---- refit ---------------------------------------------------------------------------------
+    def _refit(self, m: Member) -> TaskPath:
+        """Retrain the winner's trainable parts on every labelled image (train + holdout) with the
+        hyperparameters and epochs the holdout chose; the holdout estimate stays its accuracy."""
+        path = m.path
+        if m.kind == "probe":
+            feats = probe_features(path, self.ctx.arch, self.cache, self._views(path.hparams))
+            fit_probe_head(path, feats, self.labels, self.all_idx, self.num_classes, m.head_wd)
+            return path
+        assert m.initial is not None
+        for c, state in zip(path.trainable(), m.initial):
+            c.module.load_state_dict(state)
+        trainer = CandidateTrainer(
+            path,
+            self.ctx.arch,
+            self._batches(self.all_idx, self.all_idx[:0], path.hparams),
+            self.train_cfg,
+            seed=self.cfg.seed,
+            head_wd=m.head_wd,
+            fit_head_first=m.fit_head_first,
+            cancel=self.cancel,
+        )
+        result = trainer.run(epochs=max(1, m.best_epoch))
+        self.steps += result.steps
+        return path
+
+    # ---- reporting -----------------------------------------------------------------------------
+    def _log(self, m: Member, parent: TaskPath, accepted: bool, mutated: bool, epochs: int = 0) -> None:
+        if parent.task == self.task:
+            origin = f"self:{next((i for i, p in enumerate(self.population) if p.path is parent), -1)}"
+        else:
+            origin = parent.task if parent.task == "root" else f"task:{parent.task}"
+        self.history.append(
+            CandidateLog(
+                generation=self.generation,
+                parent=origin,
+                kind=m.kind,
+                validation_accuracy=m.evaluation.accuracy,
+                validation_nll=m.evaluation.nll,
+                score=m.score,
+                accepted=accepted,
+                seconds=m.seconds,
+                params_added=new_params(m.path),
+                trainable_components=[c.spec.name for c in m.path.trainable()],
+                hparams={k: v for k, v in m.path.hparams.items() if not k.startswith("_mu_")},
+                cv_accuracy=m.cv.accuracy if m.cv else None,
+                epochs=epochs,
+            )
+        )
+
+    def _report(self, phase: str, fraction: float = 0.0) -> None:
         if self.progress is None:
             return
-        total = self.cfg.total_candidates
         elapsed = self.elapsed()
-        progress = done + fraction
-        eta = elapsed / progress * (total - progress) if progress > 0 else 0.0
         best = self.best()
         self.progress(
             SearchProgress(
                 phase=phase,
-                generation=generation + 1,
-                generations_total=self.cfg.generations,
-                candidates_done=done,
-                candidates_total=total,
-                best_quality=best.quality if best else 0.0,
+                generation=max(0, self.generation - 1),  # mutated generations finished
+                generations_total=self.budget.generations,
+                candidates_done=self.candidates_done,
+                best_accuracy=best.evaluation.accuracy if best else 0.0,
                 best_score=best.score if best else 0.0,
-                params_added=new_params(best) if best else 0,
+                params_added=new_params(best.path) if best else 0,
                 elapsed=elapsed,
-                eta=eta,
+                eta=max(0.0, self.budget.seconds - elapsed) if phase != "refitting" else self._refit_reserve(),
             )
         )
 
     # ---- checkpoint / resume -------------------------------------------------------------------
     def checkpoint(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """JSON-able state plus the draft tensors of the population (keys "<path>/<slot>/<tensor>")."""
+        """JSON-able state plus the population's draft tensors (keys "<member>/<slot>/<tensor>")."""
         tensors: dict[str, torch.Tensor] = {}
-        paths = []
-        for p in self.population:
+        members = []
+        for i, m in enumerate(self.population):
             comps = []
-            for c in p.components:
-                if c.frozen:
+            for c in m.path.components:
+                if c.frozen and c.id in self.ctx.pool:
                     comps.append({"spec": c.spec.to_dict(), "id": c.id})
-                else:
-                    prefix = f"{p.id}/{c.spec.name}/"
-                    for k, v in c.module.state_dict().items():
-                        tensors[prefix + k] = v.detach().cpu().contiguous()
-                    comps.append({"spec": c.spec.to_dict(), "draft": prefix, "origin": c.origin})
-            paths.append(
+                    continue
+                prefix = f"{i}/{c.spec.name}/"
+                for k, v in c.module.state_dict().items():
+                    tensors[prefix + k] = v.detach().cpu().contiguous()
+                comps.append({"spec": c.spec.to_dict(), "draft": prefix, "frozen": c.frozen, "id": c.id})
+            if m.initial is not None:
+                for j, state in enumerate(m.initial):
+                    for k, v in state.items():
+                        tensors[f"{i}/init{j}/{k}"] = v.detach().cpu().contiguous()
+            members.append(
                 {
-                    "id": p.id,
-                    "hparams": p.hparams,
-                    "quality": p.quality,
-                    "score": p.score,
-                    "offsprings": p.offsprings,
-                    "generation": p.generation,
+                    "hparams": m.path.hparams,
                     "components": comps,
+                    "kind": m.kind,
+                    "evaluation": asdict(m.evaluation),
+                    "cv": asdict(m.cv) if m.cv else None,
+                    "score": m.score,
+                    "head_wd": m.head_wd,
+                    "fit_head_first": m.fit_head_first,
+                    "best_epoch": m.best_epoch,
+                    "seconds": m.seconds,
+                    "initial": None if m.initial is None else len(m.initial),
+                    "offsprings": m.offsprings,
+                    "generation": m.generation,
+                    "probe": any(m is p for p in self.probes),
                 }
             )
         rng = self.rng.getstate()
         state = {
             "generation": self.generation,
-            "seeds_used": self.seeds_used,
             "steps": self.steps,
+            "candidates_done": self.candidates_done,
             "elapsed": self.elapsed(),
             "rng": [rng[0], list(rng[1]), rng[2]],
-            "population": paths,
+            "population": members,
             "history": [asdict(h) for h in self.history],
         }
         return state, tensors
 
     def restore(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        pool = self.system.pool
-        self.population = []
-        for pd in state["population"]:
+        pool = self.ctx.pool
+        arch = self.ctx.arch
+        self.population, self.probes = [], []
+        for i, md in enumerate(state["population"]):
             comps = []
-            for cd in pd["components"]:
+            for cd in md["components"]:
                 spec = ComponentSpec.from_dict(cd["spec"])
-                if "id" in cd:
+                if "draft" not in cd:
                     if cd["id"] not in pool:
-                        raise InvalidArgument(
-                            f"checkpoint references component {cd['id']} that no longer exists"
-                        )
+                        raise InvalidArgument(f"checkpoint references component {cd['id']} that no longer exists")
                     comps.append(pool[cd["id"]])
-                else:
-                    module = self.system.arch.fresh(spec)
-                    prefix = cd["draft"]
-                    module.load_state_dict(
-                        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-                    )
-                    comps.append(
-                        Component(
-                            spec, module.to(self.system.device), frozen=False, origin=cd.get("origin", "")
-                        )
-                    )
-            p = Path(task=self.task, hparams=pd["hparams"], components=comps)
-            p.quality, p.score = pd["quality"], pd["score"]
-            p.offsprings, p.generation = pd["offsprings"], pd["generation"]
-            self.population.append(p)
+                    continue
+                module = arch.fresh(spec)
+                prefix = cd["draft"]
+                module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+                comps.append(Component(spec, module.to(self.ctx.device), frozen=bool(cd["frozen"]), id=cd["id"]))
+            path = TaskPath(task=self.task, hparams=md["hparams"], components=comps)
+            initial = None
+            if md["initial"] is not None:
+                initial = []
+                for j in range(int(md["initial"])):
+                    p = f"{i}/init{j}/"
+                    initial.append({k[len(p) :]: v for k, v in tensors.items() if k.startswith(p)})
+            m = Member(
+                path=path,
+                kind=md["kind"],
+                evaluation=Evaluation(**md["evaluation"]),
+                score=float(md["score"]),
+                head_wd=float(md["head_wd"]),
+                fit_head_first=bool(md["fit_head_first"]),
+                best_epoch=int(md["best_epoch"]),
+                seconds=float(md["seconds"]),
+                cv=Evaluation(**md["cv"]) if md["cv"] else None,
+                initial=initial,
+                offsprings=int(md["offsprings"]),
+                generation=int(md["generation"]),
+            )
+            self.population.append(m)
+            if md["probe"]:
+                self.probes.append(m)
         self.generation = int(state["generation"])
-        self.seeds_used = int(state["seeds_used"])
         self.steps = int(state["steps"])
+        self.candidates_done = int(state["candidates_done"])
         self._elapsed_before = float(state["elapsed"])
+        self._t0 = time.monotonic()
         r = state["rng"]
         self.rng.setstate((r[0], tuple(r[1]), r[2]))
         self.history = [CandidateLog(**h) for h in state["history"]]
+
+
+def _signature(parent: TaskPath, child: TaskPath) -> str:
+    """Two siblings with this in common would train identically (same data order, same start)."""
+    parts = [f"{c.spec.name}:{'draft' if not c.frozen else c.id}" for c in child.components]
+    return f"{id(parent)}|{'|'.join(parts)}|{json.dumps(child.hparams, sort_keys=True, default=str)}"
+
+
+def _evaluate_head(head: LinearHead, x: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    return evaluate_logits(head.logits(x.double()), y)

@@ -1,16 +1,23 @@
-"""Training one candidate path (MUNET_METHOD §3-4).
+"""Training one candidate: its trainable suffix, in epochs, on cached inputs (docs/LEARNING.md).
 
-Only the candidate's draft components train; frozen components are shared, in eval mode, with no
-gradients. Optimiser: global-norm clipping at 1.0, then SGD with optional (Nesterov) momentum; lr
-schedules `cosine` (linear warmup from lr/100, cosine decay to 0), `constant` (0.5 x lr, "so the
-average lr is the same") and `restarts` (one warmup+cosine cycle per validation interval). After
-every validation the score is computed and the trainable tensors are snapshotted if it improved;
-the candidate ends on its best snapshot (early stopping by checkpoint selection).
+What stays muNet's (docs/METHOD.md §3-4): only the candidate's draft components train; SGD with
+optional (Nesterov) momentum, global-norm clipping at 1.0, the `opt_*` schedules (cosine: linear
+warmup from lr/100 then cosine decay; constant: 0.5 x lr; restarts: one warmup+cosine cycle per
+epoch); the candidate keeps its best validated checkpoint.
+
+What changes, each measured in docs/LEARNING.md:
+- the frozen prefix runs once per image and view (`FeatureCache`), only the suffix trains;
+- a budget in epochs over every training image, not a handful of clipped steps;
+- a new head starts from a converged linear probe of the child's own features (LP-FT), and is not
+  clipped with the body (the convex part needs no protection; clipping starved it);
+- BatchNorm layers of draft components keep their running statistics (eval mode, affine trainable):
+  batch statistics of 32 small images overwrote them and broke fine-tuning; a fresh adapter's
+  BatchNorm is calibrated once on the task's images instead;
+- the checkpoint is chosen on a fixed holdout by accuracy, then NLL (a continuous tie-break).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import threading
@@ -21,47 +28,86 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from munet_server.data.dataset import ImageDataset
-from munet_server.data.transforms import DataHParams, augment, preprocess
 from munet_server.errors import Cancelled
-from munet_server.model.path import Path, PathModel
+from munet_server.evolve.features import FeatureCache, View, pool
+from munet_server.evolve.heads import Evaluation, LinearHead, evaluate_logits, fit_head
+from munet_server.model.arch import Architecture, Step
+from munet_server.model.components import Component
+from munet_server.model.path import TaskPath
+
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    epochs: int = 10  # per trained candidate, over every training image (a random view each time)
     batch_size: int = 32
-    validations: int = 2  # validations per candidate (muNet: 30 on VDD, 5 on Chars)
-    steps_per_validation: int = 20  # cap on batches between validations (muNet: 200 / 100)
-    validation_examples: int = 256  # validation subset, fixed for the whole search
-    grad_clip: float = 1.0
-    eval_batch_size: int = 256
+    grad_clip: float = 1.0  # muNet's global-norm clip, over the body's gradients
+    eval_every: int = 1  # epochs between holdout evaluations (the last epoch is always evaluated)
 
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "validations", "steps_per_validation", "validation_examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def steps_between_validations(self, n_train: int) -> int:
-        return max(1, min(math.ceil(n_train / self.batch_size), self.steps_per_validation))
+@dataclass
+class Batches:
+    """The labelled examples a candidate sees: indices into the cache, labels, training views."""
+
+    cache: FeatureCache
+    labels: torch.Tensor  # (N,) over every labelled image
+    num_classes: int
+    train: torch.Tensor  # indices of the training images
+    holdout: torch.Tensor  # indices of the validation images (empty when refitting on everything)
+    views: list[View]  # training views; views[0] is the clean view, the one validated on
 
 
 @dataclass
 class TrainResult:
-    quality: float  # best validation accuracy
-    score: float  # best score
-    improved: bool  # beat the initial best score (the same-task parent's)
+    evaluation: Evaluation | None  # on the holdout, at the kept checkpoint; None when refitting
+    best_epoch: int  # epochs trained up to the kept checkpoint (what a refit repeats)
+    epochs: int  # epochs run
     steps: int
     seconds: float
-    history: list[float] = field(default_factory=list)  # validation accuracy after each interval
+    history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
 
 
+# ---- the path as prefix + suffix -------------------------------------------------------------------
+@dataclass
+class Split:
+    """A path's steps cut at its first trainable one."""
+
+    prefix: list[Step]
+    prefix_ids: list[str]  # one key per prefix step: the ids of the frozen components it runs
+    suffix: list[Step]
+    drafts: list[Component]
+
+    @property
+    def head_only(self) -> bool:
+        return len(self.suffix) == 1 and [c.spec.kind for c in self.drafts] == ["head"]
+
+
+def split_path(path: TaskPath, arch: Architecture) -> Split:
+    by_module = {id(c.module): c for c in path.components}
+    steps = arch.steps([c.module for c in path.components])
+    cut = len(steps)
+    for j, (mods, _) in enumerate(steps):
+        if any(not by_module[id(m)].frozen for m in mods):
+            cut = j
+            break
+    ids = ["+".join(by_module[id(m)].id for m in mods) for mods, _ in steps[:cut]]
+    return Split(steps[:cut], ids, steps[cut:], path.trainable())
+
+
+def cut_key(split: Split) -> tuple[str, ...]:
+    return tuple(split.prefix_ids)
+
+
+# ---- learning rate (muNet's schedules) ---------------------------------------------------------------
 def learning_rate(step: int, total: int, interval: int, hp: dict[str, Any]) -> float:
     lr = float(hp["opt_lr"])
     schedule = hp["opt_lr_schedule"]
     if schedule == "constant":
         return 0.5 * lr
-    if schedule == "restarts":  # SGDR: one warmup + cosine cycle per validation interval
+    if schedule == "restarts":  # SGDR: one warmup + cosine cycle per epoch
         step, total = step % interval, interval
     warmup = int(float(hp["opt_lr_warmup_ratio"]) * total)
     if step < warmup:
@@ -70,117 +116,226 @@ def learning_rate(step: int, total: int, interval: int, hp: dict[str, Any]) -> f
     return 0.5 * lr * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def make_optimizer(params: list[torch.nn.Parameter], hp: dict[str, Any]) -> torch.optim.SGD:
+def _optimizer(body: list[nn.Parameter], head: list[nn.Parameter], hp: dict[str, Any]) -> torch.optim.SGD:
     momentum = hp.get("opt_momentum")
+    groups = [g for g in ({"params": body}, {"params": head}) if g["params"]]
     return torch.optim.SGD(
-        params,
+        groups,
         lr=float(hp["opt_lr"]),
         momentum=float(momentum or 0.0),
         nesterov=bool(hp.get("opt_nesterov")) and bool(momentum),
     )
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _bn_eval(drafts: list[Component]) -> None:
+    """Draft modules train, but their BatchNorm layers normalise with (and keep) running statistics."""
+    for c in drafts:
+        c.module.train()
+        for m in c.module.modules():
+            if isinstance(m, BATCHNORMS):
+                m.eval()
 
 
-@torch.no_grad()
-def evaluate(
-    model: PathModel, images: torch.Tensor, labels: torch.Tensor, device: torch.device, bs: int
-) -> float:
-    """Accuracy on preprocessed float images (B, 3, s, s)."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(labels), bs):
-        with _autocast(device):
-            logits = model(images[i : i + bs].to(device, non_blocking=True))
-        correct += int((logits.argmax(-1).cpu() == labels[i : i + bs]).sum())
-    return correct / max(1, len(labels))
+def _run(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
+    for _, fn in steps:
+        x = fn(x)
+    return x
 
 
-class Validation:
-    """The fixed validation subset, preprocessed once per image size (shared by a generation)."""
+# ---- the candidate ---------------------------------------------------------------------------------
+class CandidateTrainer:
+    """Trains one candidate path's drafts in place; see the module docstring."""
 
-    def __init__(self, val: ImageDataset, max_examples: int) -> None:
-        n = min(len(val), max_examples)
-        self.images = val.images[:n]
-        self.labels = val.labels[:n]
-        self._cache: dict[int, torch.Tensor] = {}
+    def __init__(
+        self,
+        path: TaskPath,
+        arch: Architecture,
+        data: Batches,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+        head_wd: float,
+        fit_head_first: bool = True,
+        cancel: threading.Event | None = None,
+        deadline: float | None = None,
+        refit_scale: float = 0.0,
+        on_step: Callable[[float], None] | None = None,
+    ) -> None:
+        self.path = path
+        self.split = split_path(path, arch)
+        self.data = data
+        self.cfg = cfg
+        self.seed = seed
+        self.head_wd = head_wd
+        self.fit_head_first = fit_head_first
+        self.cancel = cancel
+        self.deadline = deadline
+        # Training stops early enough that refitting this candidate on every image (refit_scale
+        # times its training so far) still ends before the deadline.
+        self.refit_scale = refit_scale
+        self.on_step = on_step
+        self.device = data.cache.device
+        self._inputs: dict[str, torch.Tensor] = {}
 
-    def at(self, size: int) -> torch.Tensor:
-        if size not in self._cache:
-            self._cache = {size: preprocess(self.images, size)}  # keep one size: bounded memory
-        return self._cache[size]
+    # -- inputs --
+    def inputs(self, view: View) -> torch.Tensor | None:
+        """Cached prefix outputs for every image in this view (None: nothing is frozen)."""
+        if not self.split.prefix:
+            return None
+        if view.key not in self._inputs:
+            self._inputs[view.key] = self.data.cache.get(self.split.prefix, self.split.prefix_ids, view)
+        return self._inputs[view.key]
 
+    def batch(self, view: View, index: torch.Tensor) -> torch.Tensor:
+        held = self.inputs(view)
+        if held is None:
+            return self.data.cache.view_input(view, index)
+        return held[index.to(held.device)].float()
 
-def train_candidate(
-    path: Path,
-    model: PathModel,
-    train: ImageDataset,
-    val: Validation,
-    cfg: TrainConfig,
-    device: torch.device,
-    seed: int,
-    score_of: Callable[[float], float],
-    best_score: float,
-    cancel: threading.Event | None = None,
-    on_step: Callable[[int, int], None] | None = None,
-) -> TrainResult:
-    """Train `path`'s draft components in place; they end on the best validation snapshot."""
-    t0 = time.monotonic()
-    hp = path.hparams
-    dhp = DataHParams.from_hparams(hp)
-    params = path.trainable_parameters()
-    interval = cfg.steps_between_validations(len(train))
-    total = cfg.validations * interval
-    val_images = val.at(dhp.image_size)
-    # The same seed for every candidate of a generation: an identical data stream, as in muNet.
-    gen = torch.Generator().manual_seed(seed)
-    opt = make_optimizer(params, hp) if params else None
-    best_state: list[dict[str, torch.Tensor]] | None = None
-    initial = best_score
-    history: list[float] = []
-    best_q = -math.inf
-    step = 0
-    for _ in range(cfg.validations):
-        model.train()
-        for _ in range(interval):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled("the operation was cancelled")
-            idx = torch.randint(0, len(train), (cfg.batch_size,), generator=gen)
-            x = augment(train.images[idx], dhp, gen).to(device, non_blocking=True)
-            y = train.labels[idx].to(device, non_blocking=True)
-            if opt is not None:
-                lr = learning_rate(step, total, interval, hp)
+    def _forward(self, steps: list[Step], view: View, index: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(index), 128):
+            out.append(_run(steps, self.batch(view, index[i : i + 128])))
+        return torch.cat(out)
+
+    # -- set-up before training --
+    @torch.no_grad()
+    def calibrate_adapters(self) -> None:
+        """A new adapter's BatchNorm gets the statistics of its real input (one pass, no gradient)."""
+        fresh = [
+            m
+            for c in self.split.drafts
+            if c.spec.kind == "adapter"
+            for m in c.module.modules()
+            if isinstance(m, BATCHNORMS) and int(m.num_batches_tracked) == 0
+        ]
+        if not fresh:
+            return
+        for m in fresh:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the whole pass
+            m.train()
+        # Adapters start as the identity, so one pass calibrates them all.
+        self._forward(self.split.suffix[:-1], self.data.views[0], self.data.train)
+        for m in fresh:
+            m.momentum = 0.1
+            m.eval()
+
+    @torch.no_grad()
+    def warm_start_head(self) -> None:
+        """LP-FT: fit a new head to convergence on the features the child starts with (a head inherited
+        from a same-task parent is already fitted and is kept)."""
+        head = self.path.components[-1]
+        if head.frozen or not self.fit_head_first:
+            return
+        for c in self.split.drafts:
+            c.module.eval()
+        feats = [pool(self._forward(self.split.suffix[:-1], v, self.data.train)) for v in self.data.views]
+        labels = self.data.labels[self.data.train].repeat(len(feats))
+        fit = fit_head(torch.cat(feats), labels, self.data.num_classes, self.head_wd)
+        fit.load_into(head.module.fc)
+
+    # -- evaluation --
+    @torch.no_grad()
+    def evaluate(self) -> Evaluation:
+        for c in self.split.drafts:
+            c.module.eval()
+        logits = self._forward(self.split.suffix, self.data.views[0], self.data.holdout)
+        return evaluate_logits(logits.cpu(), self.data.labels[self.data.holdout])
+
+    # -- training --
+    def run(self, epochs: int | None = None) -> TrainResult:
+        t0 = time.monotonic()
+        cfg, data = self.cfg, self.data
+        epochs = cfg.epochs if epochs is None else epochs
+        self.calibrate_adapters()
+        self.warm_start_head()
+        head = self.path.components[-1]
+        head_params = list(head.module.parameters()) if not head.frozen else []
+        body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
+        opt = _optimizer(body, head_params, self.path.hparams)
+        n = len(data.train)
+        per_epoch = max(1, math.ceil(n / cfg.batch_size))
+        total = epochs * per_epoch
+        gen = torch.Generator().manual_seed(self.seed)
+        validate = len(data.holdout) > 0
+        best: tuple[tuple[float, float], int, list[dict[str, torch.Tensor]]] | None = None
+        history: list[tuple[int, float, float]] = []
+        step = epoch = 0
+        stopped = False
+        for epoch in range(1, epochs + 1):
+            _bn_eval(self.split.drafts)
+            order = data.train[torch.randperm(n, generator=gen)]
+            view_of = torch.randint(0, len(data.views), (n,), generator=gen)
+            for b in range(per_epoch):
+                if self.cancel is not None and self.cancel.is_set():
+                    raise Cancelled("the operation was cancelled")
+                now = time.monotonic()
+                if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) > self.deadline:
+                    stopped = True
+                    break
+                sel = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
+                idx, vs = order[sel], view_of[sel]
+                x = torch.cat([self.batch(data.views[v], idx[vs == v]) for v in vs.unique().tolist()])
+                y = torch.cat([data.labels[idx[vs == v]] for v in vs.unique().tolist()]).to(self.device)
+                lr = learning_rate(step, total, per_epoch, self.path.hparams)
                 for g in opt.param_groups:
                     g["lr"] = lr
-                with _autocast(device):
-                    loss = F.cross_entropy(model(x).float(), y)
+                loss = F.cross_entropy(_run(self.split.suffix, x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                if body:
+                    torch.nn.utils.clip_grad_norm_(body, cfg.grad_clip)
                 opt.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, total)
-        q = evaluate(model, val_images, val.labels, device, cfg.eval_batch_size)
-        history.append(q)
-        best_q = max(best_q, q)
-        s = score_of(q)
-        if s > best_score:
-            best_score = s
-            best_state = [copy.deepcopy(c.module.state_dict()) for c in path.trainable()]
-    if best_state is not None:
-        for c, state in zip(path.trainable(), best_state):
-            c.module.load_state_dict(state)
-    model.eval()
-    return TrainResult(
-        quality=best_q,
-        score=best_score,
-        improved=best_state is not None and best_score > initial,
-        steps=step,
-        seconds=time.monotonic() - t0,
-        history=history,
-    )
+                step += 1
+                if self.on_step is not None:
+                    self.on_step(step / total)
+            if validate and (stopped or epoch % cfg.eval_every == 0 or epoch == epochs):
+                ev = self.evaluate()
+                history.append((epoch, ev.accuracy, ev.nll))
+                if best is None or ev.key() > best[0]:
+                    state = [copy.deepcopy(c.module.state_dict()) for c in self.split.drafts]
+                    best = (ev.key(), epoch, state)
+            if stopped:
+                break
+        for c in self.split.drafts:
+            c.module.eval()
+        if best is not None:
+            for c, state in zip(self.split.drafts, best[2]):
+                c.module.load_state_dict(state)
+            acc, neg_nll = best[0]
+            evaluation: Evaluation | None = Evaluation(acc, -neg_nll)
+            best_epoch = best[1]
+        else:
+            evaluation, best_epoch = None, epoch
+        return TrainResult(evaluation, best_epoch, epoch, step, time.monotonic() - t0, history)
+
+
+# ---- head-only candidates --------------------------------------------------------------------------
+def probe_features(
+    path: TaskPath, arch: Architecture, cache: FeatureCache, views: list[View], keep: tuple[int, ...] = ()
+) -> list[torch.Tensor]:
+    """Pooled inputs of a head-only path's head, per view, for every image."""
+    split = split_path(path, arch)
+    if not split.head_only:
+        raise ValueError("probe_features wants a path whose only trainable component is its head")
+    return [
+        cache.get(split.prefix, split.prefix_ids, v, pooled=True, keep=keep if i == 0 else ()).cpu()
+        for i, v in enumerate(views)
+    ]
+
+
+def fit_probe_head(
+    path: TaskPath,
+    feats: list[torch.Tensor],
+    labels: torch.Tensor,
+    index: torch.Tensor,
+    num_classes: int,
+    wd: float,
+) -> LinearHead:
+    """Fit a head-only path's head on the given images (all views) and load it into the path."""
+    x = torch.cat([f[index] for f in feats])
+    y = labels[index].repeat(len(feats))
+    fit = fit_head(x, y, num_classes, wd)
+    fit.load_into(path.components[-1].module.fc)
+    return fit

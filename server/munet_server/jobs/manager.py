@@ -18,12 +18,12 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import torch
 
-from munet_server.data.dataset import build_dataset, stratified_split
+from munet_server.data.dataset import build_dataset
 from munet_server.errors import (
     AlreadyExists,
     Cancelled,
@@ -32,9 +32,10 @@ from munet_server.errors import (
     NotFound,
     ResourceExhausted,
 )
-from munet_server.evolve.search import EvolutionSearch, Executor, SearchProgress
+from munet_server.evolve.search import Executor, SearchProgress
 from munet_server.faults import crash_point
 from munet_server.jobs.spec import AddTaskSpec
+from munet_server.learn import learn_task
 from munet_server.store.records import DatasetRecord, JobRecord
 from munet_server.system import MunetSystem
 
@@ -238,46 +239,32 @@ class JobManager:
             raise FailedPrecondition(
                 f"the uploaded dataset of operation {job_id} is missing; upload it again"
             )
-        full = build_dataset(
+        dataset = build_dataset(
             self.store.meta.iter_examples(dataset_id), ds_rec.class_names, self.system.storage_size
         )
-        train, val = stratified_split(full, spec.validation_fraction, spec.seed)
-        search = EvolutionSearch(
+        ckpt = job.checkpoint
+        resume = None
+        if ckpt.get("state") and ckpt.get("shards"):
+            resume = (ckpt["state"], self.store.shards.get(ckpt["shards"][0]))
+        learned = learn_task(
             self.system,
-            spec.name,
-            len(ds_rec.class_names),
-            train,
-            val,
-            spec.search_config(),
+            spec,
+            dataset,
+            dataset_id=dataset_id,
             progress=lambda p: self._on_progress(job_id, p),
             cancel=cancel,
-            on_generation=lambda state, tensors: self._checkpoint(job_id, state, tensors),
             executor=self.executor_factory() if self.executor_factory is not None else None,
+            resume=resume,
+            on_generation=lambda state, tensors: self._checkpoint(job_id, state, tensors),
+            before_commit=lambda: self._update(
+                job_id, progress={**self._jobs[job_id].progress, "phase": "committing"}
+            ),
         )
-        ckpt = job.checkpoint
-        if ckpt.get("state") and ckpt.get("shards"):
-            search.restore(ckpt["state"], self.store.shards.get(ckpt["shards"][0]))
-        result = search.run()
-        if cancel.is_set():
-            raise Cancelled("cancelled")
-        self._update(job_id, progress={**self._jobs[job_id].progress, "phase": "committing"})
-        best = result.best
-        metrics: dict[str, Any] = {
-            "validation_accuracy": best.quality,
-            "score": best.score,
-            "params_accounted": self.system.accounted_params(best, spec.name),
-            "scale_factor": spec.scale_factor,
-            "search_seconds": result.seconds,
-            "search_steps": result.steps,
-            "candidates": len(result.history),
-            "generations": spec.budget.generations,
-            "history": [asdict(h) for h in result.history],
-        }
-        record = self.system.commit(spec.name, ds_rec.class_names, best, metrics, dataset_id, val.images)
         progress = {
             **self._jobs[job_id].progress,
             "phase": "done",
-            "params_added": record.metrics["params_added"],
+            "params_added": learned.record.metrics["params_added"],
+            "best_validation_accuracy": learned.record.metrics["validation_accuracy"],
         }
         if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
             self.on_commit(spec.name)
@@ -290,8 +277,7 @@ class JobManager:
             "generation": p.generation,
             "generations_total": p.generations_total,
             "candidates_done": p.candidates_done,
-            "candidates_total": p.candidates_total,
-            "best_validation_accuracy": p.best_quality,
+            "best_validation_accuracy": p.best_accuracy,
             "best_score": p.best_score,
             "params_added": p.params_added,
             "elapsed_seconds": p.elapsed,

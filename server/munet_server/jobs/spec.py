@@ -8,7 +8,7 @@ from typing import Any
 
 from munet_server.errors import InvalidArgument
 from munet_server.evolve.budget import Budget
-from munet_server.evolve.mutations import MutationConfig
+from munet_server.evolve.mutations import MutationConfig, get_policy
 from munet_server.evolve.search import SearchConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -30,7 +30,7 @@ class AddTaskSpec:
     class_names: list[str]
     budget: Budget = field(default_factory=Budget)
     scale_factor: float = 1.0
-    validation_fraction: float = 0.2
+    validation_fraction: float = 0.0  # images held out to compare candidates; 0: 30 % below 500, else 20 %
     seed: int = 0
     policy: str = "munet"
     learned_mu: bool = False
@@ -39,14 +39,26 @@ class AddTaskSpec:
         validate_task_name(self.name)
         if not 0.0 < self.scale_factor <= 1.0:
             raise InvalidArgument(f"scale_factor must be in (0, 1], got {self.scale_factor}")
-        if not 0.0 < self.validation_fraction <= 0.5:
-            raise InvalidArgument(f"validation_fraction must be in (0, 0.5], got {self.validation_fraction}")
+        if not 0.0 <= self.validation_fraction <= 0.5:
+            raise InvalidArgument(
+                f"validation_fraction must be in (0, 0.5] (or 0 for automatic), got {self.validation_fraction}"
+            )
         if not 0 <= self.seed < 2**31:
             raise InvalidArgument(f"seed must be in [0, 2^31), got {self.seed}")
+        get_policy(self.policy)
 
-    def search_config(self) -> SearchConfig:
-        mutation = MutationConfig(policy=self.policy, learned_mu=self.learned_mu)
-        return self.budget.search_config(self.scale_factor, self.seed, mutation)
+    def search_config(self, clone_floor: int = 0, clone_stem: bool = True) -> SearchConfig:
+        """`clone_floor`/`clone_stem`: what the device can afford to train (MunetSystem.clone_floor)."""
+        mutation = MutationConfig(
+            policy=self.policy, learned_mu=self.learned_mu, clone_floor=clone_floor, clone_stem=clone_stem
+        )
+        return SearchConfig(
+            budget=self.budget,
+            scale_factor=self.scale_factor,
+            seed=self.seed,
+            mutation=mutation,
+            holdout_fraction=self.validation_fraction,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -39,6 +39,19 @@ class Architecture:
     block_in_dims: list[int]  # feature width entering block i (adapter width before block i)
     block_out_dims: list[int]
     head_in_features: int  # width entering the head when `norm` is present
+    block_in_strides: list[int]  # input pixels per feature-map cell entering block i
+
+    def clone_floor(self, device: str) -> tuple[int, bool]:
+        """(first block a search may clone or adapt, whether the stem may be cloned) on a device.
+
+        On a CPU the stem and a CNN's stride-4/8 blocks stay frozen: they take ~75 % of the forward
+        time and ~1 % of the parameters (Lite0 at 112 px), and a frozen prefix is computed once per
+        image instead of once per step (docs/LEARNING.md). A GPU affords them."""
+        if device != "cpu":
+            return 0, True
+        if self.family == "cnn":
+            return next((i for i, s in enumerate(self.block_in_strides) if s >= 16), 0), False
+        return 0, False
 
     # ---- layout --------------------------------------------------------------------------------
     def layout(self, hp: dict[str, Any], num_classes: int) -> list[ComponentSpec]:
@@ -160,6 +173,7 @@ def _decompose_vit(vit: nn.Module) -> Architecture:
         block_in_dims=[d] * n,
         block_out_dims=[d] * n,
         head_in_features=d,
+        block_in_strides=[int(ph)] * n,
     )
 
 
@@ -170,13 +184,14 @@ def _decompose_cnn(net: nn.Module) -> Architecture:
         mods[f"block_{i}"] = b
     mods["norm"] = nn.Sequential(net.conv_head, net.bn2)
     # Channel widths are read off one probe forward pass rather than guessed from block types.
-    ins, outs = [], []
+    ins, outs, strides = [], [], []
     was_training = net.training
     net.eval()
     with torch.no_grad():
         h = mods["embed"](torch.zeros(1, 3, 64, 64))
         for b in blocks:
             ins.append(int(h.shape[1]))
+            strides.append(64 // int(h.shape[-1]))
             h = b(h)
             outs.append(int(h.shape[1]))
         head_in = int(mods["norm"](h).shape[1])
@@ -191,4 +206,5 @@ def _decompose_cnn(net: nn.Module) -> Architecture:
         block_in_dims=ins,
         block_out_dims=outs,
         head_in_features=head_in,
+        block_in_strides=strides,
     )

@@ -1,4 +1,4 @@
-"""The hyperparameter search space (MUNET_METHOD §3) and its neighbour-step mutation.
+"""The hyperparameter search space (docs/METHOD.md §3) and its neighbour-step mutation.
 
 Every searched key maps to an *ordered* list; a mutation moves one step up or down (probability 1/2
 each, clamped at the ends), never a random jump. Defaults must be members of their list.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,23 +12,19 @@ from torch import nn
 from munet_server.model.arch import Architecture
 from munet_server.model.components import Component
 
-_path_ids = itertools.count(1)
-
 
 @dataclass(eq=False)
-class Path:
-    """A task's model. Components are shared by reference; frozen ones are never trained here."""
+class TaskPath:
+    """A task's model. Components are shared by reference; frozen ones are never trained here.
+
+    `parent` links a search's candidates to the paths they were made from (muNet inherits a layer
+    from the nearest ancestor that has it); what the search knows about a path lives in the search.
+    """
 
     task: str
     hparams: dict[str, Any]
     components: list[Component]
-    parent: Path | None = None
-    quality: float = -math.inf  # best validation accuracy seen while training
-    score: float = -math.inf
-    offsprings: int = 0  # same-task children created from this path (0.5^offsprings rule)
-    generation: int = -1
-    id: int = field(default_factory=lambda: next(_path_ids))
-    metrics: dict[str, Any] = field(default_factory=dict)
+    parent: TaskPath | None = None
 
     def component(self, name: str) -> Component | None:
         for c in self.components:
@@ -38,9 +32,9 @@ class Path:
                 return c
         return None
 
-    def ancestors(self) -> Iterator[Path]:
+    def ancestors(self) -> Iterator[TaskPath]:
         """This path, its parent, grandparent, ...: where muNet looks for components to inherit."""
-        p: Path | None = self
+        p: TaskPath | None = self
         while p is not None:
             yield p
             p = p.parent

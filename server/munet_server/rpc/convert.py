@@ -7,9 +7,8 @@ from dataclasses import replace
 from typing import Any
 
 from munet_proto.v1 import munet_pb2 as pb
-from munet_server.errors import InvalidArgument
-from munet_server.evolve.mutations import POLICIES
-from munet_server.jobs.spec import AddTaskSpec, Budget
+from munet_server.evolve.budget import Budget
+from munet_server.jobs.spec import AddTaskSpec
 from munet_server.serve.predictor import LabelScore, RawPixels
 from munet_server.store.records import JobRecord
 from munet_server.system import DamagedTask, MunetSystem
@@ -18,19 +17,16 @@ BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
 
 
 def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
+    """Unset fields keep the defaults of `AddTaskSpec` (and of the server's budget)."""
     budget = {k: getattr(msg.budget, k) for k in BUDGET_FIELDS if msg.budget.HasField(k)}
-    policy = msg.policy or "munet"
-    if policy not in POLICIES:
-        raise InvalidArgument(f"policy {policy!r} is not one of {', '.join(POLICIES)}")
+    optional = {k: getattr(msg, k) for k in ("scale_factor", "validation_fraction", "seed") if msg.HasField(k)}
     return AddTaskSpec(
         name=msg.name,
         class_names=list(msg.class_names),
         budget=replace(default_budget, **budget),
-        scale_factor=msg.scale_factor if msg.HasField("scale_factor") else 1.0,
-        validation_fraction=msg.validation_fraction if msg.HasField("validation_fraction") else 0.2,
-        seed=msg.seed if msg.HasField("seed") else 0,
-        policy=policy,
+        policy=msg.policy or "munet",
         learned_mu=msg.learned_mu,
+        **optional,
     )
 
 
@@ -50,12 +46,12 @@ def operation(job: JobRecord) -> pb.Operation:
                 p.get("generations_total", job.spec.get("budget", {}).get("generations", 0))
             ),
             candidates_done=int(p.get("candidates_done", 0)),
-            candidates_total=int(p.get("candidates_total", 0)),
             best_validation_accuracy=_finite(p.get("best_validation_accuracy", 0.0)),
             best_score=_finite(p.get("best_score", 0.0)),
             params_added=int(p.get("params_added", 0)),
             elapsed_seconds=float(p.get("elapsed_seconds", 0.0)),
             eta_seconds=float(p.get("eta_seconds", 0.0)),
+            budget_seconds=float(job.spec.get("budget", {}).get("seconds", 0.0)),
         ),
         error=pb.Error(code=job.error.get("code", ""), message=job.error.get("message", ""))
         if job.error
@@ -107,6 +103,12 @@ def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
         search_seconds=float(m.get("search_seconds", 0.0)),
         candidates_trained=int(m.get("candidates", 0)),
         num_examples=int(m.get("num_examples", 0)),
+        probe_validation_accuracy=float(m.get("probe_validation_accuracy", 0.0)),
+        gain_over_probe=float(m.get("gain_over_probe", 0.0)),
+        holdout_size=int(m.get("holdout_size", 0)),
+        chance_accuracy=float(m.get("chance_accuracy", 0.0)),
+        image_size=int(m.get("image_size", rec.hparams.get("ds_image_size", 0))),
+        probe_cv_accuracy=float(m.get("probe_cv_accuracy", 0.0)),
     )
 
 

@@ -1,0 +1,177 @@
+"""Heads fitted to convergence: multinomial logistic regression by L-BFGS on cached features.
+
+muNet's seed child is "frozen path + new head". The official code trains that head with thousands
+of SGD steps; here it is fitted exactly, which is cheaper and better (docs/LEARNING.md):
+
+    minimise  mean cross-entropy(z W^T + b, y) + wd/2 |W|^2      over standardised features z,
+
+with the weight decay chosen by stratified k-fold cross-validation (accuracy, then NLL to break
+ties), warm-started along the decay path. The standardisation is folded back into the weights, so
+the result is an ordinary `nn.Linear` on the raw features. Children warm-start their head from such
+a fit (LP-FT: a linear probe, then fine-tuning).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+WEIGHT_DECAYS = (1e-1, 1e-2, 1e-3, 1e-4)  # largest first: each fit warm-starts the next
+
+
+@dataclass
+class LinearHead:
+    """Weights on the raw (unstandardised) features: logits = x @ weight.T + bias."""
+
+    weight: torch.Tensor  # (classes, features)
+    bias: torch.Tensor  # (classes,)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.weight.dtype) @ self.weight.T + self.bias
+
+    def load_into(self, fc: torch.nn.Linear) -> None:
+        with torch.no_grad():
+            fc.weight.copy_(self.weight.to(fc.weight))
+            fc.bias.copy_(self.bias.to(fc.bias))
+
+    @classmethod
+    def of(cls, fc: torch.nn.Linear) -> LinearHead:
+        return cls(fc.weight.detach().double().cpu(), fc.bias.detach().double().cpu())
+
+
+@dataclass
+class Standardiser:
+    mean: torch.Tensor
+    scale: torch.Tensor
+
+    @classmethod
+    def fit(cls, x: torch.Tensor) -> Standardiser:
+        mean = x.mean(0)
+        scale = x.std(0, unbiased=False).clamp_min(1e-6)
+        return cls(mean, scale)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.scale
+
+    def to_raw(self, w: torch.Tensor, b: torch.Tensor) -> LinearHead:
+        weight = w / self.scale
+        return LinearHead(weight, b - weight @ self.mean)
+
+    def from_raw(self, head: LinearHead) -> tuple[torch.Tensor, torch.Tensor]:
+        return head.weight * self.scale, head.bias + head.weight @ self.mean
+
+
+def _fit_standardised(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    wd: float,
+    init: tuple[torch.Tensor, torch.Tensor] | None,
+    max_iter: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    d = z.shape[1]
+    w = torch.zeros(num_classes, d, dtype=z.dtype) if init is None else init[0].clone()
+    b = torch.zeros(num_classes, dtype=z.dtype) if init is None else init[1].clone()
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    opt = torch.optim.LBFGS(
+        [w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
+        history_size=20, line_search_fn="strong_wolfe",
+    )  # fmt: skip
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * wd * (w * w).sum()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach(), b.detach()
+
+
+def fit_head(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    wd: float,
+    init: LinearHead | None = None,
+    max_iter: int = 200,
+) -> LinearHead:
+    """Fit on features x (n, d) and labels y (n,); float64 throughout (cheap at these sizes)."""
+    x = x.double().cpu()
+    std = Standardiser.fit(x)
+    start = None if init is None else std.from_raw(LinearHead(init.weight.double(), init.bias.double()))
+    w, b = _fit_standardised(std(x), y.cpu(), num_classes, wd, start, max_iter)
+    return std.to_raw(w, b)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    nll: float  # mean negative log-likelihood: the continuous tie-break between equal accuracies
+
+    def key(self) -> tuple[float, float]:
+        return (self.accuracy, -self.nll)
+
+
+def evaluate_logits(logits: torch.Tensor, y: torch.Tensor) -> Evaluation:
+    logits = logits.double()
+    return Evaluation(
+        accuracy=float((logits.argmax(1) == y).double().mean()),
+        nll=float(F.cross_entropy(logits, y)),
+    )
+
+
+def stratified_folds(y: torch.Tensor, k: int, seed: int) -> list[torch.Tensor]:
+    """k disjoint index sets covering y, each class spread evenly (classes with < k examples too)."""
+    gen = torch.Generator().manual_seed(seed)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    offset = 0
+    for c in torch.unique(y).tolist():
+        idx = torch.nonzero(y == c).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        for i, j in enumerate(idx.tolist()):
+            folds[(offset + i) % k].append(j)
+        offset += len(idx)
+    return [torch.tensor(sorted(f), dtype=torch.long) for f in folds if f]
+
+
+@dataclass
+class CVResult:
+    weight_decay: float
+    evaluation: Evaluation  # out-of-fold, over every example
+    per_decay: dict[float, Evaluation]
+
+
+def cross_validate(
+    views: Sequence[torch.Tensor],
+    y: torch.Tensor,
+    num_classes: int,
+    folds: list[torch.Tensor],
+    decays: Sequence[float] = WEIGHT_DECAYS,
+    max_iter: int = 100,
+) -> CVResult:
+    """Out-of-fold evaluation of the head for each weight decay.
+
+    views[0] is the clean view (the one evaluated); every view of a training image is a training
+    example. Folds index into y (and into every view)."""
+    n = len(y)
+    oof = {wd: torch.zeros(n, num_classes, dtype=torch.float64) for wd in decays}
+    for held in folds:
+        mask = torch.ones(n, dtype=torch.bool)
+        mask[held] = False
+        x_tr = torch.cat([v[mask] for v in views]).double().cpu()
+        y_tr = y[mask].repeat(len(views))
+        std = Standardiser.fit(x_tr)
+        z_tr, z_te = std(x_tr), std(views[0][held].double().cpu())
+        start = None
+        for wd in decays:
+            start = _fit_standardised(z_tr, y_tr, num_classes, wd, start, max_iter)
+            oof[wd][held] = z_te @ start[0].T + start[1]
+    per = {wd: evaluate_logits(oof[wd], y) for wd in decays}
+    best = max(decays, key=lambda wd: per[wd].key())
+    return CVResult(best, per[best], per)

@@ -1,0 +1,158 @@
+"""The learning engine's parts: converged probe heads, the feature cache, frozen BatchNorm statistics,
+the refit, and the time budget (docs/LEARNING.md)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from munet_server.data.transforms import preprocess
+from munet_server.evolve.features import FeatureCache, View, pool
+from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
+from munet_server.evolve.mutations import MutationConfig, Mutator
+from munet_server.evolve.search import EvolutionSearch
+from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, split_path
+from munet_server.model.root_config import RootConfig
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
+from tests.conftest import digits_dataset
+from tests.helpers import learn
+
+
+@pytest.fixture(scope="module")
+def vit_system(tmp_path_factory, tiny_vit) -> MunetSystem:
+    return MunetSystem.open(Store(tmp_path_factory.mktemp("learning") / "s"), tiny_vit, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def cnn_system(tmp_path_factory) -> MunetSystem:
+    """A small EfficientNet-Lite0 with random weights: a CNN root with BatchNorm everywhere."""
+    root = RootConfig(weights="random", image_size=32, min_image_size=32, max_image_size=32)
+    return MunetSystem.open(Store(tmp_path_factory.mktemp("cnn") / "s"), root, device="cpu")
+
+
+def _probe_features(system: MunetSystem, images: torch.Tensor) -> torch.Tensor:
+    rp = system.root_path
+    split = split_path(
+        Mutator(system.arch, system.space, MutationConfig(), __import__("random").Random(0)).make_child(
+            rp, "t", 10, dict(rp.hparams), mutate=False
+        ),
+        system.arch,
+    )
+    cache = FeatureCache(images, system.device)
+    return cache.get(split.prefix, split.prefix_ids, View(int(rp.hparams["ds_image_size"])), pooled=True)
+
+
+def test_probe_head_is_a_converged_logistic_regression(vit_system):
+    """Our L-BFGS head and scikit-learn's logistic regression at the same regularisation agree."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    ds = digits_dataset()
+    x = _probe_features(vit_system, ds.images).double()
+    y = ds.labels
+    train, test = torch.arange(len(y)) % 4 != 0, torch.arange(len(y)) % 4 == 0
+    wd = 1e-2
+    ours = fit_head(x[train], y[train], 10, wd, max_iter=500)
+    n = int(train.sum())
+    scaler = StandardScaler().fit(x[train].numpy())
+    ref = LogisticRegression(C=1.0 / (n * wd), max_iter=5000, tol=1e-8).fit(scaler.transform(x[train].numpy()), y[train].numpy())
+    a = ours.logits(x[test]).argmax(1).numpy()
+    b = ref.predict(scaler.transform(x[test].numpy()))
+    acc_ours = float((a == y[test].numpy()).mean())
+    acc_ref = float((b == y[test].numpy()).mean())
+    assert abs(acc_ours - acc_ref) <= 0.01, (acc_ours, acc_ref)
+    assert (a == b).mean() >= 0.98  # the same classifier, not just the same score
+    # Cross-validation picks a decay and reports an out-of-fold estimate over every image.
+    cv = cross_validate([x], y, 10, stratified_folds(y, 5, 0))
+    assert cv.weight_decay in cv.per_decay and 0.5 < cv.evaluation.accuracy <= 1.0
+
+
+def test_cached_forward_equals_the_uncached_path(vit_system):
+    images = digits_dataset().images[:48]
+    system = vit_system
+    rp = system.root_path
+    m = Mutator(system.arch, system.space, MutationConfig(mu=0.0), __import__("random").Random(0))
+    child = m.make_child(rp, "t", 10, dict(rp.hparams), mutate=True)  # norm and head train: block outputs cached
+    split = split_path(child, system.arch)
+    assert split.prefix and split.suffix
+    cache = FeatureCache(images, system.device)
+    size = int(rp.hparams["ds_image_size"])
+    with torch.no_grad():
+        held = cache.get(split.prefix, split.prefix_ids, View(size))
+        cached = held
+        for _, fn in split.suffix:
+            cached = fn(cached)
+        direct = child.build(system.arch).eval()(preprocess(images, size))
+    assert torch.equal(cached, direct)
+    # The longer prefix continues from the shorter one the cache already holds, with the same result.
+    again = cache.get(split.prefix, split.prefix_ids, View(size))
+    assert again is held and cache.hits == 1
+    flipped = cache.get(split.prefix, split.prefix_ids, View(size, "flip"))
+    assert not torch.equal(flipped, held)
+
+
+def test_draft_batchnorm_statistics_do_not_move(cnn_system):
+    """Cloned CNN blocks train their weights, never their running statistics (batches of a few small
+    images would overwrite them: measured in docs/LEARNING.md)."""
+    system = cnn_system
+    ds = digits_dataset(classes=3, per_class=20)
+    rp = system.root_path
+    last = f"block_{system.arch.num_blocks - 1}"
+    m = Mutator(system.arch, system.space, MutationConfig(mu=0.0), __import__("random").Random(0))
+    child = m.make_child(rp, "t", 3, dict(rp.hparams), mutate=True, clone=(last,))
+    block = child.component(last)
+    bns = [mod for mod in block.module.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    before = [(b.running_mean.clone(), b.running_var.clone()) for b in bns]
+    weights = [p.detach().clone() for p in block.module.parameters()]
+    idx = torch.arange(len(ds))
+    data = Batches(FeatureCache(ds.images, system.device), ds.labels, 3, idx[idx % 4 != 0], idx[idx % 4 == 0],
+                   [View(32), View(32, "flip")])  # fmt: skip
+    result = CandidateTrainer(child, system.arch, data, TrainConfig(epochs=3), seed=0, head_wd=1e-3).run()
+    assert result.steps > 0 and result.evaluation is not None
+    for b, (mean, var) in zip(bns, before):
+        assert torch.equal(b.running_mean, mean) and torch.equal(b.running_var, var)
+    assert any(not torch.equal(a, p) for a, p in zip(weights, block.module.parameters()))
+
+
+def test_refit_changes_the_winner_and_no_other_task(vit_system, monkeypatch):
+    system = vit_system
+    learn(system, "first", digits_dataset(classes=4), generations=0)
+    golden = system.tasks["first"].record.golden_digest
+    snapshots = []
+    real = EvolutionSearch._refit
+
+    def spy(self, member):
+        snapshots.append([t.clone() for c in member.path.trainable() for t in c.module.state_dict().values()])
+        return real(self, member)
+
+    monkeypatch.setattr(EvolutionSearch, "_refit", spy)
+    learned = learn(system, "second", digits_dataset(classes=6), seed=3)
+    committed = [
+        t for c in learned.result.best.components if c.owner == "second" for t in c.module.state_dict().values()
+    ]
+    assert committed and len(snapshots) == 1
+    # Refitted on the holdout images too: the committed tensors are not the candidate that was validated.
+    assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], committed) if a.shape == b.shape)
+    assert system.tasks["first"].record.golden_digest == golden and system.verify_task("first")
+    assert system.verify_task("second")
+
+
+def test_the_time_budget_is_honoured(vit_system):
+    ds = digits_dataset()
+    t0 = time.monotonic()
+    learned = learn(vit_system, "timed", ds, seconds=8.0, generations=1000, candidates_per_generation=4, epochs=30)
+    took = time.monotonic() - t0
+    m = learned.record.metrics
+    # The probes run to the end, then candidates stop on the clock and the refit fits in what was kept.
+    assert m["search_seconds"] < 8.0 * 1.5 + 2.0, m["search_seconds"]
+    assert took < 8.0 * 1.5 + 10.0  # commit included
+    assert np.isfinite(m["validation_accuracy"]) and m["candidates"] >= 1
+
+
+def test_pool_averages_feature_maps_only():
+    assert pool(torch.ones(2, 3, 4, 4)).shape == (2, 3)
+    assert pool(torch.ones(2, 5)).shape == (2, 5)
