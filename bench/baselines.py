@@ -155,7 +155,7 @@ class Recipe:
     name: str
     trainable: str = "all"  # "all" | "top" (the last two blocks, conv_head and bn2)
     bn: str = "frozen"  # "frozen" (eval-mode statistics) | "train"
-    lrs: tuple[float, ...] = (0.003, 0.01, 0.03)
+    lrs: tuple[float, ...] = (0.003, 0.01)  # 0.03 lost on every task tried (photos holdout 0.21 vs 0.57)
     epochs: int = 15
     batch_size: int = 32
     weight_decay: float = 1e-4

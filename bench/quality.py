@@ -70,7 +70,7 @@ def run_learned(
     """muNet (or the adapters policy) through learn_task, task after task, into one system."""
     policy = "adapters" if method == "adapters" else "munet"
     if budget is None:
-        budget = Budget(seconds=180.0, epochs=15) if method == "adapters" else Budget(seconds=MUNET_BUDGETS[method])
+        budget = Budget(seconds=120.0, epochs=15) if method == "adapters" else Budget(seconds=MUNET_BUDGETS[method])
     system = MunetSystem.open(Store(workdir / method), root, device="cpu")
     rows = []
     for data in stream:
@@ -174,7 +174,7 @@ LABELS = {
     "finetune": "fine-tune all, BN frozen (LP-FT, lr sweep)",
     "finetune_bn_train": "fine-tune all, BN train mode (LP-FT)",
     "finetune_top": "fine-tune top 2 blocks (LP-FT, lr sweep)",
-    "adapters": "adapters at every block (180 s)",
+    "adapters": "adapters at every block (120 s, own lr sweep)",
     "munet30": "muNet, 30 s budget",
     "munet90": "muNet, 90 s budget (default)",
     "munet360": "muNet, 360 s budget (4x)",
