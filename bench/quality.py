@@ -38,9 +38,9 @@ import torch
 from bench import baselines, machine
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
-from munet_server.jobs.spec import AddTaskSpec
 from munet_server.learn import learn_task
 from munet_server.model.root import RootConfig
+from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 

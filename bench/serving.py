@@ -40,9 +40,9 @@ from munet_server.data import offline
 from munet_server.data.dataset import ImageDataset
 from munet_server.data.images import decode_to_storage, encode_png
 from munet_server.evolve.budget import Budget
-from munet_server.jobs.spec import AddTaskSpec
 from munet_server.learn import learn_task
 from munet_server.model.root import RootConfig
+from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 

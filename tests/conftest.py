@@ -99,7 +99,7 @@ def make_app(store, root: RootConfig, executor_factory=None, **overrides):
     """A real MunetApp (gRPC server on 127.0.0.1, port 0) over a real store."""
     from munet_server.app import MunetApp
     from munet_server.config import ServerConfig
-    from munet_server.jobs.spec import Budget
+    from munet_server.spec import Budget
 
     overrides.setdefault("default_budget", Budget(**SMALL_BUDGET))
     cfg = ServerConfig(store=store, port=0, root=root, device="cpu", grace_seconds=1.0, **overrides)

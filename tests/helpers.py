@@ -103,8 +103,8 @@ def store_state(app) -> tuple:
 def learn(system, name, ds, seed=0, scale=1.0, cancel=None, **budget):
     """learn_task with a small budget: what AddTask runs, on an in-memory dataset."""
     from munet_server.evolve.budget import Budget
-    from munet_server.jobs.spec import AddTaskSpec
     from munet_server.learn import learn_task
+    from munet_server.spec import AddTaskSpec
 
     b = Budget(**{**TINY_BUDGET, **budget})
     spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=b, seed=seed, scale_factor=scale)

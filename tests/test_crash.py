@@ -47,7 +47,7 @@ def _check_no_leftovers(store: Path) -> None:
         with st.meta.read() as v:
             refs = st.referenced_shards(v)
             incomplete = [d.id for d in v.list_datasets() if not d.complete]
-            live_jobs = [j for j in v.list_jobs() if not j.terminal]
+            live_jobs = [j for j in v.list_operations() if not j.terminal]
         on_disk = st.shards.digests()
         gens = [p.name for p in store.iterdir() if p.name.startswith(("gen-", "staging-"))]
     assert on_disk == refs, (on_disk - refs, refs - on_disk)

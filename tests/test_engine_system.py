@@ -10,9 +10,9 @@ import torch
 
 from munet_server.errors import AlreadyExists, Cancelled, DataLoss
 from munet_server.evolve.budget import Budget
-from munet_server.jobs.ingest import DatasetWriter, UploadLimits
-from munet_server.jobs.manager import JobManager
-from munet_server.jobs.spec import AddTaskSpec
+from munet_server.ingest.upload import DatasetWriter, UploadLimits
+from munet_server.operations.manager import OperationManager
+from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset
@@ -120,7 +120,7 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     ds = digits_dataset(classes=3, per_class=40)
     budget = Budget(generations=3, candidates_per_generation=1, epochs=2)
     spec = AddTaskSpec(name="resumed", class_names=ds.class_names, budget=budget)
-    jobs = JobManager(system)
+    jobs = OperationManager(system)
     jobs.start()
     job = jobs.submit(spec, _upload(system.store, spec, ds))
     # interrupt once the first generation has been checkpointed
@@ -128,12 +128,12 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     while not jobs.get(job.id).checkpoint.get("state") and time.monotonic() < deadline:
         time.sleep(0.05)
     jobs.stop()
-    assert system.store.meta.get_job(job.id).state == "RUNNING"
+    assert system.store.meta.get_operation(job.id).state == "RUNNING"
     assert "resumed" not in system.tasks
     system.store.meta.close()
 
     system2 = MunetSystem.open(Store(store_dir), device="cpu")
-    jobs2 = JobManager(system2)
+    jobs2 = OperationManager(system2)
     jobs2.start()
     done = jobs2.wait(job.id, timeout=300)
     assert done.state == "SUCCEEDED", done.error

@@ -10,7 +10,13 @@ import torch
 
 import munet_server.store.store as store_mod
 from munet_server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from munet_server.store.records import ComponentRecord, DatasetRecord, JobRecord, SystemRecord, TaskRecord
+from munet_server.store.records import (
+    ComponentRecord,
+    DatasetRecord,
+    OperationRecord,
+    SystemRecord,
+    TaskRecord,
+)
 from munet_server.store.store import Store
 
 NOW = 1_700_000_000.0
@@ -49,8 +55,8 @@ def weights(seed: int) -> dict[str, torch.Tensor]:
     return {"w": torch.randn(2, 3, generator=g), "b": torch.randn(3, generator=g)}
 
 
-def job(jid: str, state: str, shards: list[str]) -> JobRecord:
-    return JobRecord(
+def job(jid: str, state: str, shards: list[str]) -> OperationRecord:
+    return OperationRecord(
         id=jid,
         kind="add_task",
         task_name="t",
@@ -84,7 +90,7 @@ def populate(store: Store) -> None:
     )
     ckpt = store.shards.put({"state": torch.arange(4)}, {"job": "j1"})
     with store.meta.write() as w:
-        w.put_job(job("j1", "RUNNING", [ckpt]))
+        w.put_operation(job("j1", "RUNNING", [ckpt]))
 
 
 def test_commit_publishes_components_task_and_tensors(tmp_path: Path) -> None:
@@ -158,11 +164,11 @@ def test_delete_task_frees_only_unshared_components(tmp_path: Path) -> None:
 def test_gc_keeps_live_job_checkpoints_only(tmp_path: Path) -> None:
     store = Store(tmp_path / "s")
     populate(store)
-    job_shard = store.meta.get_job("j1").checkpoint["shards"][0]  # type: ignore[union-attr]
+    job_shard = store.meta.get_operation("j1").checkpoint["shards"][0]  # type: ignore[union-attr]
     assert store.gc()["shards_removed"] == 0 and store.shards.exists(job_shard)
     assert not store.release_shard(job_shard)
     with store.meta.write() as w:
-        w.put_job(job("j1", "FAILED", [job_shard]))
+        w.put_operation(job("j1", "FAILED", [job_shard]))
     assert store.gc(min_age_s=3600)["shards_removed"] == 0  # too fresh for a run-time gc
     assert store.gc()["shards_removed"] == 1 and not store.shards.exists(job_shard)
     assert store.meta.get_task("a") is not None and store.load_task_tensors(store.meta.get_task("a"))

@@ -66,17 +66,17 @@ def test_put_get_list_delete(tmp_path: Path) -> None:
         w.put_task(later)
         w.put_task(t)
         w.put_dataset(ds)
-        w.put_job(j)
+        w.put_operation(j)
         assert w.get_task("t") == t  # a writer reads its own writes
     assert meta.get_system() == sys_rec and meta.get_component("blk-1") == comp
     assert [x.name for x in meta.list_tasks()] == ["t", "later"]  # by created_at
     assert meta.get_dataset("ds-1") == ds and meta.list_datasets() == [ds]
-    assert meta.get_job("j") == j and meta.list_jobs() == [j] and meta.list_components() == [comp]
+    assert meta.get_operation("j") == j and meta.list_operations() == [j] and meta.list_components() == [comp]
     assert meta.get_task("missing") is None
     with meta.write() as w:
-        assert w.delete_task("t") and w.delete_component("blk-1") and w.delete_job("j")
+        assert w.delete_task("t") and w.delete_component("blk-1") and w.delete_operation("j")
         assert not w.delete_task("t")
-    assert meta.get_task("t") is None and meta.list_components() == [] and meta.list_jobs() == []
+    assert meta.get_task("t") is None and meta.list_components() == [] and meta.list_operations() == []
     meta.close()
     with pytest.raises(FailedPrecondition):
         meta.get_task("later")
@@ -123,7 +123,7 @@ def test_bad_keys_are_invalid_argument(tmp_path: Path) -> None:
             lambda: w.put_example("ds", -1, 0, b""),
             lambda: w.put_example("ds", 0, -1, b""),
             lambda: w.put_task(dataclasses.replace(RECORDS[2], name="")),
-            lambda: w.put_job(dataclasses.replace(RECORDS[4], id="x" * 600)),
+            lambda: w.put_operation(dataclasses.replace(RECORDS[4], id="x" * 600)),
         ):
             with pytest.raises(InvalidArgument):
                 bad()
@@ -159,9 +159,9 @@ def test_threads_share_one_environment(tmp_path: Path) -> None:
         try:
             for i in range(50):
                 with meta.write() as w:
-                    w.put_job(dataclasses.replace(RECORDS[4], id=f"j{k}-{i}"))
-                assert meta.get_job(f"j{k}-{i}") is not None
-                meta.list_jobs()
+                    w.put_operation(dataclasses.replace(RECORDS[4], id=f"j{k}-{i}"))
+                assert meta.get_operation(f"j{k}-{i}") is not None
+                meta.list_operations()
         except BaseException as e:
             errors.append(e)
 
@@ -170,4 +170,4 @@ def test_threads_share_one_environment(tmp_path: Path) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and len(meta.list_jobs()) == 200
+    assert errors == [] and len(meta.list_operations()) == 200

@@ -34,7 +34,7 @@ def dump(store: Store) -> tuple[Any, ...]:
     """Every record, every example, every tensor: equal dumps mean equal stores."""
     with store.meta.read() as v:
         comps = sorted(v.list_components(), key=lambda c: c.id)
-        tasks, datasets, jobs = v.list_tasks(), v.list_datasets(), v.list_jobs()
+        tasks, datasets, jobs = v.list_tasks(), v.list_datasets(), v.list_operations()
         examples = {d.id: list(v.iter_examples(d.id)) for d in datasets}
         system = v.get_system()
     tensors = {c.id: {k: t.tolist() for k, t in store.load_component_tensors(c).items()} for c in comps}

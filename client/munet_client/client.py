@@ -23,6 +23,7 @@ from munet_client.types import Label, Operation, RestoreInfo, SnapshotInfo, Syst
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 
+SERVICE = pb.DESCRIPTOR.services_by_name["Munet"].full_name  # munet.v1.Munet
 UploadCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
 CHUNK_BYTES = 2 << 20  # examples per AddTask message are grouped up to about this size
 PREDICT_CHUNK = 256  # images per Predict call (the server's default limit)
@@ -73,7 +74,7 @@ class MunetClient:
     def health(self, service: str = "") -> str:
         """SERVING / NOT_SERVING / SERVICE_UNKNOWN; `service` may be a task name."""
         name = (
-            f"munet.v1.Munet/{service}" if service and "/" not in service and "." not in service else service
+            f"{SERVICE}/{service}" if service and "/" not in service and "." not in service else service
         )
         try:
             r = self._health.Check(health_pb2.HealthCheckRequest(service=name), timeout=self.timeout)

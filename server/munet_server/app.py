@@ -1,7 +1,7 @@
 """Wiring: the service (store -> system -> operations + predictor) behind a gRPC server with health,
 reflection, token auth and Prometheus metrics.
 
-upload (AddTask) -> jobs/ingest -> store (LMDB) -> jobs/manager -> learn -> system.commit
+upload (AddTask) -> ingest -> store (LMDB) -> operations -> learn -> system.commit
 Predict -> serve/predictor -> serve/batcher -> system.logits
 Snapshot/Restore -> store/snapshot (the system is reopened after a restore)
 """
@@ -20,13 +20,13 @@ from grpc_reflection.v1alpha import reflection
 from munet_proto.v1 import munet_pb2, munet_pb2_grpc
 from munet_server.config import ServerConfig
 from munet_server.errors import FailedPrecondition
-from munet_server.jobs.manager import JobManager
 from munet_server.metrics import Metrics
+from munet_server.operations.manager import OperationManager
 from munet_server.rpc.auth import TokenAuth
 from munet_server.rpc.servicer import MunetServicer
 from munet_server.serve.predictor import SystemRef
 from munet_server.service import MunetService
-from munet_server.store.records import JobRecord
+from munet_server.store.records import OperationRecord
 
 log = logging.getLogger(__name__)
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
@@ -69,8 +69,8 @@ class MunetApp:
         return self.service.ref
 
     @property
-    def jobs(self) -> JobManager:
-        return self.service.jobs
+    def operations(self) -> OperationManager:
+        return self.service.operations
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self) -> int:
@@ -145,9 +145,9 @@ class MunetApp:
         self.metrics.tasks.set(len(s.tasks))
         self.metrics.system_params.set(sum(c.num_params for c in s.pool.values()))
 
-    def _on_progress(self, job: JobRecord) -> None:
+    def _on_progress(self, job: OperationRecord) -> None:
         m = self.metrics
-        m.operations_active.set(self.service.jobs.active())
+        m.operations_active.set(self.service.operations.active())
         if job.terminal:
             m.operations.labels(job.state).inc()
             return

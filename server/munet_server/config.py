@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from munet_server.evolve.budget import Budget
-from munet_server.jobs.limits import UploadLimits
+from munet_server.ingest.limits import UploadLimits
 from munet_server.model.root_config import BUILTIN_LITE0, RootConfig
 
 DEFAULT_STORE = Path("munet-store")

@@ -19,7 +19,7 @@ import torch
 from munet_server.data.dataset import ImageDataset
 from munet_server.errors import Cancelled
 from munet_server.evolve.search import EvolutionSearch, Executor, SearchProgress, SearchResult
-from munet_server.jobs.spec import AddTaskSpec
+from munet_server.spec import AddTaskSpec
 from munet_server.store.records import TaskRecord
 from munet_server.system import PROBE_EXAMPLES, MunetSystem
 

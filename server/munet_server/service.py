@@ -19,12 +19,12 @@ from typing import Any
 
 from munet_server.config import ServerConfig
 from munet_server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from munet_server.jobs.ingest import DatasetWriter
-from munet_server.jobs.manager import JobManager
-from munet_server.jobs.spec import AddTaskSpec
+from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
+from munet_server.operations.manager import OperationManager
 from munet_server.serve.predictor import Predictor, SystemRef
-from munet_server.store.records import JobRecord
+from munet_server.spec import AddTaskSpec
+from munet_server.store.records import OperationRecord
 from munet_server.store.snapshot import publish_staged, staged_restore
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
@@ -57,8 +57,8 @@ class MunetService:
             raise
         self.executor_factory = executor_factory
         self.on_tasks_changed: TasksChanged = lambda deleted: None
-        self.on_operation: Callable[[JobRecord], None] = lambda job: None
-        self.jobs = self._make_jobs()
+        self.on_operation: Callable[[OperationRecord], None] = lambda job: None
+        self.operations = self._make_operations()
         self.predictor = Predictor(
             self.ref,
             config.max_batch,
@@ -76,8 +76,8 @@ class MunetService:
     def system(self) -> MunetSystem:  # the live one: a restore replaces it
         return self.ref.system
 
-    def _make_jobs(self) -> JobManager:
-        return JobManager(
+    def _make_operations(self) -> OperationManager:
+        return OperationManager(
             self.ref.system,
             max_pending=self.config.max_pending_operations,
             on_commit=lambda task: self.on_tasks_changed([]),
@@ -86,10 +86,10 @@ class MunetService:
         )
 
     def start(self) -> None:
-        self.jobs.start(resume=self.config.resume_operations)
+        self.operations.start(resume=self.config.resume_operations)
 
     def stop(self) -> None:
-        self.jobs.stop()
+        self.operations.stop()
         self.predictor.stop()
         self.store.close()
 
@@ -110,11 +110,11 @@ class MunetService:
 
     def add_task(
         self, spec: AddTaskSpec, examples: Iterable[tuple[bytes, int]], alive: Callable[[], bool]
-    ) -> JobRecord:
+    ) -> OperationRecord:
         """Store an upload example by example, then queue its operation; a failed or abandoned
         upload leaves nothing behind."""
         with self._upload():
-            self.jobs.check_can_submit(spec.name)  # duplicate names and a full queue fail first
+            self.operations.check_can_submit(spec.name)  # duplicate names and a full queue fail first
             writer = DatasetWriter(self.store, spec.name, spec.class_names, self.config.upload)
             try:
                 for image, label in examples:
@@ -122,7 +122,7 @@ class MunetService:
                 if not alive():
                     raise Cancelled("the client went away during the upload")
                 dataset = writer.finish()
-                job = self.jobs.submit(spec, dataset)
+                job = self.operations.submit(spec, dataset)
             except BaseException:
                 writer.abort()
                 raise
@@ -171,7 +171,7 @@ class MunetService:
         """Phase 2 of a restore: refuse while work is in flight, then verify, switch and reopen."""
         with self._restore_lock:
             with self._state:
-                active = self.jobs.active()
+                active = self.operations.active()
                 if self._uploads or active:
                     raise FailedPrecondition(
                         f"{self._uploads} uploads are streaming and {active} operations are queued or "
@@ -180,13 +180,13 @@ class MunetService:
                 self._restoring = True
             try:
                 old_tasks = set(self.system.tasks) | set(self.system.damaged)
-                self.jobs.stop()
+                self.operations.stop()
                 try:
                     manifest = publish_staged(self.store, staging)  # verified first: on error nothing changed
                 finally:
                     self.ref.system = MunetSystem.open(self.store, None, self.config.device)
-                    self.jobs = self._make_jobs()
-                    self.jobs.start(resume=False)
+                    self.operations = self._make_operations()
+                    self.operations.start(resume=False)
                 now = set(self.system.tasks) | set(self.system.damaged)
                 self.on_tasks_changed(sorted(old_tasks - now))
                 return manifest

@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import grpc
 
-SERVICE = "/munet.v1.Munet/"
+from munet_proto.v1 import munet_pb2 as pb
+
+SERVICE = f"/{pb.DESCRIPTOR.services_by_name['Munet'].full_name}/"  # "/munet.v1.Munet/"
 ADMIN_METHODS = frozenset(
     SERVICE + m
     for m in (

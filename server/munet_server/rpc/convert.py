@@ -8,9 +8,9 @@ from typing import Any
 
 from munet_proto.v1 import munet_pb2 as pb
 from munet_server.evolve.budget import Budget
-from munet_server.jobs.spec import AddTaskSpec
 from munet_server.serve.predictor import LabelScore, RawPixels
-from munet_server.store.records import JobRecord
+from munet_server.spec import AddTaskSpec
+from munet_server.store.records import OperationRecord
 from munet_server.system import DamagedTask, MunetSystem
 
 BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
@@ -30,7 +30,7 @@ def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
     )
 
 
-def operation(job: JobRecord) -> pb.Operation:
+def operation(job: OperationRecord) -> pb.Operation:
     p = job.progress
     state = dict(pb.Operation.State.items()).get(job.state, pb.Operation.STATE_UNSPECIFIED)
     return pb.Operation(

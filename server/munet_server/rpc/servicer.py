@@ -146,14 +146,14 @@ class MunetServicer(pb_grpc.MunetServicer):
     # ---- operations ----------------------------------------------------------------------------
     @unary
     def GetOperation(self, request: pb.GetOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
-        return convert.operation(self.service.jobs.get(request.name))
+        return convert.operation(self.service.operations.get(request.name))
 
     @unary
     def ListOperations(
         self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
     ) -> pb.ListOperationsResponse:
         state = pb.Operation.State.Name(request.state) if request.state else ""
-        jobs = self.service.jobs.list(task=request.task, state=state)
+        jobs = self.service.operations.list(task=request.task, state=state)
         return pb.ListOperationsResponse(operations=[convert.operation(j) for j in jobs])
 
     @unary
@@ -164,19 +164,19 @@ class MunetServicer(pb_grpc.MunetServicer):
         timeout = request.timeout_seconds or None
         if left is not None:  # answer just before the client's deadline rather than after it
             timeout = min(timeout or left, max(0.0, left - 0.2))
-        return convert.operation(self.service.jobs.wait(request.name, timeout))
+        return convert.operation(self.service.operations.wait(request.name, timeout))
 
     @unary
     def CancelOperation(
         self, request: pb.CancelOperationRequest, context: grpc.ServicerContext
     ) -> pb.Operation:
-        return convert.operation(self.service.jobs.cancel(request.name))
+        return convert.operation(self.service.operations.cancel(request.name))
 
     @streaming
     def WatchOperation(
         self, request: pb.WatchOperationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Operation]:
-        for job in self.service.jobs.watch(request.name, alive=context.is_active):
+        for job in self.service.operations.watch(request.name, alive=context.is_active):
             yield convert.operation(job)
 
     # ---- Predict -------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ import lmdb
 
 from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from munet_server.store.records import (
-    JOB_STATES,
+    OPERATION_STATES,
     ComponentRecord,
     DatasetRecord,
-    JobRecord,
+    OperationRecord,
     SystemRecord,
     TaskRecord,
     _Record,
@@ -136,11 +136,11 @@ class MetaView:
     def list_datasets(self) -> list[DatasetRecord]:
         return self._list("datasets", DatasetRecord)
 
-    def get_job(self, id: str) -> JobRecord | None:
-        return self._get("jobs", _key(id, "job id"), JobRecord)
+    def get_operation(self, id: str) -> OperationRecord | None:
+        return self._get("jobs", _key(id, "job id"), OperationRecord)
 
-    def list_jobs(self) -> list[JobRecord]:
-        return sorted(self._list("jobs", JobRecord), key=lambda j: (j.created_at, j.id))
+    def list_operations(self) -> list[OperationRecord]:
+        return sorted(self._list("jobs", OperationRecord), key=lambda j: (j.created_at, j.id))
 
     def iter_examples(self, dataset_id: str, start: int = 0) -> Iterator[tuple[int, bytes]]:
         """(label, encoded image) in index order, from index `start`, within this transaction."""
@@ -203,12 +203,12 @@ class MetaWriter(MetaView):
                         break
         return self._txn.delete(prefix[:-1], db=self._dbs["datasets"])
 
-    def put_job(self, rec: JobRecord) -> None:
-        if rec.state not in JOB_STATES:
-            raise InvalidArgument(f"job state {rec.state!r} is not one of {', '.join(JOB_STATES)}")
+    def put_operation(self, rec: OperationRecord) -> None:
+        if rec.state not in OPERATION_STATES:
+            raise InvalidArgument(f"job state {rec.state!r} is not one of {', '.join(OPERATION_STATES)}")
         self._put("jobs", _key(rec.id, "job id"), rec)
 
-    def delete_job(self, id: str) -> bool:
+    def delete_operation(self, id: str) -> bool:
         return self._txn.delete(_key(id, "job id"), db=self._dbs["jobs"])
 
 
@@ -287,13 +287,13 @@ class MetadataStore:
         with self.read() as v:
             return v.list_datasets()
 
-    def get_job(self, id: str) -> JobRecord | None:
+    def get_operation(self, id: str) -> OperationRecord | None:
         with self.read() as v:
-            return v.get_job(id)
+            return v.get_operation(id)
 
-    def list_jobs(self) -> list[JobRecord]:
+    def list_operations(self) -> list[OperationRecord]:
         with self.read() as v:
-            return v.list_jobs()
+            return v.list_operations()
 
     def iter_examples(self, dataset_id: str) -> Iterator[tuple[int, bytes]]:
         """(label, image bytes) in insertion order, read in batches of short transactions."""

@@ -17,8 +17,8 @@ from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
-JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL_JOB_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+OPERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 R = TypeVar("R", bound="_Record")
 
@@ -159,12 +159,12 @@ class DatasetRecord(_Record):
 
 
 @dataclass(frozen=True)
-class JobRecord(_Record):
+class OperationRecord(_Record):
     record_type: ClassVar[str] = "job"
     id: str
     kind: str
     task_name: str
-    state: str  # one of JOB_STATES
+    state: str  # one of OPERATION_STATES
     spec: dict[str, Any]
     progress: dict[str, Any]
     error: dict[str, Any]  # {"code": str, "message": str} or {}
@@ -175,7 +175,7 @@ class JobRecord(_Record):
 
     @property
     def terminal(self) -> bool:
-        return self.state in TERMINAL_JOB_STATES
+        return self.state in TERMINAL_STATES
 
     def checkpoint_shards(self) -> list[str]:
         """Shard digests this job's checkpoint keeps alive (malformed entries are ignored)."""

@@ -65,7 +65,7 @@ def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
         n_components = len(view.list_components())
         required = {c.shard for c in view.list_components() if c.shard}
         required |= {s for t in view.list_tasks() for s in t.shards}
-        optional = {s for j in view.list_jobs() if not j.terminal for s in j.checkpoint_shards()} - required
+        optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()} - required
     files: dict[str, dict[str, Any]] = {}
     for digest in sorted(required | optional):
         if not is_digest(digest):
@@ -240,7 +240,7 @@ def verify_snapshot_dir(d: Path, map_size: int) -> dict[str, Any]:
             v.get_system()
             v.list_datasets()
             components = {c.id: c for c in v.list_components()}
-            tasks, jobs = v.list_tasks(), v.list_jobs()
+            tasks, jobs = v.list_tasks(), v.list_operations()
     except lmdb.Error as e:
         raise DataLoss(f"the snapshot's metadata database is damaged ({e})") from None
     finally:

@@ -289,7 +289,7 @@ class Store:
         """Shards that must survive: components', tasks', and live jobs' checkpoints."""
         refs = {c.shard for c in view.list_components() if c.shard}
         refs |= {s for t in view.list_tasks() for s in t.shards}
-        refs |= {s for j in view.list_jobs() if not j.terminal for s in j.checkpoint_shards()}
+        refs |= {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
         return {s for s in refs if is_digest(s)}
 
     def release_shard(self, digest: str) -> bool:

@@ -15,7 +15,7 @@ import uuid
 from munet_server.data.dataset import validate_class_counts
 from munet_server.data.images import decode_image
 from munet_server.errors import InvalidArgument, InvalidDataset, ResourceExhausted
-from munet_server.jobs.limits import UploadLimits
+from munet_server.ingest.limits import UploadLimits
 from munet_server.store.records import DatasetRecord
 from munet_server.store.store import Store
 

@@ -34,23 +34,22 @@ from munet_server.errors import (
 )
 from munet_server.evolve.search import Executor, SearchProgress
 from munet_server.faults import crash_point
-from munet_server.jobs.spec import AddTaskSpec
 from munet_server.learn import learn_task
-from munet_server.store.records import DatasetRecord, JobRecord
+from munet_server.spec import AddTaskSpec
+from munet_server.store.records import TERMINAL_STATES, DatasetRecord, OperationRecord
 from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
-TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-class JobManager:
+class OperationManager:
     def __init__(
         self,
         system: MunetSystem,
         *,
         max_pending: int = 8,
         on_commit: Callable[[str], None] | None = None,
-        on_progress: Callable[[JobRecord], None] | None = None,
+        on_progress: Callable[[OperationRecord], None] | None = None,
         executor_factory: Callable[[], Executor] | None = None,
     ) -> None:
         self.system = system
@@ -59,7 +58,7 @@ class JobManager:
         self.on_commit = on_commit
         self.on_progress = on_progress
         self.executor_factory = executor_factory  # None: train candidates in this process
-        self._jobs: dict[str, JobRecord] = {}
+        self._jobs: dict[str, OperationRecord] = {}
         self._versions: dict[str, int] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._queue: deque[str] = deque()
@@ -80,10 +79,10 @@ class JobManager:
                 if not d.complete:
                     log.info("deleting the unfinished upload %s of task %r", d.id, d.task_name)
                     w.delete_dataset(d.id)
-        for job in self.store.meta.list_jobs():
+        for job in self.store.meta.list_operations():
             self._jobs[job.id] = job
             self._versions[job.id] = 0
-            if job.state in TERMINAL:
+            if job.state in TERMINAL_STATES:
                 continue
             if resume:
                 log.info("resuming interrupted operation %s (%s)", job.id, job.task_name)
@@ -93,7 +92,7 @@ class JobManager:
                 self._finish(
                     job.id, "FAILED", error={"code": "ABORTED", "message": "interrupted by a restart"}
                 )
-        self._worker = threading.Thread(target=self._loop, name="munet-jobs", daemon=True)
+        self._worker = threading.Thread(target=self._loop, name="munet-operations", daemon=True)
         self._worker.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -107,12 +106,12 @@ class JobManager:
             self._worker.join(timeout)
 
     # ---- API -----------------------------------------------------------------------------------
-    def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> JobRecord:
+    def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> OperationRecord:
         """Queue a search; marks the dataset complete and stores the job in one transaction."""
         with self._cond:
             self.check_can_submit(spec.name)
             now = time.time()
-            job = JobRecord(
+            job = OperationRecord(
                 id=uuid.uuid4().hex[:16],
                 kind="add_task",
                 task_name=spec.name,
@@ -126,7 +125,7 @@ class JobManager:
             )
             with self.store.meta.write() as w:
                 w.put_dataset(dataset)
-                w.put_job(job)
+                w.put_operation(job)
             self._jobs[job.id] = job
             self._versions[job.id] = 0
             self._cancel[job.id] = threading.Event()
@@ -139,7 +138,7 @@ class JobManager:
         with self._cond:
             if name in self.system.tasks or name in self.system.damaged:
                 raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
-            if any(j.task_name == name and j.state not in TERMINAL for j in self._jobs.values()):
+            if any(j.task_name == name and j.state not in TERMINAL_STATES for j in self._jobs.values()):
                 raise AlreadyExists(f"task {name!r} is already being added by another operation")
             pending = self.active()
             if pending >= self.max_pending:
@@ -149,22 +148,22 @@ class JobManager:
                 )
 
     def active(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.state not in TERMINAL)
+        return sum(1 for j in self._jobs.values() if j.state not in TERMINAL_STATES)
 
-    def get(self, job_id: str) -> JobRecord:
+    def get(self, job_id: str) -> OperationRecord:
         job = self._jobs.get(job_id)
         if job is None:
             raise NotFound(f"operation {job_id!r} does not exist")
         return job
 
-    def list(self, task: str = "", state: str = "") -> list[JobRecord]:
+    def list(self, task: str = "", state: str = "") -> list[OperationRecord]:
         jobs = sorted(self._jobs.values(), key=lambda j: j.created_at)
         return [j for j in jobs if (not task or j.task_name == task) and (not state or j.state == state)]
 
-    def cancel(self, job_id: str) -> JobRecord:
+    def cancel(self, job_id: str) -> OperationRecord:
         with self._cond:
             job = self.get(job_id)
-            if job.state in TERMINAL:
+            if job.state in TERMINAL_STATES:
                 raise FailedPrecondition(
                     f"operation {job_id} already finished ({job.state}); nothing to cancel"
                 )
@@ -176,17 +175,17 @@ class JobManager:
                 )
             return self._jobs[job_id]
 
-    def wait(self, job_id: str, timeout: float | None) -> JobRecord:
+    def wait(self, job_id: str, timeout: float | None) -> OperationRecord:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.get(job_id).state not in TERMINAL:
+            while self.get(job_id).state not in TERMINAL_STATES:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
                 self._cond.wait(left)
             return self._jobs[job_id]
 
-    def watch(self, job_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[JobRecord]:
+    def watch(self, job_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[OperationRecord]:
         """Yield the record on every change until it is terminal (or the caller goes away)."""
         seen = -1
         while alive():
@@ -198,7 +197,7 @@ class JobManager:
             if version != seen:
                 seen = version
                 yield job
-                if job.state in TERMINAL:
+                if job.state in TERMINAL_STATES:
                     return
 
     # ---- worker --------------------------------------------------------------------------------
@@ -298,14 +297,14 @@ class JobManager:
             if d != digest:
                 self.store.release_shard(d)
 
-    def _update(self, job_id: str, persist: bool = False, **changes: Any) -> JobRecord:
+    def _update(self, job_id: str, persist: bool = False, **changes: Any) -> OperationRecord:
         with self._cond:
             job = replace(self._jobs[job_id], updated_at=time.time(), **changes)
             self._jobs[job_id] = job
             self._versions[job_id] += 1
             if persist:
                 with self.store.meta.write() as w:
-                    w.put_job(job)
+                    w.put_operation(job)
             self._cond.notify_all()
         if self.on_progress is not None:
             self.on_progress(job)
@@ -321,7 +320,7 @@ class JobManager:
             with self.store.meta.write() as w:
                 if state != "SUCCEEDED":
                     w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
-                w.put_job(done)
+                w.put_operation(done)
             for d in shards:  # unreferenced now; gone before any waiter sees the final state
                 self.store.release_shard(d)
             self._jobs[job_id] = done

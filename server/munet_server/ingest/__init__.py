@@ -1,0 +1,1 @@
+"""Upload -> store: validate streamed examples and write them into the store."""

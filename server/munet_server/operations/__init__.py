@@ -1,0 +1,1 @@
+"""Long-running operations (AddTask): queue, worker, progress, cancel, wait, resume."""
