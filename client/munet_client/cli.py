@@ -360,7 +360,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
     sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
     sp.add_argument("--batch-size", type=int, help="server default: 32")
-    sp.add_argument("--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 1)")
+    sp.add_argument("--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 0.95)")
     sp.add_argument(
         "--validation-fraction", type=float, help="images held out to compare candidates (default: 0.3 / 0.2)"
     )

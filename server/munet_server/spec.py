@@ -9,6 +9,7 @@ from typing import Any
 from munet_server.errors import InvalidArgument
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.mutations import MutationConfig, get_policy
+from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
 from munet_server.evolve.search import SearchConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -29,7 +30,7 @@ class AddTaskSpec:
     name: str
     class_names: list[str]
     budget: Budget = field(default_factory=Budget)
-    scale_factor: float = 1.0
+    scale_factor: float = DEFAULT_SCALE_FACTOR
     validation_fraction: float = 0.0  # images held out to compare candidates; 0: 30 % below 500, else 20 %
     seed: int = 0
     policy: str = "munet"

@@ -14,10 +14,15 @@ from dataclasses import dataclass
 
 from munet_server.model.components import Component
 
+# The server's default s: the official "Size scale: 95" configuration. A path that adds half the root's
+# parameters must be ~2.5 % (relative) more accurate than one that adds none; adapters and heads are
+# nearly free. s = 1 is the paper's unpenalised "muNet" configuration (docs/LEARNING.md).
+DEFAULT_SCALE_FACTOR = 0.95
+
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    scale_factor: float = 1.0  # s in (0, 1]; 1 = no size penalty (the default "muNet" configuration)
+    scale_factor: float = DEFAULT_SCALE_FACTOR  # s in (0, 1]; 1 = no size penalty
     root_params: int = 1  # P: root backbone + a 2-class head
     flops_scale: float = 1.0  # s_f; 1 = no compute penalty
     flops_base: float = 1.0  # F

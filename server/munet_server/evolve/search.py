@@ -48,7 +48,7 @@ from munet_server.evolve.heads import (
     stratified_folds,
 )
 from munet_server.evolve.mutations import MutationConfig, Mutator
-from munet_server.evolve.scoring import ScoreConfig, score
+from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR, ScoreConfig, score
 from munet_server.evolve.train import (
     Batches,
     CandidateTrainer,
@@ -89,7 +89,7 @@ class SearchContext(Protocol):
 @dataclass(frozen=True)
 class SearchConfig:
     budget: Budget = field(default_factory=Budget)
-    scale_factor: float = 1.0  # s of the score; lower values favour reuse and smaller paths
+    scale_factor: float = DEFAULT_SCALE_FACTOR  # s of the score; lower favours reuse and smaller paths
     seed: int = 0
     mutation: MutationConfig = field(default_factory=MutationConfig)
     holdout_fraction: float = 0.0  # 0: 30 % of the images below 500, 20 % above

@@ -18,6 +18,7 @@ What changes, each measured in docs/LEARNING.md:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import threading
@@ -137,9 +138,17 @@ def _bn_eval(drafts: list[Component]) -> None:
 
 
 def _run(steps: list[Step], x: torch.Tensor) -> torch.Tensor:
-    for _, fn in steps:
-        x = fn(x)
-    return x
+    with _autocast(x.device):
+        for _, fn in steps:
+            x = fn(x)
+    return x.float()
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 on CUDA devices that have it; never on a CPU (4.7x slower without native bf16, measured)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ---- the candidate ---------------------------------------------------------------------------------
@@ -245,6 +254,8 @@ class CandidateTrainer:
 
     # -- training --
     def run(self, epochs: int | None = None) -> TrainResult:
+        """Train for `epochs` (default: the config's) on the learning-rate schedule of the config's
+        full epochs, so that a refit stopping at a candidate's best epoch retraces its trajectory."""
         t0 = time.monotonic()
         cfg, data = self.cfg, self.data
         epochs = cfg.epochs if epochs is None else epochs
@@ -256,7 +267,7 @@ class CandidateTrainer:
         opt = _optimizer(body, head_params, self.path.hparams)
         n = len(data.train)
         per_epoch = max(1, math.ceil(n / cfg.batch_size))
-        total = epochs * per_epoch
+        total = max(epochs, cfg.epochs) * per_epoch
         gen = torch.Generator().manual_seed(self.seed)
         validate = len(data.holdout) > 0
         best: tuple[tuple[float, float], int, list[dict[str, torch.Tensor]]] | None = None
