@@ -188,59 +188,76 @@ def _ci95(x: np.ndarray) -> float:
 
 
 def report(out: Path, results_md: Path) -> str:
+    """Tables over the seeds each method has finished for every task; paired differences over the
+    seeds two methods have in common."""
     rows = done_rows(out)
     by: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     for r in rows:
         by[(r["method"], r["task"])][r["seed"]] = r
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = [m for m in METHODS if any((m, t) in by for t in tasks)]
-    # Seeds complete for every method and task: the paired comparison uses only those.
-    seeds = sorted(set.intersection(*(set(by[(m, t)]) for m in methods for t in tasks)))
-    if not seeds:
+    seeds_of = {m: sorted(set.intersection(*(set(by[(m, t)]) for t in tasks))) for m in METHODS}
+    methods = [m for m in METHODS if seeds_of[m]]
+    if "linear_probe" not in methods:
         return "no complete seed yet"
-    acc = {(m, t): np.array([by[(m, t)][s]["test_accuracy"] for s in seeds]) for m in methods for t in tasks}
-    cpu = {(m, t): np.array([by[(m, t)][s]["cpu_seconds"] for s in seeds]) for m in methods for t in tasks}
+
+    def acc(m: str, t: str, seeds: list[int]) -> np.ndarray:
+        return np.array([by[(m, t)][s]["test_accuracy"] for s in seeds])
+
+    def mean_of(m: str, key: str, seeds: list[int]) -> float:
+        return float(np.mean([[by[(m, t)][s][key] for s in seeds] for t in tasks]))
+
     lines = [
-        f"Machine: {rows[-1].get('machine', '?')}. Seeds {', '.join(map(str, seeds))} (each its own train/test split); "
-        "test accuracy in %, mean ± sd over seeds; CPU s = process CPU time incl. hyperparameter sweeps.",
+        f"Machine: {rows[-1].get('machine', '?')}. Each seed draws its own train/test split of every task; "
+        "test accuracy in %, mean ± sd over seeds; CPU s = process CPU time per task, hyperparameter sweeps "
+        "included; n = seeds.",
         "",
-        "| method | " + " | ".join(tasks) + " | mean | CPU s / task | params added / task |",
-        "|---|" + "---:|" * (len(tasks) + 3),
+        "| method | n | " + " | ".join(tasks) + " | mean | CPU s / task | params added / task |",
+        "|---|---:|" + "---:|" * (len(tasks) + 3),
     ]
     for m in methods:
-        per = [f"{100 * acc[(m, t)].mean():.1f} ± {100 * acc[(m, t)].std(ddof=1):.1f}" for t in tasks]
-        mean_over = np.mean([acc[(m, t)] for t in tasks], axis=0)
-        params = np.mean([[by[(m, t)][s]["params_added"] for s in seeds] for t in tasks])
+        sd = seeds_of[m]
+        per = [f"{100 * acc(m, t, sd).mean():.1f} ± {100 * acc(m, t, sd).std(ddof=1) if len(sd) > 1 else 0:.1f}" for t in tasks]
+        mean_over = np.mean([acc(m, t, sd) for t in tasks], axis=0)
         lines.append(
-            f"| {LABELS[m]} | " + " | ".join(per) + f" | **{100 * mean_over.mean():.1f}** | "
-            f"{np.mean([cpu[(m, t)].mean() for t in tasks]):.0f} | {params / 1e3:,.0f} K |"
+            f"| {LABELS[m]} | {len(sd)} | " + " | ".join(per) + f" | **{100 * mean_over.mean():.1f}** | "
+            f"{mean_of(m, 'cpu_seconds', sd):.0f} | {mean_of(m, 'params_added', sd) / 1e3:,.0f} K |"
         )
-    # Paired differences against the strongest baseline per task (chosen per task by its mean).
-    lines += ["", "Paired differences (percentage points), mean and 95 % CI over seeds:", ""]
     base = [b for b in ("linear_probe", "finetune", "finetune_top") if b in methods]
-    head = "| muNet budget | vs linear probe, per task | mean vs linear probe | mean vs max(probe, fine-tune) | worst task vs probe |"
-    lines += [head, "|---|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "Paired differences in percentage points (mean, 95 % CI over seeds); the strongest baseline of each "
+        "task is the one with the best mean on the seeds compared:",
+        "",
+        "| muNet budget | n | vs linear probe, per task | mean vs linear probe | mean vs max(probe, fine-tune) | worst task vs probe |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
     for m in [m for m in methods if m.startswith("munet")]:
-        d_lp = {t: 100 * (acc[(m, t)] - acc[("linear_probe", t)]) for t in tasks}
-        best = {t: max(base, key=lambda b: acc[(b, t)].mean()) for t in tasks}
-        d_best = np.mean([100 * (acc[(m, t)] - acc[(best[t], t)]) for t in tasks], axis=0)
+        common = sorted(set(seeds_of[m]).intersection(*(seeds_of[b] for b in base)))
+        if not common:
+            continue
+        d_lp = {t: 100 * (acc(m, t, common) - acc("linear_probe", t, common)) for t in tasks}
+        best = {t: max(base, key=lambda b: acc(b, t, common).mean()) for t in tasks}
+        d_best = np.mean([100 * (acc(m, t, common) - acc(best[t], t, common)) for t in tasks], axis=0)
         d_lp_mean = np.mean(list(d_lp.values()), axis=0)
         per = ", ".join(f"{t} {d.mean():+.1f}" for t, d in d_lp.items())
         worst = min(d_lp, key=lambda t: d_lp[t].mean())
         lines.append(
-            f"| {m} | {per} | {d_lp_mean.mean():+.1f} ± {_ci95(d_lp_mean):.1f} | "
+            f"| {m} | {len(common)} | {per} | {d_lp_mean.mean():+.1f} ± {_ci95(d_lp_mean):.1f} | "
             f"{d_best.mean():+.1f} ± {_ci95(d_best):.1f} | {worst} {d_lp[worst].mean():+.1f} |"
         )
-    ft_params = np.mean([[by[("finetune", t)][s]["params_added"] for s in seeds] for t in tasks]) if "finetune" in methods else math.nan
     lines += ["", "Parameters added per task as a share of full fine-tuning's, and forgetting after the stream:", ""]
-    lines += ["| method | params / fine-tune | forgetting (pp) | golden digests verified |", "|---|---:|---:|---:|"]
+    lines += ["| method | n | params / fine-tune | forgetting (pp) | golden digests verified |", "|---|---:|---:|---:|---:|"]
+    ft = mean_of("finetune", "params_added", seeds_of["finetune"]) if "finetune" in methods else math.nan
     for m in [m for m in methods if m.startswith("munet") or m == "adapters"]:
-        p = np.mean([[by[(m, t)][s]["params_added"] for s in seeds] for t in tasks])
-        forget = np.mean([[by[(m, t)][s]["test_accuracy"] - by[(m, t)][s]["test_accuracy_end"] for s in seeds] for t in tasks])
-        ok = all(by[(m, t)][s]["verified"] for s in seeds for t in tasks)
-        lines.append(f"| {m} | {100 * p / ft_params:.0f} % | {100 * forget:.2f} | {'all' if ok else 'NOT ALL'} |")
+        sd = seeds_of[m]
+        forget = np.mean([[by[(m, t)][s]["test_accuracy"] - by[(m, t)][s]["test_accuracy_end"] for s in sd] for t in tasks])
+        ok = all(by[(m, t)][s]["verified"] for s in sd for t in tasks)
+        share = 100 * mean_of(m, "params_added", sd) / ft
+        lines.append(f"| {m} | {len(sd)} | {share:.0f} % | {100 * forget:.2f} | {'all' if ok else 'NOT ALL'} |")
     body = "\n".join(lines)
-    _plot(acc, cpu, methods, tasks, results_md.parent / "quality_acc_vs_cpu.png")
+    acc_all = {(m, t): acc(m, t, seeds_of[m]) for m in methods for t in tasks}
+    cpu_all = {(m, t): np.array([by[(m, t)][s]["cpu_seconds"] for s in seeds_of[m]]) for m in methods for t in tasks}
+    _plot(acc_all, cpu_all, methods, tasks, results_md.parent / "quality_acc_vs_cpu.png")
     machine.update_section(str(results_md), "quality", "## Quality: learning a task\n\n" + body
                            + "\n\n![accuracy vs CPU seconds](quality_acc_vs_cpu.png)\n")  # fmt: skip
     return body

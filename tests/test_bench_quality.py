@@ -46,5 +46,5 @@ def test_quality_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
             rows.append({**r, "seed": seed})
     out.write_text("".join(json.dumps({**r, "machine": "test"}) + "\n" for r in rows))
     text = report(out, tmp_path / "RESULTS.md")
-    assert "Seeds 0, 1" in text and "munet30" in text and "| munet30 |" in text
+    assert "| muNet, 30 s budget | 2 |" in text and "| munet30 | 2 |" in text  # both seeds counted
     assert (tmp_path / "RESULTS.md").read_text().count("## Quality") == 1
