@@ -1,7 +1,8 @@
 # muNet server on a CUDA-capable PyTorch base.
 #   Build:     docker build -t munet-server .
 #   Run (GPU): docker run --gpus all -p 50051:50051 -v munet-data:/data munet-server
-# BASE may name any image with Python >= 3.10 and `pip` on PATH; torch already in it is kept.
+# BASE may name any image with Python >= 3.11 (tomllib reads pyproject.toml below) and `pip` on PATH;
+# torch already in it is kept.
 ARG BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
 FROM ${BASE}
 

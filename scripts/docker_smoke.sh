@@ -86,12 +86,19 @@ echo "== unauthenticated admin call is refused"
 if "$PY" -m munet_client.cli --target "127.0.0.1:$PORT" delete shoes 2>"$WORK/err"; then
   echo "delete without the token succeeded"; exit 1
 fi
-grep -q UNAUTHENTICATED "$WORK/err" && echo "refused: $(tr -s '\n' ' ' < "$WORK/err")"
+# `a && b` never fails a `set -e` script: test explicitly.
+if ! grep -q UNAUTHENTICATED "$WORK/err"; then
+  echo "expected UNAUTHENTICATED, got: $(cat "$WORK/err")"; exit 1
+fi
+echo "refused: $(tr -s '\n' ' ' < "$WORK/err")"
 
 echo "== replace the container; the task must survive on the volume"
 docker rm -f "$NAME" >/dev/null
 start
 munet --json predict shoes "$WORK"/held-out/*/*.png > "$WORK/after.json"
-cmp "$WORK/before.json" "$WORK/after.json" && echo "predictions identical after the container was replaced"
+if ! cmp "$WORK/before.json" "$WORK/after.json"; then
+  echo "predictions changed after the container was replaced"; exit 1
+fi
+echo "predictions identical after the container was replaced"
 docker exec "$NAME" ls -ln /data
 echo "docker smoke test passed"

@@ -90,3 +90,14 @@ def test_predict_sees_what_a_viewer_shows(served):
     for sent, expected in pairs:
         a, b = client.predict("t", [sent, expected], top_k=3)
         assert a == b
+
+
+def test_a_tiny_file_of_extreme_shape_is_cheap(served):
+    """A 50000x1 PNG is ~130 bytes; it once cost 18 s and 2.5 GB per Predict (scaled up, then cropped)."""
+    import time
+
+    data = _png(Image.fromarray(np.zeros((1, 50000), np.uint8)))
+    assert len(data) < 1000
+    t0 = time.perf_counter()
+    (labels,) = served.predict("t", [data], top_k=1)
+    assert time.perf_counter() - t0 < 5.0 and len(labels) == 1

@@ -16,7 +16,7 @@ from munet_server.store.records import ComponentRecord, DatasetRecord, SystemRec
 from tests.test_store_commit import NOW, component, job, task
 
 RECORDS = [
-    SystemRecord(root={"model_name": "vit", "kwargs": {"depth": 2}}, created_at=NOW, next_seq=7),
+    SystemRecord(root={"model_name": "vit", "kwargs": {"depth": 2}}, created_at=NOW),
     component("blk-1", "root", "a" * 64),
     task("t", [("blk", "blk-1")], dataset_id="ds-1"),
     DatasetRecord("ds-1", "t", ["x", "y"], 3, [2, 1], "0" * 64, NOW, complete=False),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import unicodedata
 import uuid
 
 from munet_server.data.dataset import validate_class_counts
@@ -18,6 +19,24 @@ from munet_server.errors import InvalidArgument, InvalidDataset, ResourceExhaust
 from munet_server.ingest.limits import UploadLimits
 from munet_server.store.records import DatasetRecord
 from munet_server.store.store import Store
+
+MAX_CLASS_NAME = 128  # characters: names are shown in tables and returned by every Predict
+
+
+def check_class_name(i: int, name: str) -> None:
+    """Plain, printable, bounded: a class name ends up in every client's table and in logs."""
+    if not name.strip():
+        raise InvalidArgument(f"class name {i} is empty")
+    if len(name) > MAX_CLASS_NAME:
+        raise InvalidArgument(
+            f"class name {i} is {len(name)} characters long; the limit is {MAX_CLASS_NAME}"
+        )
+    bad = [ch for ch in name if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")]
+    if bad:
+        raise InvalidArgument(
+            f"class name {i} ({name[:40]!r}) contains control or invisible formatting characters "
+            f"({', '.join(f'U+{ord(c):04X}' for c in bad[:3])}); use printable text"
+        )
 
 
 class DatasetWriter:
@@ -34,8 +53,8 @@ class DatasetWriter:
             )
         if len(set(class_names)) != len(class_names):
             raise InvalidArgument("class names must be unique")
-        if any(not n.strip() for n in class_names):
-            raise InvalidArgument("class names must not be empty")
+        for i, n in enumerate(class_names):
+            check_class_name(i, n)
         self.store = store
         self.task_name = task_name
         self.class_names = list(class_names)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument
@@ -17,6 +17,7 @@ from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+RETIRED_KEYS = {"next_seq", "parent_info"}  # written by 0.1, never read: dropped without a warning
 OPERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 
@@ -80,7 +81,7 @@ class _Record:
                 f"supports up to {SCHEMA_VERSION}; upgrade munet-server to open this store"
             )
         known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(obj) - set(known))
+        unknown = sorted(set(obj) - set(known) - RETIRED_KEYS)
         if unknown:
             log.warning("dropping unknown keys %s from a stored %s record", unknown, cls.record_type)
         kwargs = {k: v for k, v in obj.items() if k in known}
@@ -105,7 +106,6 @@ class SystemRecord(_Record):
     record_type: ClassVar[str] = "system"
     root: dict[str, Any]  # opaque to the store: model name, kwargs, weights source/sha256, ...
     created_at: float
-    next_seq: int = 0  # a free counter for the engine
     schema_version: int = SCHEMA_VERSION
 
 
@@ -137,7 +137,6 @@ class TaskRecord(_Record):
     dataset_id: str
     created_at: float
     state: str = "READY"
-    parent_info: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def component_ids(self) -> list[str]:
