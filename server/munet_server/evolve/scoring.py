@@ -22,7 +22,7 @@ DEFAULT_SCALE_FACTOR = 0.95
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    scale_factor: float = DEFAULT_SCALE_FACTOR  # s in (0, 1]; 1 = no size penalty
+    scale_factor: float = 1.0  # s in (0, 1]; 1 = no size penalty (the searches pass theirs)
     root_params: int = 1  # P: root backbone + a 2-class head
     flops_scale: float = 1.0  # s_f; 1 = no compute penalty
     flops_base: float = 1.0  # F

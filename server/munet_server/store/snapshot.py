@@ -63,9 +63,7 @@ def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
         store.meta.copy_to(dest / "meta.lmdb", txn=view.txn)
         tasks = [t.name for t in view.list_tasks()]
         n_components = len(view.list_components())
-        required = {c.shard for c in view.list_components() if c.shard}
-        required |= {s for t in view.list_tasks() for s in t.shards}
-        optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()} - required
+        required, optional = store.shard_references(view)
     files: dict[str, dict[str, Any]] = {}
     for digest in sorted(required | optional):
         if not is_digest(digest):

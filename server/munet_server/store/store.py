@@ -285,12 +285,19 @@ class Store:
 
     # ---- garbage -------------------------------------------------------------------------------
     @staticmethod
-    def referenced_shards(view: MetaView) -> set[str]:
-        """Shards that must survive: components', tasks', and live jobs' checkpoints."""
-        refs = {c.shard for c in view.list_components() if c.shard}
-        refs |= {s for t in view.list_tasks() for s in t.shards}
-        refs |= {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
-        return {s for s in refs if is_digest(s)}
+    def shard_references(view: MetaView) -> tuple[set[str], set[str]]:
+        """(required, optional): shards of components and tasks, and of live operations' checkpoints
+        (a snapshot may lose a checkpoint whose operation moved on; gc must keep both)."""
+        required = {c.shard for c in view.list_components() if c.shard}
+        required |= {s for t in view.list_tasks() for s in t.shards}
+        optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
+        return required, optional - required
+
+    @classmethod
+    def referenced_shards(cls, view: MetaView) -> set[str]:
+        """Shards that must survive gc."""
+        required, optional = cls.shard_references(view)
+        return {s for s in required | optional if is_digest(s)}
 
     def release_shard(self, digest: str) -> bool:
         """Remove a shard now if no record references it (safe alternative to shards.remove)."""
