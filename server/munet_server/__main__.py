@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> None:
         port = app.start()
     except MunetError as e:
         raise SystemExit(f"munet-server: {e.code.name}: {e.message}") from None
+    except OSError as e:  # a read-only or missing store directory, an unreadable TLS key, a busy metrics port
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        raise SystemExit(f"munet-server: {e.strerror or e}{where}") from None
     print(f"munet-server listening on {config.host}:{port}", flush=True)
     stop = threading.Event()
 

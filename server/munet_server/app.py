@@ -91,13 +91,16 @@ class MunetApp:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         address = f"{cfg.host}:{cfg.port}"
-        if cfg.tls_cert is not None and cfg.tls_key is not None:
-            creds = grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
+        try:
+            if cfg.tls_cert is not None and cfg.tls_key is not None:
+                creds = grpc.ssl_server_credentials([(cfg.tls_key.read_bytes(), cfg.tls_cert.read_bytes())])
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio >= 1.50 raises instead of returning 0
+            self.port = 0
         if self.port == 0:
-            raise FailedPrecondition(f"could not bind {address}; is the port in use?")
+            raise FailedPrecondition(f"could not bind {address}: the port is in use or the address is not local")
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_port, cfg.host)
         if not cfg.admin_token and cfg.host not in LOOPBACK_HOSTS:

@@ -1,0 +1,43 @@
+"""`munet-server` that cannot start says why in one line and exits non-zero: no traceback to read."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+
+import pytest
+
+from tests.helpers import server_command
+
+
+def _start(cmd: list[str]) -> subprocess.CompletedProcess:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr, r.stderr
+    return r
+
+
+def test_port_in_use(tmp_path, tiny_vit_weights):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _start(server_command(tmp_path / "store", port, tiny_vit_weights))
+    assert f"munet-server: FAILED_PRECONDITION: could not bind 127.0.0.1:{port}" in r.stderr
+
+
+def test_store_path_is_a_file(tmp_path, tiny_vit_weights):
+    (tmp_path / "store").write_text("not a directory")
+    r = _start(server_command(tmp_path / "store", 0, tiny_vit_weights))
+    assert "exists but is not a directory" in r.stderr
+
+
+@pytest.mark.parametrize("missing", ["cert", "key"])
+def test_missing_tls_file_is_named(tmp_path, tiny_vit_weights, missing):
+    for name in ("cert", "key"):
+        if name != missing:
+            (tmp_path / f"{name}.pem").write_text("-----BEGIN-----")
+    cmd = server_command(tmp_path / "store", 0, tiny_vit_weights)
+    cmd += ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    r = _start(cmd)
+    assert str(tmp_path / f"{missing}.pem") in r.stderr.strip().splitlines()[-1]
