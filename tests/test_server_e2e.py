@@ -190,19 +190,24 @@ def test_metrics_endpoint(served):
 
 
 def test_delete_frees_only_unshared_components(served):
-    _app, client, test, tmp = served
+    from prometheus_client import generate_latest
+
+    app, client, test, tmp = served
     folder, _ = image_folder(tmp, classes=2, per_class=10, seed=3, name="to-delete")
     assert (
         client.wait(client.add_task_from_folder("doomed", folder, seed=3).name, timeout=300).state
         == "SUCCEEDED"
     )
     before = client.predict("digits", [encode_png(i) for i in test.images], top_k=2)
+    client.predict("doomed", [encode_png(test.images[0])])
+    assert 'task="doomed"' in generate_latest(app.metrics.registry).decode()
     doomed = client.describe_task("doomed")
     own = {p.id for p in doomed.path if p.created_by_task and not p.shared_with}
     freed, params = client.delete_task("doomed")
     assert set(freed) == own and params == sum(p.num_params for p in doomed.path if p.id in own)
     assert "doomed" not in [t.name for t in client.list_tasks()]
     assert client.health("doomed") == "SERVICE_UNKNOWN"
+    assert 'task="doomed"' not in generate_latest(app.metrics.registry).decode()  # its series are gone
     assert client.predict("digits", [encode_png(i) for i in test.images], top_k=2) == before
     with pytest.raises(MunetError) as e:
         client.delete_task("doomed")

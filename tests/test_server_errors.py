@@ -167,8 +167,11 @@ def test_tokens(tmp_path, tiny_vit):
             with pytest.raises(MunetError) as e:
                 anon.snapshot(tmp_path / "x.tar")
             assert e.value.code == "UNAUTHENTICATED"
-            assert anon.health() == "SERVING"  # health and reads stay open
-            assert anon.list_tasks() == []
+            for read in (anon.list_tasks, anon.operations, anon.system, lambda: anon.describe_task("t")):
+                with pytest.raises(MunetError) as e:
+                    read()  # metadata needs at least the predict token
+                assert e.value.code == "UNAUTHENTICATED"
+            assert anon.health() == "SERVING"  # health stays open for load balancers
         with MunetClient(target, token="pred-secret") as predictor:
             with pytest.raises(MunetError) as e:
                 predictor.add_task_from_folder("t", folder)
@@ -180,12 +183,60 @@ def test_tokens(tmp_path, tiny_vit):
             assert admin.wait(admin.add_task_from_folder("t", folder).name, timeout=300).state == "SUCCEEDED"
         with MunetClient(target, token="pred-secret") as predictor:
             assert len(predictor.predict("t", [PNG])) == 1
+            assert [t.name for t in predictor.list_tasks()] == ["t"]
         with MunetClient(target, token="wrong") as bad:
             with pytest.raises(MunetError) as e:
                 bad.predict("t", [PNG])
             assert e.value.code == "PERMISSION_DENIED"
     finally:
         app.stop(0)
+
+
+def test_a_predict_token_alone_protects_admin_rpcs(tmp_path, tiny_vit):
+    """With only --predict-token, the store is not left open: admin RPCs need that token."""
+    app = make_app(tmp_path / "s", tiny_vit, predict_token="only-secret")
+    target = f"127.0.0.1:{app.port}"
+    try:
+        with MunetClient(target) as anon:
+            calls = {
+                "AddTask": lambda: anon.add_task("t", ["a", "b"], GOOD),
+                "DeleteTask": lambda: anon.delete_task("t"),
+                "Snapshot": lambda: anon.snapshot(server_dir=str(tmp_path / "snap")),
+                "Restore": lambda: anon.restore(server_dir=str(tmp_path / "snap")),
+                "ListTasks": anon.list_tasks,
+            }
+            for name, call in calls.items():
+                with pytest.raises(MunetError) as e:
+                    call()
+                assert e.value.code == "UNAUTHENTICATED", name
+        assert not (tmp_path / "snap").exists()
+        with MunetClient(target, token="only-secret") as holder:
+            with pytest.raises(MunetError) as e:
+                holder.delete_task("t")
+            assert e.value.code == "NOT_FOUND"  # past auth
+    finally:
+        app.stop(0)
+
+
+def test_tokens_from_files_stay_out_of_the_command_line(tmp_path):
+    from munet_server.config import from_args, parser
+
+    (tmp_path / "admin").write_text("adm-from-file\n")
+    (tmp_path / "predict").write_text("pred-from-file")
+    args = parser().parse_args(
+        ["--admin-token-file", str(tmp_path / "admin"), "--predict-token-file", str(tmp_path / "predict")]
+    )
+    cfg = from_args(args, env={})
+    assert (cfg.admin_token, cfg.predict_token) == ("adm-from-file", "pred-from-file")
+    (tmp_path / "empty").write_text("\n")
+    for argv, fragment in [
+        (["--admin-token-file", str(tmp_path / "missing")], "missing"),
+        (["--admin-token-file", str(tmp_path / "empty")], "one line"),
+        (["--admin-token-file", str(tmp_path / "admin"), "--admin-token", "x"], "not both"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            from_args(parser().parse_args(argv), env={})
+        assert fragment in str(e.value)
 
 
 def _self_signed(tmp_path):

@@ -139,6 +139,7 @@ class MunetApp:
         s = self.service.system
         for name in deleted:
             self.health.set(task_health_name(name), health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            self.metrics.forget_task(name)
         self.health.set("", SERVING)
         self.health.set(SERVICE_NAME, SERVING)
         for name in s.tasks:

@@ -24,7 +24,7 @@ class ServerConfig:
     root_explicit: bool = True  # False: an existing store keeps its own root without complaint
     device: str = "auto"
     admin_token: str = ""  # required for AddTask/Cancel/Delete/Snapshot/Restore when set
-    predict_token: str = ""  # required for Predict when set (the admin token also works)
+    predict_token: str = ""  # required for every other munet RPC when set, and for admin ones if alone
     tls_cert: Path | None = None
     tls_key: Path | None = None
     max_message_mb: int = 64
@@ -81,8 +81,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-image-size", type=int, default=32)
     p.add_argument("--max-image-size", type=int, default=112, help="also the size uploads are stored at")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN")
-    p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN")
+    p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN (prefer the file flag)")
+    p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN (prefer the file flag)")
+    p.add_argument(
+        "--admin-token-file", type=Path, default=None, help="read the admin token from a file, out of `ps`"
+    )
+    p.add_argument("--predict-token-file", type=Path, default=None, help="read the predict token from a file")
     p.add_argument("--tls-cert", type=Path, default=None)
     p.add_argument("--tls-key", type=Path, default=None)
     p.add_argument("--max-message-mb", type=int, default=64)
@@ -100,6 +104,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-gpus-per-candidate", type=float, default=0.0)
     p.add_argument("--log-level", default="INFO")
     return p
+
+
+def _token(flag: str, value: str, file: Path | None, env_value: str) -> str:
+    """A token from its flag, its file (first line, trailing whitespace dropped) or its variable."""
+    if file is None:
+        return value or env_value
+    if value:
+        raise SystemExit(f"give --{flag} or --{flag}-file, not both")
+    try:
+        token = file.read_text().strip()
+    except OSError as e:
+        raise SystemExit(f"--{flag}-file {file}: {e.strerror or e}") from None
+    if not token or "\n" in token:
+        raise SystemExit(f"--{flag}-file {file} must hold the token on one line")
+    return token
 
 
 def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
@@ -126,8 +145,12 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         root=root,
         root_explicit=args.root is not None,
         device=args.device,
-        admin_token=args.admin_token or env.get("MUNET_ADMIN_TOKEN", ""),
-        predict_token=args.predict_token or env.get("MUNET_PREDICT_TOKEN", ""),
+        admin_token=_token(
+            "admin-token", args.admin_token, args.admin_token_file, env.get("MUNET_ADMIN_TOKEN", "")
+        ),
+        predict_token=_token(
+            "predict-token", args.predict_token, args.predict_token_file, env.get("MUNET_PREDICT_TOKEN", "")
+        ),
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         max_message_mb=args.max_message_mb,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -42,6 +44,13 @@ class Metrics:
         )
         self.tasks = Gauge("munet_tasks", "Committed tasks", registry=r)
         self.system_params = Gauge("munet_system_params", "Parameters of all distinct components", registry=r)
+
+    def forget_task(self, task: str) -> None:
+        """Drop a deleted task's series, so scrapes do not report it (or grow) forever."""
+        for family in (self.predict_latency, self.predict_images, self.evolution_generation,
+                       self.evolution_best_accuracy):  # fmt: skip
+            with contextlib.suppress(KeyError):
+                family.remove(task)
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -9,7 +9,7 @@ from typing import Any
 from munet_server.errors import InvalidArgument
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.mutations import MutationConfig, get_policy
-from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
+from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR, ScoreConfig
 from munet_server.evolve.search import SearchConfig
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -38,8 +38,10 @@ class AddTaskSpec:
 
     def __post_init__(self) -> None:
         validate_task_name(self.name)
-        if not 0.0 < self.scale_factor <= 1.0:
-            raise InvalidArgument(f"scale_factor must be in (0, 1], got {self.scale_factor}")
+        try:
+            ScoreConfig(scale_factor=self.scale_factor)  # the one range check
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
         if not 0.0 <= self.validation_fraction <= 0.5:
             raise InvalidArgument(
                 f"validation_fraction must be in (0, 0.5] (or 0 for automatic), got {self.validation_fraction}"

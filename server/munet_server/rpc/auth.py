@@ -1,4 +1,10 @@
-"""Token auth as a server interceptor: admin RPCs need the admin token, Predict the predict token.
+"""Token auth as a server interceptor. Two levels, and any token that is configured protects something:
+
+- admin RPCs (AddTask, Cancel, Delete, Snapshot, Restore) need the admin token, or the predict token
+  when that is the only one configured (a predict token alone must not leave the store open);
+- every other munet RPC (Predict, ListTasks, DescribeTask, operations) needs the predict token when
+  one is set; the admin token is accepted wherever the predict token is.
+Health and reflection stay open (load balancers and grpcurl probe them).
 
 Tokens travel as `authorization: Bearer <token>` metadata and are compared in constant time.
 Unauthenticated: no token sent. PermissionDenied: a token that is not good enough for the call.
@@ -26,7 +32,6 @@ ADMIN_METHODS = frozenset(
         "StreamRestore",
     )
 )
-PREDICT_METHODS = frozenset({SERVICE + "Predict", SERVICE + "PredictMany"})
 
 
 def _same(a: str, b: str) -> bool:
@@ -47,9 +52,10 @@ class TokenAuth(grpc.ServerInterceptor):
         self.predict = predict_token
 
     def _required(self, method: str) -> list[str]:
-        if method in ADMIN_METHODS and self.admin:
-            return [self.admin]
-        if method in PREDICT_METHODS and self.predict:
+        """The tokens accepted for `method`; empty: open."""
+        if method in ADMIN_METHODS:
+            return [self.admin or self.predict] if (self.admin or self.predict) else []
+        if method.startswith(SERVICE) and self.predict:
             return [t for t in (self.predict, self.admin) if t]
         return []
 
@@ -72,7 +78,7 @@ class TokenAuth(grpc.ServerInterceptor):
         for t in accepted:
             ok |= _same(token, t)
         if not ok:
-            kind = "admin" if method in ADMIN_METHODS else "predict"
+            kind = "admin" if method in ADMIN_METHODS and self.admin else "predict"
             return _deny(
                 continuation(handler_call_details),
                 grpc.StatusCode.PERMISSION_DENIED,
