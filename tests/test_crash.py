@@ -159,3 +159,42 @@ def test_kill_during_restore(world, tmp_path):
     _check_committed(s2, images, golden)
     s2.stop()
     _check_no_leftovers(store)
+
+
+def test_sigterm_with_predict_queued_and_a_search_running(world):
+    """SIGTERM is a clean stop, not a crash: queued Predict calls get an answer or UNAVAILABLE (never
+    INTERNAL), the search pauses, the process exits 0, and after a restart the search resumes."""
+    import threading
+    import time
+
+    store, weights, folder, images, golden = world
+    s = ServerProcess(store, weights)
+    op = s.client.add_task_from_folder("b", folder, budget={"seconds": 600})
+    while s.client.operation(op.name).state != "RUNNING":
+        time.sleep(0.2)
+    codes: list[str] = []
+    many = images * (256 // len(images))
+
+    def hammer() -> None:
+        for _ in range(200):
+            try:
+                s.client.predict("a", many)
+            except MunetError as e:
+                codes.append(e.code)
+                return
+
+    threads = [threading.Thread(target=hammer) for _ in range(24)]  # more callers than RPC workers
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.proc.wait(60) == 0
+    for t in threads:
+        t.join(60)
+    s.close()
+    assert codes and set(codes) <= {"UNAVAILABLE", "CANCELLED"}, codes
+    s2 = ServerProcess(store, weights)
+    _check_committed(s2, images, golden)
+    assert s2.client.operation(op.name).state in ("QUEUED", "RUNNING")  # resumed, not lost
+    s2.client.cancel(op.name)
+    s2.stop()

@@ -23,6 +23,7 @@ from munet_client.types import Label, Operation, RestoreInfo, SnapshotInfo, Syst
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 
+POLL_S = 1.0  # how often to poll an operation when the server refuses another long-lived call
 SERVICE = pb.DESCRIPTOR.services_by_name["Munet"].full_name  # munet.v1.Munet
 UploadCallback = Callable[[int, int], None]  # (bytes sent, total bytes)
 CHUNK_BYTES = 2 << 20  # examples per AddTask message are grouped up to about this size
@@ -163,19 +164,39 @@ class MunetClient:
         while True:
             left = 30.0 if deadline is None else min(30.0, max(0.0, deadline - time.monotonic()))
             req = pb.WaitOperationRequest(name=name, timeout_seconds=max(left, 0.001))
-            op = Operation.from_pb(self._call(self.stub.WaitOperation, req, timeout=left + 10))
+            try:
+                op = Operation.from_pb(self._call(self.stub.WaitOperation, req, timeout=left + 10))
+            except MunetError as e:
+                if e.code != "RESOURCE_EXHAUSTED":  # the server's long-call slots are full: poll
+                    raise
+                op = self.operation(name)
+                if not op.done:
+                    time.sleep(min(POLL_S, left))
             if op.done or (deadline is not None and time.monotonic() >= deadline):
                 return op
 
     def watch(self, name: str) -> Iterator[Operation]:
-        """Every change of the operation until it is done."""
+        """Every change of the operation until it is done (polled when the server has no stream
+        to spare)."""
         try:
             for m in self.stub.WatchOperation(
                 pb.WatchOperationRequest(name=name), timeout=None, metadata=self._metadata
             ):
                 yield Operation.from_pb(m)
+            return
         except grpc.RpcError as e:
-            raise MunetError.from_rpc(e) from None
+            err = MunetError.from_rpc(e)
+            if err.code != "RESOURCE_EXHAUSTED":
+                raise err from None
+        last = None
+        while True:
+            op = self.operation(name)
+            if op != last:
+                yield op
+                last = op
+            if op.done:
+                return
+            time.sleep(POLL_S)
 
     # ---- Predict -------------------------------------------------------------------------------
     def predict(self, task: str, images: list[bytes | str | Path], top_k: int = 1) -> list[list[Label]]:

@@ -41,7 +41,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, on_signal)
     while not stop.wait(1.0):  # a timed wait keeps the main thread responsive to signals
         pass
-    app.stop()
+    if not app.stop():
+        # A search thread is still inside torch: letting the interpreter tear down under it aborts
+        # the process (exit 134). Everything committed is on disk and the search resumes on restart.
+        logging.shutdown()
+        os._exit(0)
 
 
 if __name__ == "__main__":

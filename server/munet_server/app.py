@@ -62,6 +62,7 @@ class MunetApp:
         self.service.on_operation = self._on_progress
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
+        self.servicer: MunetServicer | None = None
         self.port = 0
 
     @property
@@ -79,13 +80,16 @@ class MunetApp:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.rpc_workers, thread_name_prefix="munet-rpc"),
             interceptors=[TokenAuth(cfg.admin_token, cfg.predict_token)],
+            # Calls beyond this wait for no thread: RESOURCE_EXHAUSTED at once (a bounded queue).
+            maximum_concurrent_rpcs=cfg.rpc_workers * 8,
             options=[
                 ("grpc.max_receive_message_length", limit),
                 ("grpc.max_send_message_length", limit),
                 ("grpc.so_reuseport", 0),
             ],
         )
-        munet_pb2_grpc.add_MunetServicer_to_server(MunetServicer(self.service), self.server)
+        self.servicer = MunetServicer(self.service)
+        munet_pb2_grpc.add_MunetServicer_to_server(self.servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
@@ -123,12 +127,13 @@ class MunetApp:
         )
         return self.port
 
-    def stop(self, grace: float | None = None) -> None:
-        """Graceful: report NOT_SERVING, refuse new calls, finish in-flight ones, pause searches."""
+    def stop(self, grace: float | None = None) -> bool:
+        """Graceful: report NOT_SERVING, refuse new calls, finish in-flight ones, pause searches.
+        False: a search is still running (see MunetService.stop)."""
         self.health.enter_graceful_shutdown()
         if self.server is not None:
             self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
-        self.service.stop()
+        return self.service.stop()
 
     def wait(self) -> None:
         assert self.server is not None

@@ -32,8 +32,10 @@ class ServerConfig:
     max_batch: int = 64  # Predict: images per forward pass
     batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
     max_predict_images: int = 256  # Predict: images in one request
+    max_queued_images: int = 1024  # Predict: images waiting for a forward pass; more: RESOURCE_EXHAUSTED
     predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
     rpc_workers: int = 16
+    max_long_calls: int = 12  # uploads, restores, snapshots, waits, watches; the rest stay for short calls
     max_pending_operations: int = 8
     resume_operations: bool = True
     snapshot_root: Path | None = None  # server-side snapshot dirs must be inside it, when set
@@ -43,6 +45,18 @@ class ServerConfig:
     ray_address: str = ""
     ray_gpus_per_candidate: float = 0.0
     grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_long_calls < self.rpc_workers:
+            raise ValueError(
+                f"max_long_calls={self.max_long_calls} must be between 1 and rpc_workers-1 "
+                f"({self.rpc_workers - 1}): some threads must stay free for health checks and Predict"
+            )
+        if self.max_queued_images < self.max_predict_images:
+            raise ValueError(
+                f"max_queued_images={self.max_queued_images} must be at least max_predict_images="
+                f"{self.max_predict_images} (one full request)"
+            )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,6 +110,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
     )
+    p.add_argument(
+        "--max-queued-images", type=int, default=1024, help="Predict images waiting; more: RESOURCE_EXHAUSTED"
+    )
+    p.add_argument(
+        "--max-long-calls",
+        type=int,
+        default=12,
+        help="uploads, restores, snapshots, waits and watches at once (below the 16 RPC threads)",
+    )
+    p.add_argument(
+        "--upload-idle-seconds", type=float, default=60.0, help="end an upload or restore that sends nothing"
+    )
     p.add_argument("--max-pending-operations", type=int, default=8)
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
@@ -138,6 +164,13 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         min_image_size=args.min_image_size,
         max_image_size=args.max_image_size,
     )
+    try:
+        return _config(args, env, root)
+    except ValueError as e:
+        raise SystemExit(f"munet-server: {e}") from None
+
+
+def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> ServerConfig:
     return ServerConfig(
         store=args.store,
         host=args.host,
@@ -158,6 +191,9 @@ def from_args(args: argparse.Namespace, env: dict[str, str]) -> ServerConfig:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         predict_threads=args.predict_threads,
+        max_queued_images=args.max_queued_images,
+        max_long_calls=args.max_long_calls,
+        upload=UploadLimits(idle_seconds=args.upload_idle_seconds),
         max_pending_operations=args.max_pending_operations,
         resume_operations=not args.no_resume,
         snapshot_root=args.snapshot_root,

@@ -71,6 +71,12 @@ class DeadlineExceeded(MunetError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unavailable(MunetError):
+    """The server is shutting down or overloaded for a moment: the same call may succeed on retry."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
 class DataLoss(MunetError):
     """Stored data is missing, truncated or does not match its digest (a shard, the metadata, a snapshot)."""
 

@@ -66,6 +66,7 @@ class MunetService:
             config.max_predict_images,
             config.predict_threads,
             on_pass=lambda tasks: metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
+            max_queued=config.max_queued_images,
         )
         self._state = threading.Lock()  # guards the two counters below
         self._uploads = 0
@@ -88,10 +89,17 @@ class MunetService:
     def start(self) -> None:
         self.operations.start(resume=self.config.resume_operations)
 
-    def stop(self) -> None:
-        self.operations.stop()
+    def stop(self) -> bool:
+        """Pause the search, fail queued Predict work, close the store. False: the search did not
+        pause in time, so the store stays open under it (it is crash-safe: the caller may exit hard)."""
+        paused = self.operations.stop(self.config.grace_seconds)
         self.predictor.stop()
+        if not paused:
+            log.warning("the search did not pause within %.0f s; leaving the store to crash recovery",
+                        self.config.grace_seconds)  # fmt: skip
+            return False
         self.store.close()
+        return True
 
     # ---- AddTask -------------------------------------------------------------------------------
     @contextlib.contextmanager

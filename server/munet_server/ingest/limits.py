@@ -12,3 +12,4 @@ class UploadLimits:
     max_image_bytes: int = 16 << 20
     min_per_class: int = 2  # a class needs one example to train on and one to validate
     max_classes: int = 10_000
+    idle_seconds: float = 60.0  # an upload or restore stream that sends nothing this long is ended

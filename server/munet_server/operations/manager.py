@@ -95,8 +95,9 @@ class OperationManager:
         self._worker = threading.Thread(target=self._loop, name="munet-operations", daemon=True)
         self._worker.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Interrupt the running search; it stays RUNNING in the store and resumes on restart."""
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Interrupt the running search; it stays RUNNING in the store and resumes on restart.
+        False: the search did not pause within `timeout` (it checks between training steps)."""
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
@@ -104,6 +105,8 @@ class OperationManager:
             ev.set()
         if self._worker is not None:
             self._worker.join(timeout)
+            return not self._worker.is_alive()
+        return True
 
     # ---- API -----------------------------------------------------------------------------------
     def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> OperationRecord:
@@ -175,14 +178,18 @@ class OperationManager:
                 )
             return self._jobs[job_id]
 
-    def wait(self, job_id: str, timeout: float | None) -> OperationRecord:
+    def wait(
+        self, job_id: str, timeout: float | None, alive: Callable[[], bool] = lambda: True
+    ) -> OperationRecord:
+        """The record once terminal, or when `timeout` passes or the caller goes away (checked
+        every second, so an abandoned wait frees its thread)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.get(job_id).state not in TERMINAL_STATES:
+            while self.get(job_id).state not in TERMINAL_STATES and alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
-                self._cond.wait(left)
+                self._cond.wait(1.0 if left is None else min(left, 1.0))
             return self._jobs[job_id]
 
     def watch(self, job_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[OperationRecord]:

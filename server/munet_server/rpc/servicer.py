@@ -17,6 +17,7 @@ from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 from munet_server.errors import InvalidArgument, MunetError
 from munet_server.rpc import convert
+from munet_server.rpc.streams import CallSlots, idle_guarded
 from munet_server.service import MunetService
 
 if TYPE_CHECKING:
@@ -46,6 +47,15 @@ def _fail(context: grpc.ServicerContext, method: str, e: BaseException) -> None:
     )
 
 
+def _client_gone(context: grpc.ServicerContext, method: str, e: BaseException) -> bool:
+    """A client that cancels or disconnects mid-call (its upload's iterator then raises) is normal:
+    logged at INFO, no incident; gRPC has already ended the call."""
+    if context.is_active() and not isinstance(e, grpc.RpcError):
+        return False
+    log.info("%s: the client went away mid-call (%s)", method, type(e).__name__)
+    return True
+
+
 def unary(fn: Callable) -> Callable:
     """Map engine errors to precise statuses; count and time every call."""
 
@@ -60,6 +70,9 @@ def unary(fn: Callable) -> Callable:
         except Exception as e:
             if context.code() is not None:  # context.abort() raised: already a status
                 code = "ABORTED_BY_HANDLER"
+                raise
+            if _client_gone(context, fn.__name__, e):
+                code = "CANCELLED"
                 raise
             code = "INTERNAL"
             _fail(context, fn.__name__, e)
@@ -82,6 +95,9 @@ def streaming(fn: Callable) -> Callable:
         except Exception as e:
             if context.code() is not None:
                 raise
+            if _client_gone(context, fn.__name__, e):
+                code = "CANCELLED"
+                raise
             code = "INTERNAL"
             _fail(context, fn.__name__, e)
         finally:
@@ -93,6 +109,8 @@ def streaming(fn: Callable) -> Callable:
 class MunetServicer(pb_grpc.MunetServicer):
     def __init__(self, service: MunetService) -> None:
         self.service = service
+        self.long_calls = CallSlots(service.config.max_long_calls)
+        self.idle_s = service.config.upload.idle_seconds
 
     @property
     def system(self) -> MunetSystem:  # the live one: Restore replaces it
@@ -126,22 +144,26 @@ class MunetServicer(pb_grpc.MunetServicer):
     def AddTask(
         self, request_iterator: Iterator[pb.AddTaskRequest], context: grpc.ServicerContext
     ) -> pb.Operation:
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "spec":
-            raise InvalidArgument("the first AddTask message must carry the task spec (name, class names)")
-        spec = convert.task_spec(first.spec, self.service.config.default_budget)
+        with self.long_calls.hold("AddTask"):
+            messages = idle_guarded(request_iterator, self.idle_s, "an AddTask upload")
+            first = next(messages, None)
+            if first is None or first.WhichOneof("part") != "spec":
+                raise InvalidArgument(
+                    "the first AddTask message must carry the task spec (name, class names)"
+                )
+            spec = convert.task_spec(first.spec, self.service.config.default_budget)
 
-        def examples() -> Iterator[tuple[bytes, int]]:
-            for msg in request_iterator:
-                if msg.WhichOneof("part") != "examples":
-                    raise InvalidArgument(
-                        "only the first AddTask message may carry a spec; send examples after it"
-                    )
-                for ex in msg.examples.examples:
-                    yield ex.image, ex.label
+            def examples() -> Iterator[tuple[bytes, int]]:
+                for msg in messages:
+                    if msg.WhichOneof("part") != "examples":
+                        raise InvalidArgument(
+                            "only the first AddTask message may carry a spec; send examples after it"
+                        )
+                    for ex in msg.examples.examples:
+                        yield ex.image, ex.label
 
-        job = self.service.add_task(spec, examples(), alive=context.is_active)
-        return convert.operation(job)
+            job = self.service.add_task(spec, examples(), alive=context.is_active)
+            return convert.operation(job)
 
     # ---- operations ----------------------------------------------------------------------------
     @unary
@@ -164,7 +186,9 @@ class MunetServicer(pb_grpc.MunetServicer):
         timeout = request.timeout_seconds or None
         if left is not None:  # answer just before the client's deadline rather than after it
             timeout = min(timeout or left, max(0.0, left - 0.2))
-        return convert.operation(self.service.operations.wait(request.name, timeout))
+        with self.long_calls.hold("WaitOperation"):
+            job = self.service.operations.wait(request.name, timeout, alive=context.is_active)
+        return convert.operation(job)
 
     @unary
     def CancelOperation(
@@ -176,8 +200,9 @@ class MunetServicer(pb_grpc.MunetServicer):
     def WatchOperation(
         self, request: pb.WatchOperationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Operation]:
-        for job in self.service.operations.watch(request.name, alive=context.is_active):
-            yield convert.operation(job)
+        with self.long_calls.hold("WatchOperation"):
+            for job in self.service.operations.watch(request.name, alive=context.is_active):
+                yield convert.operation(job)
 
     # ---- Predict -------------------------------------------------------------------------------
     @unary
@@ -187,7 +212,12 @@ class MunetServicer(pb_grpc.MunetServicer):
         t0 = time.perf_counter()
         raw = convert.raw_pixels(request.raw_images)
         preds = self.service.predictor.predict(
-            request.task, list(request.images), raw, request.top_k, timeout=time_left(context)
+            request.task,
+            list(request.images),
+            raw,
+            request.top_k,
+            timeout=time_left(context),
+            on_abandon=context.add_callback,
         )
         m = self.service.metrics
         m.predict_latency.labels(request.task).observe(time.perf_counter() - t0)
@@ -202,7 +232,12 @@ class MunetServicer(pb_grpc.MunetServicer):
         tasks = list(request.tasks)
         raw = convert.raw_pixels(request.raw_images)
         preds = self.service.predictor.predict_many(
-            tasks, list(request.images), raw, request.top_k, timeout=time_left(context)
+            tasks,
+            list(request.images),
+            raw,
+            request.top_k,
+            timeout=time_left(context),
+            on_abandon=context.add_callback,
         )
         m = self.service.metrics
         for t in tasks:  # each task answered every image in the time of the whole call
@@ -232,7 +267,8 @@ class MunetServicer(pb_grpc.MunetServicer):
     @unary
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotInfo:
         dest = self.service.server_path(request.dest_dir)
-        manifest = self.service.snapshot_to(dest)
+        with self.long_calls.hold("Snapshot"):
+            manifest = self.service.snapshot_to(dest)
         return pb.SnapshotInfo(
             path=str(dest),
             manifest_sha256=manifest_digest(manifest),
@@ -245,19 +281,24 @@ class MunetServicer(pb_grpc.MunetServicer):
     def StreamSnapshot(
         self, request: pb.StreamSnapshotRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.SnapshotChunk]:
-        for chunk in self.service.stream_snapshot(chunk_size=1 << 20):
-            yield pb.SnapshotChunk(data=chunk)
+        with self.long_calls.hold("StreamSnapshot"):
+            for chunk in self.service.stream_snapshot(chunk_size=1 << 20):
+                yield pb.SnapshotChunk(data=chunk)
 
     @unary
     def Restore(self, request: pb.RestoreRequest, context: grpc.ServicerContext) -> pb.RestoreResponse:
-        manifest = self.service.restore_from_dir(self.service.server_path(request.src_dir))
+        src = self.service.server_path(request.src_dir)
+        with self.long_calls.hold("Restore"):
+            manifest = self.service.restore_from_dir(src)
         return _restored(manifest)
 
     @unary
     def StreamRestore(
         self, request_iterator: Iterator[pb.SnapshotChunk], context: grpc.ServicerContext
     ) -> pb.RestoreResponse:
-        manifest = self.service.restore_from_stream(m.data for m in request_iterator)
+        with self.long_calls.hold("StreamRestore"):
+            chunks = idle_guarded(request_iterator, self.idle_s, "a StreamRestore upload")
+            manifest = self.service.restore_from_stream(m.data for m in chunks)
         return _restored(manifest)
 
 

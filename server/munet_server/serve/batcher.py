@@ -13,13 +13,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import torch
 
-from munet_server.errors import DeadlineExceeded
+from munet_server.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 
 Forward = Callable[[str, torch.Tensor], torch.Tensor]
 
@@ -39,9 +39,12 @@ class Batcher:
         max_batch: int = 64,
         wait_ms: float = 2.0,
         workers: int = 1,
+        max_queued: int = 1024,
     ) -> None:
         self.forward = forward
         self.max_batch = max_batch
+        self.max_queued = max_queued  # images waiting, all tasks together
+        self._queued = 0
         self.wait_s = wait_ms / 1000.0
         self._queues: dict[str, deque[_Request]] = {}
         self._busy: set[str] = set()  # tasks a worker is currently gathering / running
@@ -60,16 +63,34 @@ class Batcher:
         req = _Request(task, images)
         with self._cond:
             if self._stopped:
-                raise RuntimeError("the batcher is stopped")
+                raise Unavailable("the server is shutting down; retry the call")
+            if self._queued + len(images) > self.max_queued:
+                raise ResourceExhausted(
+                    f"{self._queued} images are already waiting for Predict (the server's limit is "
+                    f"{self.max_queued}); retry with backoff"
+                )
+            self._queued += len(images)
             self._queues.setdefault(task, deque()).append(req)
             self._cond.notify()
         return req.future
 
-    def __call__(self, task: str, images: torch.Tensor, timeout: float | None = None) -> torch.Tensor:
-        """The forward pass of `images` for `task`; `timeout` None waits as long as it takes."""
+    def __call__(
+        self,
+        task: str,
+        images: torch.Tensor,
+        timeout: float | None = None,
+        on_abandon: Callable[[Callable[[], object]], object] | None = None,
+    ) -> torch.Tensor:
+        """The forward pass of `images` for `task`; `timeout` None waits as long as it takes.
+        `on_abandon` registers a callback for when the caller goes away (gRPC's add_callback): its
+        work is then dropped if it is still queued."""
         future = self.submit(task, images)
+        if on_abandon is not None:
+            on_abandon(future.cancel)  # a no-op once the answer is in
         try:
             return future.result(timeout)
+        except CancelledError:
+            raise Cancelled("the caller went away before its Predict work ran") from None
         except FutureTimeout:
             future.cancel()  # still queued: a worker will skip it instead of computing for no one
             raise DeadlineExceeded(
@@ -78,11 +99,19 @@ class Batcher:
             ) from None
 
     def stop(self) -> None:
+        """Refuse new work, fail queued work with UNAVAILABLE, and wait for the pass in flight: a
+        worker still inside torch when the interpreter exits aborts the process (exit 134)."""
         with self._cond:
             self._stopped = True
+            queued = [r for q in self._queues.values() for r in q]
+            self._queues.clear()
+            self._queued = 0
             self._cond.notify_all()
+        for r in queued:
+            if r.future.set_running_or_notify_cancel():
+                r.future.set_exception(Unavailable("the server is shutting down; retry the call"))
         for t in self._threads:
-            t.join(5)
+            t.join()  # bounded: one forward pass of at most max_batch images
 
     def _next_task(self) -> str | None:
         ready = [(q[0].enqueued, t) for t, q in self._queues.items() if q and t not in self._busy]
@@ -126,6 +155,7 @@ class Batcher:
             r = q.popleft()
             batch.append(r)
             n += len(r.images)
+        self._queued -= n
         return batch
 
     def _run(self, task: str, batch: list[_Request]) -> None:

@@ -16,6 +16,7 @@ from munet_server.system import MunetSystem
 
 SMALL_BATCH = 8  # below this, one CPU thread is faster than two contending OpenMP teams
 MAX_TASKS_PER_CALL = 64
+OnAbandon = Callable[[Callable[[], object]], object]  # registers a callback for a caller gone away
 TASKS_SEP = "\x00"  # joins a PredictMany's tasks into one batcher key (task names cannot hold it)
 
 
@@ -43,6 +44,7 @@ class Predictor:
         max_images: int,
         threads: int = 1,
         on_pass: Callable[[int], None] | None = None,
+        max_queued: int = 1024,
     ) -> None:
         self.ref = system_ref
         self.max_images = max_images
@@ -55,7 +57,9 @@ class Predictor:
         self._current = 0
         # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
         workers = 1 if self.cpu else 4
-        self.batcher = Batcher(self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers)
+        self.batcher = Batcher(
+            self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers, max_queued=max_queued
+        )
 
     def _forward(self, key: str, images: torch.Tensor) -> torch.Tensor:
         """key: one task, or several joined by TASKS_SEP (PredictMany): their logits side by side."""
@@ -97,14 +101,20 @@ class Predictor:
         return torch.stack(out)
 
     def predict(
-        self, task: str, encoded: list[bytes], raw: list[RawPixels], top_k: int, timeout: float | None = None
+        self,
+        task: str,
+        encoded: list[bytes],
+        raw: list[RawPixels],
+        top_k: int,
+        timeout: float | None = None,
+        on_abandon: OnAbandon | None = None,
     ) -> list[list[LabelScore]]:
         names = self.ref.system.entry(task).record.class_names  # NotFound before any decoding work
         k = top_k or 1
         if not 1 <= k <= len(names):
             raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(names)} classes")
         images = self.decode(encoded, raw)
-        return _top_k(self.batcher(task, images, timeout), names, k)
+        return _top_k(self.batcher(task, images, timeout, on_abandon), names, k)
 
     def predict_many(
         self,
@@ -113,6 +123,7 @@ class Predictor:
         raw: list[RawPixels],
         top_k: int,
         timeout: float | None = None,
+        on_abandon: OnAbandon | None = None,
     ) -> dict[str, list[list[LabelScore]]]:
         """The same images for several tasks in one pass; top_k is capped at each task's classes."""
         if not tasks:
@@ -126,7 +137,7 @@ class Predictor:
             raise InvalidArgument(f"top_k={top_k} must be 0 (one label) or more")
         names = {t: self.ref.system.entry(t).record.class_names for t in tasks}  # NotFound first
         images = self.decode(encoded, raw)
-        logits = self.batcher(TASKS_SEP.join(tasks), images, timeout)
+        logits = self.batcher(TASKS_SEP.join(tasks), images, timeout, on_abandon)
         widths = [len(names[t]) for t in tasks]
         if logits.shape[1] != sum(widths):  # a task was deleted and re-added meanwhile
             raise Aborted("a task was deleted and added again during the call; retry it")

@@ -1,0 +1,223 @@
+"""Bounded everything (issue 12 items 5, 7, 8): long-lived calls cannot take every RPC thread, a
+stalled upload ends, an abandoned wait frees its thread, the Predict queue is bounded and drops
+the work of callers who left, and a stopping server fails queued work instead of aborting."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import pytest
+import torch
+
+from munet_client import MunetClient, MunetError
+from munet_proto.v1 import munet_pb2 as pb
+from munet_proto.v1 import munet_pb2_grpc
+from munet_server.data.images import encode_png
+from munet_server.errors import Cancelled, ResourceExhausted, Unavailable
+from munet_server.ingest.upload import UploadLimits
+from munet_server.serve.batcher import Batcher
+from tests.conftest import image_folder, make_app
+from tests.helpers import store_state
+
+
+def _stalled_upload(stub, name: str, release: threading.Event):
+    """An AddTask stream that sends its spec and one example, then nothing until `release`."""
+    import numpy as np
+
+    png = encode_png(np.zeros((8, 8), dtype="uint8"))
+
+    def messages():
+        yield pb.AddTaskRequest(spec=pb.TaskSpec(name=name, class_names=["a", "b"]))
+        yield pb.AddTaskRequest(examples=pb.ExampleBatch(examples=[pb.Example(image=png, label=0)]))
+        release.wait()
+
+    return stub.AddTask.future(messages())  # no deadline, as plain stubs send
+
+
+def _wait_for(cond, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "condition not reached"
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_vit):
+    tmp = tmp_path_factory.mktemp("bounded")
+    app = make_app(tmp / "store", tiny_vit, max_long_calls=4, rpc_workers=8,
+                   upload=UploadLimits(idle_seconds=600))  # fmt: skip
+    client = MunetClient(f"127.0.0.1:{app.port}", timeout=60)
+    folder, test = image_folder(tmp, classes=2, per_class=8)
+    assert client.wait(client.add_task_from_folder("a", folder).name, timeout=300).state == "SUCCEEDED"
+    yield app, client, [encode_png(i) for i in test.images[:4]], folder
+    client.close()
+    app.stop(0)
+
+
+def test_stalled_uploads_leave_health_and_predict_answering(served, caplog):
+    app, client, images, _ = served
+    before = store_state(app)
+    release = threading.Event()
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = munet_pb2_grpc.MunetStub(ch)
+        calls = [_stalled_upload(stub, f"s{i}", release) for i in range(4)]
+        _wait_for(lambda: app.servicer.long_calls.held == 4)
+        extra = _stalled_upload(stub, "s-extra", release)
+        with pytest.raises(grpc.RpcError) as e:
+            extra.result(timeout=30)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "long-lived calls" in e.value.details()
+        t0 = time.monotonic()
+        assert client.health() == "SERVING"
+        assert len(client.predict("a", images)) == len(images)
+        assert [t.name for t in client.list_tasks()] == ["a"]
+        assert time.monotonic() - t0 < 10
+        for c in calls:
+            c.cancel()  # the users gave up: their threads and slots come back
+        _wait_for(lambda: app.servicer.long_calls.held == 0)
+        release.set()
+    assert store_state(app) == before  # nothing of the abandoned uploads is kept
+    incidents = [r for r in caplog.records if r.levelname == "ERROR" and r.name.startswith("munet")]
+    assert not incidents, [r.getMessage() for r in incidents]  # a client cancelling is not an incident
+
+
+def test_an_idle_upload_is_ended(tmp_path, tiny_vit):
+    app = make_app(tmp_path / "store", tiny_vit, upload=UploadLimits(idle_seconds=1.0))
+    release = threading.Event()
+    try:
+        before = store_state(app)
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            call = _stalled_upload(munet_pb2_grpc.MunetStub(ch), "idle", release)
+            with pytest.raises(grpc.RpcError) as e:
+                call.result(timeout=30)
+            release.set()
+        assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "sent nothing for 1 s" in e.value.details()
+        assert store_state(app) == before
+        assert app.servicer.long_calls.held == 0
+    finally:
+        app.stop(0)
+
+
+def test_abandoned_waits_and_watches_free_their_threads(served):
+    app, client, _, folder = served
+    op = client.add_task_from_folder("long", folder, budget={"seconds": 600, "generations": 1000, "epochs": 1000})
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+            stub = munet_pb2_grpc.MunetStub(ch)
+            waits = [stub.WaitOperation.future(pb.WaitOperationRequest(name=op.name)) for _ in range(2)]
+            watches = [stub.WatchOperation(pb.WatchOperationRequest(name=op.name)) for _ in range(2)]
+            for w in watches:
+                next(w)
+            _wait_for(lambda: app.servicer.long_calls.held == 4)
+            for c in [*waits, *watches]:
+                c.cancel()
+            _wait_for(lambda: app.servicer.long_calls.held == 0)  # noticed within about a second
+        assert client.wait(op.name, timeout=0.5).state in ("QUEUED", "RUNNING")
+    finally:
+        client.cancel(op.name)
+        client.wait(op.name, timeout=120)
+
+
+# ---- the Predict batcher, driven directly with a forward pass we can hold ---------------------------
+class HeldForward:
+    """A forward pass that waits for `release` (so work piles up) and records what it computed."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started = threading.Event()
+        self.seen: list[int] = []
+
+    def __call__(self, task: str, images: torch.Tensor) -> torch.Tensor:
+        self.started.set()
+        self.release.wait(30)
+        self.seen.append(len(images))
+        return images.flatten(1)[:, :2].float()
+
+
+def test_predict_queue_is_bounded():
+    fwd = HeldForward()
+    b = Batcher(fwd, max_batch=4, wait_ms=0, max_queued=8)
+    try:
+        first = b.submit("t", torch.zeros(4, 3, 2, 2))
+        fwd.started.wait(10)  # running: no longer queued
+        queued = [b.submit("t", torch.zeros(4, 3, 2, 2)) for _ in range(2)]
+        with pytest.raises(ResourceExhausted) as e:
+            b.submit("u", torch.zeros(1, 3, 2, 2))
+        assert "8" in e.value.message and "retry" in e.value.message
+        fwd.release.set()
+        for f in [first, *queued]:
+            assert f.result(10).shape == (4, 2)
+        assert b.submit("u", torch.zeros(1, 3, 2, 2)).result(10).shape == (1, 2)  # room again
+    finally:
+        fwd.release.set()
+        b.stop()
+
+
+def test_work_of_a_caller_who_left_is_dropped():
+    fwd = HeldForward()
+    b = Batcher(fwd, max_batch=4, wait_ms=0)
+    abandon: list = []
+    errors: list = []
+    try:
+        b.submit("t", torch.zeros(4, 3, 2, 2))
+        fwd.started.wait(10)
+
+        def caller() -> None:
+            try:
+                b("t", torch.zeros(3, 3, 2, 2), timeout=None, on_abandon=abandon.append)
+            except Cancelled as e:
+                errors.append(e)
+
+        t = threading.Thread(target=caller)
+        t.start()
+        _wait_for(lambda: abandon)
+        abandon[0]()  # what gRPC does when the client cancels or disconnects
+        t.join(10)
+        assert errors and "went away" in errors[0].message
+        fwd.release.set()
+        b.submit("t", torch.zeros(1, 3, 2, 2)).result(10)
+        assert fwd.seen == [4, 1]  # the 3 abandoned images were never computed
+    finally:
+        fwd.release.set()
+        b.stop()
+
+
+def test_stopping_fails_queued_work_with_unavailable():
+    fwd = HeldForward()
+    b = Batcher(fwd, max_batch=4, wait_ms=0)
+    running = b.submit("t", torch.zeros(4, 3, 2, 2))
+    fwd.started.wait(10)
+    queued = b.submit("t", torch.zeros(2, 3, 2, 2))
+    stopper = threading.Thread(target=b.stop)
+    stopper.start()
+    _wait_for(lambda: queued.done())
+    assert isinstance(queued.exception(), Unavailable)
+    fwd.release.set()
+    stopper.join(10)
+    assert not stopper.is_alive() and running.result(1).shape == (4, 2)  # the pass in flight finished
+    with pytest.raises(Unavailable):
+        b.submit("t", torch.zeros(1, 3, 2, 2))
+
+
+def test_client_falls_back_to_polling_when_watches_are_full(served):
+    """`munet add-task` watches its operation; with every long-call slot taken it polls instead."""
+    app, client, _, _ = served
+    release = threading.Event()
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = munet_pb2_grpc.MunetStub(ch)
+        calls = [_stalled_upload(stub, f"w{i}", release) for i in range(4)]
+        try:
+            _wait_for(lambda: app.servicer.long_calls.held == 4)
+            op = client.operations(task="a")[0]
+            states = [o.state for o in client.watch(op.name)]
+            assert states == ["SUCCEEDED"]
+            assert client.wait(op.name).state == "SUCCEEDED"
+        finally:
+            for c in calls:
+                c.cancel()
+            release.set()
+    with pytest.raises(MunetError):
+        client.operation("no-such-operation")
