@@ -41,3 +41,21 @@ def test_missing_tls_file_is_named(tmp_path, tiny_vit_weights, missing):
     cmd += ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
     r = _start(cmd)
     assert str(tmp_path / f"{missing}.pem") in r.stderr.strip().splitlines()[-1]
+
+
+def test_metrics_port_in_use(tmp_path, tiny_vit_weights):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        cmd = [*server_command(tmp_path / "store", 0, tiny_vit_weights), "--metrics-port", str(port)]
+        r = _start(cmd)
+    assert f"could not serve metrics on 127.0.0.1:{port}" in r.stderr
+
+
+def test_unsupported_root(tmp_path):
+    cmd = server_command(tmp_path / "store", 0, "random")
+    cmd[cmd.index("--root") + 1] = "resnet18"
+    cmd[cmd.index("--root-kwargs") + 1] = "{}"
+    r = _start(cmd)
+    assert "munet-server: INVALID_ARGUMENT: root 'resnet18': ResNet is not supported" in r.stderr

@@ -106,7 +106,13 @@ class MunetApp:
         if self.port == 0:
             raise FailedPrecondition(f"could not bind {address}: the port is in use or the address is not local")
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port, cfg.host)
+            try:
+                self.metrics.serve(cfg.metrics_port, cfg.host)
+            except OSError as e:
+                self.server.stop(0)
+                raise FailedPrecondition(
+                    f"could not serve metrics on {cfg.host}:{cfg.metrics_port}: {e.strerror or e}"
+                ) from None
         if not cfg.admin_token and cfg.host not in LOOPBACK_HOSTS:
             log.warning(
                 "listening on %s without an admin token: anyone who can reach it may add, delete and "

@@ -76,7 +76,10 @@ def load_root(config: RootConfig) -> Root:
             digest = _load_builtin_lite0(model, config.model_name)
         else:
             digest = _load_file(model, Path(config.weights))
-    arch = decompose(model)
+    try:
+        arch = decompose(model)
+    except ValueError as e:  # a timm model of a family muNet cannot split into layers
+        raise InvalidArgument(f"root {config.model_name!r}: {e}") from None
     return Root(config=config, arch=arch, weights_sha256=digest, family=arch.family, model=model)
 
 
