@@ -27,7 +27,9 @@ USER munet
 VOLUME ["/data"]
 EXPOSE 50051 9100
 
-# Shell form so that the check follows a MUNET_PORT given at `docker run`.
+# Shell form so that the check follows MUNET_PORT and TLS given at `docker run`: with MUNET_TLS_CERT
+# (and MUNET_TLS_KEY) the check speaks TLS, trusting MUNET_TLS_CA or else the (self-signed) certificate
+# itself, and expects the name MUNET_TLS_SERVER_NAME (default localhost) in it.
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD munet --target "127.0.0.1:${MUNET_PORT}" health || exit 1
+  CMD munet --target "127.0.0.1:${MUNET_PORT}" ${MUNET_TLS_CERT:+--tls-ca "${MUNET_TLS_CA:-$MUNET_TLS_CERT}" --tls-server-name "${MUNET_TLS_SERVER_NAME:-localhost}"} health || exit 1
 ENTRYPOINT ["munet-server", "--device", "auto"]

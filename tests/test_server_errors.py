@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import threading
 
 import numpy as np
@@ -12,7 +11,7 @@ from munet_client import MunetClient, MunetError
 from munet_server.data.images import encode_png
 from munet_server.ingest.upload import UploadLimits
 from tests.conftest import image_folder, make_app
-from tests.helpers import store_state
+from tests.helpers import self_signed_cert, store_state
 
 
 @pytest.fixture(scope="module")
@@ -239,39 +238,8 @@ def test_tokens_from_files_stay_out_of_the_command_line(tmp_path):
         assert fragment in str(e.value)
 
 
-def _self_signed(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return cert_path, key_path
-
-
 def test_tls_round_trip(tmp_path, tiny_vit):
-    cert, key = _self_signed(tmp_path)
+    cert, key = self_signed_cert(tmp_path)
     app = make_app(tmp_path / "s", tiny_vit, tls_cert=cert, tls_key=key)
     try:
         with MunetClient(f"localhost:{app.port}", tls_ca=cert) as c:

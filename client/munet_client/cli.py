@@ -338,7 +338,17 @@ def parser() -> argparse.ArgumentParser:
         help="server host:port [env MUNET_TARGET]",
     )
     p.add_argument("--token", default=None, help="admin or predict token [env MUNET_TOKEN]")
-    p.add_argument("--tls-ca", type=Path, default=None, help="CA certificate: use TLS")
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("MUNET_TLS_CA") or None,
+        help="CA certificate: use TLS [env MUNET_TLS_CA]",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=os.environ.get("MUNET_TLS_SERVER_NAME", ""),
+        help="the name in the server's certificate, when not the target's host [env MUNET_TLS_SERVER_NAME]",
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -360,7 +370,9 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
     sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
     sp.add_argument("--batch-size", type=int, help="server default: 32")
-    sp.add_argument("--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 0.95)")
+    sp.add_argument(
+        "--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 0.95)"
+    )
     sp.add_argument(
         "--validation-fraction", type=float, help="images held out to compare candidates (default: 0.3 / 0.2)"
     )
@@ -399,7 +411,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        with MunetClient(args.target, token=args.token, timeout=args.timeout, tls_ca=args.tls_ca) as c:
+        with MunetClient(
+            args.target,
+            token=args.token,
+            timeout=args.timeout,
+            tls_ca=args.tls_ca,
+            tls_server_name=args.tls_server_name,
+        ) as c:
             return args.fn(c, args)
     except MunetError as e:
         err.print(f"[red]error[/] {e.code}: {e.message}")

@@ -38,8 +38,11 @@ class MunetClient:
         token: str | None = None,
         timeout: float = 60.0,
         tls_ca: Path | str | None = None,
+        tls_server_name: str = "",
         max_message_mb: int = 64,
     ) -> None:
+        """`tls_server_name`: the name the server's certificate is for, when it differs from the
+        target's host (e.g. a health check on 127.0.0.1 of a server whose certificate names its DNS name)."""
         self.target = target
         self.timeout = timeout
         token = token if token is not None else os.environ.get("MUNET_TOKEN", "")
@@ -48,6 +51,8 @@ class MunetClient:
             ("grpc.max_receive_message_length", max_message_mb << 20),
             ("grpc.max_send_message_length", max_message_mb << 20),
         ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         if tls_ca is not None:
             creds = grpc.ssl_channel_credentials(Path(tls_ca).read_bytes())
             self.channel = grpc.secure_channel(target, creds, options=options)

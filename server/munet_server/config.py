@@ -101,8 +101,12 @@ def parser() -> argparse.ArgumentParser:
         "--admin-token-file", type=Path, default=None, help="read the admin token from a file, out of `ps`"
     )
     p.add_argument("--predict-token-file", type=Path, default=None, help="read the predict token from a file")
-    p.add_argument("--tls-cert", type=Path, default=None)
-    p.add_argument("--tls-key", type=Path, default=None)
+    p.add_argument(
+        "--tls-cert", type=Path, default=os.environ.get("MUNET_TLS_CERT") or None, help="[env MUNET_TLS_CERT]"
+    )
+    p.add_argument(
+        "--tls-key", type=Path, default=os.environ.get("MUNET_TLS_KEY") or None, help="[env MUNET_TLS_KEY]"
+    )
     p.add_argument("--max-message-mb", type=int, default=64)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
     p.add_argument("--max-batch", type=int, default=64)

@@ -1,0 +1,59 @@
+"""The Dockerfile's HEALTHCHECK, run by `sh` exactly as Docker runs it, against real servers: it must
+pass for a plaintext server and for a TLS one (a TLS container used to stay unhealthy forever)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import make_app
+from tests.helpers import self_signed_cert
+
+DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile"
+
+
+def healthcheck_command() -> str:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    m = re.search(r"^HEALTHCHECK .*?\bCMD (.+)$", text, re.M)
+    assert m, "no HEALTHCHECK ... CMD in the Dockerfile"
+    return m.group(1)
+
+
+def run_check(env: dict[str, str]) -> subprocess.CompletedProcess:
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `munet` from this install
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MUNET_")}
+    return subprocess.run(
+        ["sh", "-c", healthcheck_command()],
+        env={**base, "PATH": path, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_healthcheck_plaintext(tmp_path, tiny_vit):
+    app = make_app(tmp_path / "s", tiny_vit)
+    try:
+        r = run_check({"MUNET_PORT": str(app.port)})
+        assert r.returncode == 0, r.stderr
+        assert "SERVING" in r.stdout
+    finally:
+        app.stop(0)
+    r = run_check({"MUNET_PORT": str(app.port)})
+    assert r.returncode != 0  # the check does fail when nothing serves
+
+
+def test_healthcheck_tls(tmp_path, tiny_vit):
+    cert, key = self_signed_cert(tmp_path, host="munet.example")
+    app = make_app(tmp_path / "s", tiny_vit, tls_cert=cert, tls_key=key)
+    try:
+        env = {"MUNET_PORT": str(app.port), "MUNET_TLS_CERT": str(cert), "MUNET_TLS_KEY": str(key)}
+        r = run_check({**env, "MUNET_TLS_SERVER_NAME": "munet.example"})
+        assert r.returncode == 0, r.stderr
+        r = run_check(env)  # the certificate does not name localhost: verification must fail
+        assert r.returncode != 0
+    finally:
+        app.stop(0)
