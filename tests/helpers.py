@@ -48,10 +48,15 @@ def server_command(store: Path, port: int, weights: str) -> list[str]:
 class ServerProcess:
     """A real `munet-server` subprocess on a loopback port, with a client once it is SERVING."""
 
-    def __init__(self, store: Path, weights: str, crash_at: str = "") -> None:
+    def __init__(self, store: Path, weights: str, crash_at: str = "", disk_full_at: str = "") -> None:
         self.port = free_port()
         cmd = server_command(store, self.port, weights)
-        env = {**os.environ, "MUNET_CRASH_AT": crash_at, "OMP_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "MUNET_CRASH_AT": crash_at,
+            "MUNET_DISK_FULL_AT": disk_full_at,
+            "OMP_NUM_THREADS": "1",
+        }
         self.log = open(store.parent / f"server-{self.port}.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         _STARTED.append(self.proc)

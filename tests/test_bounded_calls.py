@@ -221,3 +221,36 @@ def test_client_falls_back_to_polling_when_watches_are_full(served):
             release.set()
     with pytest.raises(MunetError):
         client.operation("no-such-operation")
+
+
+def test_operation_history_is_bounded(tmp_path, tiny_vit):
+    app = make_app(tmp_path / "store", tiny_vit, operation_history=2)
+    folder, _ = image_folder(tmp_path, classes=2, per_class=6)
+    try:
+        with MunetClient(f"127.0.0.1:{app.port}", timeout=60) as c:
+            ops = [c.add_task_from_folder(f"t{i}", folder, budget={"generations": 0}) for i in range(3)]
+            for op in ops:
+                assert c.wait(op.name, timeout=300).state == "SUCCEEDED"
+            assert sorted(o.name for o in c.operations()) == sorted(o.name for o in ops[1:])
+            with pytest.raises(MunetError) as e:
+                c.operation(ops[0].name)
+            assert e.value.code == "NOT_FOUND"
+        with app.ref.system.store.meta.read() as v:  # gone from the store too, not only from memory
+            assert len(v.list_operations()) == 2
+        assert len(app.ref.system.tasks) == 3  # the tasks themselves stay
+    finally:
+        app.stop(0)
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_real_enospc_maps_to_resource_exhausted(tmp_path):
+    """The error a full disk really raises (writing to /dev/full) is recognised and names the store."""
+    from munet_server.errors import disk_full
+
+    with pytest.raises(OSError) as e, open("/dev/full", "wb") as f:
+        f.write(b"x" * 65536)
+        f.flush()
+    mapped = disk_full(e.value, tmp_path)
+    assert mapped is not None and mapped.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert str(tmp_path) in mapped.message and "MiB free" in mapped.message
+    assert disk_full(ValueError("not a disk error"), tmp_path) is None

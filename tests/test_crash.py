@@ -198,3 +198,23 @@ def test_sigterm_with_predict_queued_and_a_search_running(world):
     assert s2.client.operation(op.name).state in ("QUEUED", "RUNNING")  # resumed, not lost
     s2.client.cancel(op.name)
     s2.stop()
+
+
+def test_disk_full_is_resource_exhausted_and_loses_nothing(world):
+    """A full disk during an upload or a commit: RESOURCE_EXHAUSTED naming the store's disk, not
+    INTERNAL; every committed task serves as before; nothing half-written stays behind."""
+    store, weights, folder, images, golden = world
+    s = ServerProcess(store, weights, disk_full_at="upload_write")
+    with pytest.raises(MunetError) as e:
+        s.client.add_task_from_folder("b", folder)
+    assert e.value.code == "RESOURCE_EXHAUSTED" and f"the disk of the store {store}" in e.value.message
+    _check_committed(s, images, golden)
+    s.stop()
+    s = ServerProcess(store, weights, disk_full_at="shard_write")
+    op = s.client.wait(s.client.add_task_from_folder("b", folder, budget={"generations": 1}).name, 300)
+    assert op.state == "FAILED" and op.error_code == "RESOURCE_EXHAUSTED", op
+    assert "nothing was committed" in op.error
+    _check_committed(s, images, golden)
+    assert [t.name for t in s.client.list_tasks()] == ["a"]
+    s.stop()
+    _check_no_leftovers(store)

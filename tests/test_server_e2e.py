@@ -208,6 +208,9 @@ def test_delete_frees_only_unshared_components(served):
     assert "doomed" not in [t.name for t in client.list_tasks()]
     assert client.health("doomed") == "SERVICE_UNKNOWN"
     assert 'task="doomed"' not in generate_latest(app.metrics.registry).decode()  # its series are gone
+    store = app.ref.system.store
+    with store.meta.read() as v:
+        assert store.shards.digests() == store.referenced_shards(v)  # its shard files went at once
     assert client.predict("digits", [encode_png(i) for i in test.images], top_k=2) == before
     with pytest.raises(MunetError) as e:
         client.delete_task("doomed")

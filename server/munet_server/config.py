@@ -37,6 +37,7 @@ class ServerConfig:
     rpc_workers: int = 16
     max_long_calls: int = 12  # uploads, restores, snapshots, waits, watches; the rest stay for short calls
     max_pending_operations: int = 8
+    operation_history: int = 1000  # finished operation records kept (oldest deleted first)
     resume_operations: bool = True
     snapshot_root: Path | None = None  # server-side snapshot dirs must be inside it, when set
     default_budget: Budget = field(default_factory=Budget)

@@ -81,6 +81,7 @@ class MunetService:
         return OperationManager(
             self.ref.system,
             max_pending=self.config.max_pending_operations,
+            history=self.config.operation_history,
             on_commit=lambda task: self.on_tasks_changed([]),
             on_progress=lambda job: self.on_operation(job),
             executor_factory=self.executor_factory,

@@ -16,6 +16,7 @@ import uuid
 from munet_server.data.dataset import validate_class_counts
 from munet_server.data.images import decode_image
 from munet_server.errors import InvalidArgument, InvalidDataset, ResourceExhausted
+from munet_server.faults import disk_full_point
 from munet_server.ingest.limits import UploadLimits
 from munet_server.store.records import DatasetRecord
 from munet_server.store.store import Store
@@ -112,6 +113,7 @@ class DatasetWriter:
 
     def _flush(self) -> None:
         if self._pending:
+            disk_full_point("upload_write", self.store.meta.path)
             with self.store.meta.write() as w:
                 for i, label, data in self._pending:
                     w.put_example(self.id, i, label, data)

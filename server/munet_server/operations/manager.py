@@ -31,6 +31,7 @@ from munet_server.errors import (
     MunetError,
     NotFound,
     ResourceExhausted,
+    disk_full,
 )
 from munet_server.evolve.search import Executor, SearchProgress
 from munet_server.faults import crash_point
@@ -48,6 +49,7 @@ class OperationManager:
         system: MunetSystem,
         *,
         max_pending: int = 8,
+        history: int = 1000,
         on_commit: Callable[[str], None] | None = None,
         on_progress: Callable[[OperationRecord], None] | None = None,
         executor_factory: Callable[[], Executor] | None = None,
@@ -55,6 +57,7 @@ class OperationManager:
         self.system = system
         self.store = system.store
         self.max_pending = max_pending
+        self.history = history  # finished operation records kept; older ones are deleted
         self.on_commit = on_commit
         self.on_progress = on_progress
         self.executor_factory = executor_factory  # None: train candidates in this process
@@ -229,6 +232,16 @@ class OperationManager:
                 log.warning("operation %s failed: %s", job_id, e.message)
                 self._finish(job_id, "FAILED", error={"code": e.code.name, "message": e.message})
             except Exception as e:  # an engine bug must not kill the worker
+                full = disk_full(e, self.store.root)
+                if full is not None:
+                    log.warning("operation %s failed: %s", job_id, full.message)
+                    try:
+                        self._finish(
+                            job_id, "FAILED", error={"code": full.code.name, "message": full.message}
+                        )
+                    except Exception:  # even the final record did not fit: the operation resumes at the next start
+                        log.exception("operation %s: could not record its failure", job_id)
+                    continue
                 incident = uuid.uuid4().hex[:8]
                 log.exception("operation %s crashed (incident %s)", job_id, incident)
                 msg = f"internal error ({type(e).__name__}); incident {incident} is in the server log"
@@ -236,7 +249,9 @@ class OperationManager:
 
     def _run(self, job_id: str) -> None:
         job = self._jobs[job_id]
-        job = self._update(job_id, state="RUNNING", progress={**job.progress, "phase": "loading"}, persist=True)
+        job = self._update(
+            job_id, state="RUNNING", progress={**job.progress, "phase": "loading"}, persist=True
+        )
         spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k != "dataset_id"})
         dataset_id = job.spec["dataset_id"]
         cancel = self._cancel.setdefault(job_id, threading.Event())
@@ -317,6 +332,10 @@ class OperationManager:
             self.on_progress(job)
         return job
 
+    def _oldest_finished(self, keep: int) -> list[str]:
+        done = sorted((j.updated_at, j.id) for j in self._jobs.values() if j.state in TERMINAL_STATES)
+        return [i for _, i in done[: max(0, len(done) - keep)]]
+
     def _finish(self, job_id: str, state: str, error: dict[str, str] | None = None, **changes: Any) -> None:
         job = self._jobs[job_id]
         shards = job.checkpoint.get("shards", [])
@@ -324,10 +343,16 @@ class OperationManager:
             done = replace(
                 job, state=state, error=error or {}, checkpoint={}, updated_at=time.time(), **changes
             )
+            old = self._oldest_finished(keep=self.history - 1)
             with self.store.meta.write() as w:
                 if state != "SUCCEEDED":
                     w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
                 w.put_operation(done)
+                for o in old:  # a bounded history: the oldest finished records go
+                    w.delete_operation(o)
+            for o in old:
+                self._jobs.pop(o, None)
+                self._versions.pop(o, None)
             for d in shards:  # unreferenced now; gone before any waiter sees the final state
                 self.store.release_shard(d)
             self._jobs[job_id] = done

@@ -15,7 +15,7 @@ import grpc
 
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
-from munet_server.errors import InvalidArgument, MunetError
+from munet_server.errors import InvalidArgument, MunetError, disk_full
 from munet_server.rpc import convert
 from munet_server.rpc.streams import CallSlots, idle_guarded
 from munet_server.service import MunetService
@@ -74,8 +74,9 @@ def unary(fn: Callable) -> Callable:
             if _client_gone(context, fn.__name__, e):
                 code = "CANCELLED"
                 raise
-            code = "INTERNAL"
-            _fail(context, fn.__name__, e)
+            full = disk_full(e, self.service.config.store)
+            code = "RESOURCE_EXHAUSTED" if full else "INTERNAL"
+            _fail(context, fn.__name__, full or e)
         finally:
             self.service.metrics.requests.labels(fn.__name__, code).inc()
             self.service.metrics.rpc_latency.labels(fn.__name__).observe(time.perf_counter() - t0)
@@ -98,8 +99,9 @@ def streaming(fn: Callable) -> Callable:
             if _client_gone(context, fn.__name__, e):
                 code = "CANCELLED"
                 raise
-            code = "INTERNAL"
-            _fail(context, fn.__name__, e)
+            full = disk_full(e, self.service.config.store)
+            code = "RESOURCE_EXHAUSTED" if full else "INTERNAL"
+            _fail(context, fn.__name__, full or e)
         finally:
             self.service.metrics.requests.labels(fn.__name__, code).inc()
 

@@ -20,6 +20,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from munet_server.errors import CorruptShard, DataLoss, InvalidArgument, NotFound
+from munet_server.faults import disk_full_point
 from munet_server.store.layout import write_atomic
 
 SUFFIX = ".safetensors"
@@ -166,6 +167,7 @@ class ShardStore:
             with contextlib.suppress(OSError):
                 os.utime(target)
             return digest
+        disk_full_point("shard_write", target)
         write_atomic(target, data, tmp_prefix=TEMP_PREFIX)
         return digest
 

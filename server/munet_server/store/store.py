@@ -234,23 +234,30 @@ class Store:
             return stored
 
     def delete_task(self, name: str) -> list[str]:
-        """Remove a task, its dataset and the components nothing else uses; returns their ids."""
-        with self._lock, self.meta.write() as w:
-            task = w.get_task(name)
-            if task is None:
-                raise NotFound(f"task {name!r} does not exist")
-            others = [t for t in w.list_tasks() if t.name != name]
-            used = {cid for t in others for cid in t.component_ids()}
-            freed = []
-            for cid in dict.fromkeys(task.component_ids()):
-                rec = w.get_component(cid)
-                if cid not in used and rec is not None and rec.owner != "root":
-                    w.delete_component(cid)
-                    freed.append(cid)
-            w.delete_task(name)
-            ds = task.dataset_id
-            if ds and "/" not in ds and all(t.dataset_id != ds for t in others):
-                w.delete_dataset(ds)
+        """Remove a task, its dataset and the components nothing else uses; returns their ids.
+        Their shard files go at once (not at the next start-up), once no record references them."""
+        with self._lock:
+            with self.meta.write() as w:
+                task = w.get_task(name)
+                if task is None:
+                    raise NotFound(f"task {name!r} does not exist")
+                others = [t for t in w.list_tasks() if t.name != name]
+                used = {cid for t in others for cid in t.component_ids()}
+                freed, shards = [], set(task.shards)
+                for cid in dict.fromkeys(task.component_ids()):
+                    rec = w.get_component(cid)
+                    if cid not in used and rec is not None and rec.owner != "root":
+                        w.delete_component(cid)
+                        freed.append(cid)
+                        shards.add(rec.shard)
+                w.delete_task(name)
+                ds = task.dataset_id
+                if ds and "/" not in ds and all(t.dataset_id != ds for t in others):
+                    w.delete_dataset(ds)
+            for digest in sorted(d for d in shards if is_digest(d)):
+                with self._cache_lock:
+                    self._cache.pop(digest, None)
+                self.release_shard(digest)  # kept if another record still references it
             return freed
 
     # ---- tensors -------------------------------------------------------------------------------
