@@ -254,3 +254,20 @@ def test_a_real_enospc_maps_to_resource_exhausted(tmp_path):
     assert mapped is not None and mapped.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert str(tmp_path) in mapped.message and "MiB free" in mapped.message
     assert disk_full(ValueError("not a disk error"), tmp_path) is None
+
+
+def test_memory_per_dataset_is_bounded_however_small_the_files(tmp_path, tiny_vit):
+    """1x1 PNGs cost a full decoded image each in the search: the bound is on decoded bytes."""
+    import numpy as np
+
+    side = tiny_vit.max_image_size  # the storage size uploads are decoded at
+    app = make_app(tmp_path / "store", tiny_vit, upload=UploadLimits(max_decoded_bytes=3 * side * side * 10))
+    try:
+        before = store_state(app)
+        dot = encode_png(np.zeros((1, 1), dtype="uint8"))  # ~70 bytes
+        with MunetClient(f"127.0.0.1:{app.port}", timeout=60) as c, pytest.raises(MunetError) as e:
+            c.add_task("dots", ["a", "b"], [(dot, i % 2) for i in range(11)])
+        assert e.value.code == "RESOURCE_EXHAUSTED" and "more than 10 examples" in e.value.message
+        assert store_state(app) == before
+    finally:
+        app.stop(0)

@@ -124,7 +124,9 @@ class MunetService:
         upload leaves nothing behind."""
         with self._upload():
             self.operations.check_can_submit(spec.name)  # duplicate names and a full queue fail first
-            writer = DatasetWriter(self.store, spec.name, spec.class_names, self.config.upload)
+            writer = DatasetWriter(
+                self.store, spec.name, spec.class_names, self.config.upload, self.system.storage_size
+            )
             try:
                 for image, label in examples:
                     writer.add(image, label)

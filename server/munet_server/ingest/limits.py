@@ -12,4 +12,5 @@ class UploadLimits:
     max_image_bytes: int = 16 << 20
     min_per_class: int = 2  # a class needs one example to train on and one to validate
     max_classes: int = 10_000
+    max_decoded_bytes: int = 4 << 30  # an upload decoded at the storage size, as the search holds it
     idle_seconds: float = 60.0  # an upload or restore stream that sends nothing this long is ended

@@ -43,7 +43,15 @@ def check_class_name(i: int, name: str) -> None:
 class DatasetWriter:
     """Accumulates one upload. Call `add` per example, then `finish` (or `abort`)."""
 
-    def __init__(self, store: Store, task_name: str, class_names: list[str], limits: UploadLimits) -> None:
+    def __init__(
+        self,
+        store: Store,
+        task_name: str,
+        class_names: list[str],
+        limits: UploadLimits,
+        storage_size: int = 112,
+    ) -> None:
+        """`storage_size`: the side images are decoded to for the search (bounds its memory)."""
         if not class_names:
             raise InvalidArgument("the task spec lists no class names; give one name per label")
         if len(class_names) < 2:
@@ -60,6 +68,7 @@ class DatasetWriter:
         self.task_name = task_name
         self.class_names = list(class_names)
         self.limits = limits
+        self.decoded_bytes = 3 * storage_size * storage_size  # per image, uint8 RGB
         self.id = "ds-" + uuid.uuid4().hex[:16]
         self.counts = [0] * len(class_names)
         self.num_examples = 0
@@ -95,6 +104,13 @@ class DatasetWriter:
             )
         if self.num_examples + 1 > self.limits.max_examples:
             raise ResourceExhausted(f"the upload has more than {self.limits.max_examples} examples; split it")
+        if (self.num_examples + 1) * self.decoded_bytes > self.limits.max_decoded_bytes:
+            most = self.limits.max_decoded_bytes // self.decoded_bytes
+            raise ResourceExhausted(
+                f"the upload has more than {most} examples, which is what fits the server's memory "
+                f"bound of {self.limits.max_decoded_bytes / 2**30:.3g} GiB per dataset once decoded "
+                "for the search (however small the files); send fewer examples"
+            )
         if self.num_bytes + len(image) > self.limits.max_bytes:
             raise ResourceExhausted(
                 f"the upload is larger than {self.limits.max_bytes} bytes; send fewer examples"
