@@ -223,6 +223,28 @@ def test_client_falls_back_to_polling_when_watches_are_full(served):
         client.operation("no-such-operation")
 
 
+def _check_paging(app, ops) -> None:
+    """ListTasks and ListOperations page (AIP-158); ListTasks sends sharer counts, not names, so its
+    size grows linearly with the number of tasks (names of every sharer made it quadratic)."""
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as ch:
+        stub = munet_pb2_grpc.MunetStub(ch)
+        first = stub.ListTasks(pb.ListTasksRequest(page_size=2), timeout=30)
+        assert [t.name for t in first.tasks] == ["t0", "t1"] and first.next_page_token
+        rest = stub.ListTasks(pb.ListTasksRequest(page_size=2, page_token=first.next_page_token), timeout=30)
+        assert [t.name for t in rest.tasks] == ["t2"] and not rest.next_page_token
+        root = [c for c in first.tasks[0].path if c.owner == "root"]
+        assert root and all(c.num_shared_with == 3 and not c.shared_with for c in root)  # root + 2 tasks
+        full = stub.DescribeTask(pb.DescribeTaskRequest(name="t0"), timeout=30)
+        assert list(next(c for c in full.path if c.owner == "root").shared_with) == ["root", "t1", "t2"]
+        page = stub.ListOperations(pb.ListOperationsRequest(page_size=1), timeout=30)
+        assert [o.name for o in page.operations] == [ops[1].name]
+        page = stub.ListOperations(pb.ListOperationsRequest(page_token=page.next_page_token), timeout=30)
+        assert [o.name for o in page.operations] == [ops[2].name] and not page.next_page_token
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ListTasks(pb.ListTasksRequest(page_token="%%%not-a-token"), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 def test_operation_history_is_bounded(tmp_path, tiny_vit):
     app = make_app(tmp_path / "store", tiny_vit, operation_history=2)
     folder, _ = image_folder(tmp_path, classes=2, per_class=6)
@@ -238,6 +260,7 @@ def test_operation_history_is_bounded(tmp_path, tiny_vit):
         with app.ref.system.store.meta.read() as v:  # gone from the store too, not only from memory
             assert len(v.list_operations()) == 2
         assert len(app.ref.system.tasks) == 3  # the tasks themselves stay
+        _check_paging(app, ops)
     finally:
         app.stop(0)
 

@@ -157,8 +157,15 @@ class MunetClient:
         return Operation.from_pb(self._call(self.stub.GetOperation, pb.GetOperationRequest(name=name)))
 
     def operations(self, task: str = "") -> list[Operation]:
-        r = self._call(self.stub.ListOperations, pb.ListOperationsRequest(task=task))
-        return [Operation.from_pb(o) for o in r.operations]
+        """Every operation (of `task`), oldest first, page by page."""
+        out: list[Operation] = []
+        token = ""
+        while True:
+            r = self._call(self.stub.ListOperations, pb.ListOperationsRequest(task=task, page_token=token))
+            out += [Operation.from_pb(o) for o in r.operations]
+            token = r.next_page_token
+            if not token:
+                return out
 
     def cancel(self, name: str) -> Operation:
         return Operation.from_pb(self._call(self.stub.CancelOperation, pb.CancelOperationRequest(name=name)))
@@ -241,7 +248,15 @@ class MunetClient:
 
     # ---- tasks ---------------------------------------------------------------------------------
     def list_tasks(self) -> list[TaskInfo]:
-        return [TaskInfo.from_pb(t) for t in self._call(self.stub.ListTasks, pb.ListTasksRequest()).tasks]
+        """Every task by name, page by page; components carry sharer counts (describe_task names them)."""
+        out: list[TaskInfo] = []
+        token = ""
+        while True:
+            r = self._call(self.stub.ListTasks, pb.ListTasksRequest(page_token=token))
+            out += [TaskInfo.from_pb(t) for t in r.tasks]
+            token = r.next_page_token
+            if not token:
+                return out
 
     def describe_task(self, name: str) -> TaskInfo:
         return TaskInfo.from_pb(self._call(self.stub.DescribeTask, pb.DescribeTaskRequest(name=name)))

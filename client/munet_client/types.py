@@ -89,7 +89,8 @@ class PathComponent:
     num_params: int
     owner: str
     created_by_task: bool
-    shared_with: list[str]
+    shared_with: list[str]  # the names: filled by describe_task, empty in list_tasks
+    num_shared_with: int = 0  # how many other users ("root" counts as one)
 
     @property
     def shared(self) -> bool:
@@ -144,7 +145,14 @@ class TaskInfo:
             params_total=m.params_total,
             path=[
                 PathComponent(
-                    c.name, c.id, c.kind, c.num_params, c.owner, c.created_by_task, list(c.shared_with)
+                    c.name,
+                    c.id,
+                    c.kind,
+                    c.num_params,
+                    c.owner,
+                    c.created_by_task,
+                    list(c.shared_with),
+                    c.num_shared_with,
                 )
                 for c in m.path
             ],

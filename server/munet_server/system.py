@@ -64,6 +64,7 @@ class MunetSystem:
         self.pool: dict[str, Component] = {}
         self._root_path: TaskPath | None = None
         self.tasks: dict[str, TaskEntry] = {}
+        self._users: dict[str, frozenset[str]] = {}  # component id -> committed tasks using it
         # Tasks whose stored weights are missing or corrupt: kept in the store (a snapshot restore or a
         # delete is the user's call), refused by Predict with DATA_LOSS while every other task serves.
         self.damaged: dict[str, DamagedTask] = {}
@@ -143,7 +144,8 @@ class MunetSystem:
                 continue
             path = TaskPath(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
             tasks[t.name] = TaskEntry(t, path, path.build(self.arch).eval())
-        self.tasks, self.damaged = tasks, damaged
+        self._set_tasks(tasks)
+        self.damaged = damaged
 
     def _make_root_path(self) -> TaskPath:
         by_name = {c.spec.name: c for c in self.pool.values() if c.owner == "root"}
@@ -161,18 +163,28 @@ class MunetSystem:
         return self.arch.clone_floor(self.device.type)
 
     # ---- accounting ----------------------------------------------------------------------------
+    def _set_tasks(self, tasks: dict[str, TaskEntry]) -> None:
+        """Swap in a new task map and its component -> users index (built once per commit or
+        delete, so that users() and shared_with() cost O(1) and O(users), not a scan of every path)."""
+        users: dict[str, set[str]] = {}
+        for name, e in tasks.items():
+            for c in e.path.components:
+                users.setdefault(c.id, set()).add(name)
+        self._users = {cid: frozenset(names) for cid, names in users.items()}
+        self.tasks = tasks
+
     def users(self, component: Component, exclude: str = "") -> int:
         """Committed tasks whose path references this component (the root's lock is not a user)."""
-        tasks = self.tasks
-        return sum(
-            1
-            for name, e in tasks.items()
-            if name != exclude and any(c is component for c in e.path.components)
-        )
+        names = self._users.get(component.id, frozenset())
+        return len(names) - (exclude in names)
 
-    def shared_with(self, component: Component) -> list[str]:
-        names = [n for n, e in self.tasks.items() if any(c is component for c in e.path.components)]
-        return (["root"] if component.owner == "root" else []) + sorted(names)
+    def shared_with(self, component: Component, exclude: str = "") -> list[str]:
+        """"root" (for root components) and the committed tasks using it, but `exclude`."""
+        names = self._users.get(component.id, frozenset())
+        return (["root"] if component.owner == "root" else []) + sorted(n for n in names if n != exclude)
+
+    def num_shared_with(self, component: Component, exclude: str = "") -> int:
+        return (component.owner == "root") + self.users(component, exclude)
 
     def accounted_params(self, path: TaskPath, task: str) -> float:
         return accounted_params(path.components, lambda c: self.users(c, exclude=task) if c.frozen else 0)
@@ -242,7 +254,7 @@ class MunetSystem:
             record = self.store.commit_task(record, recs, extra_tensors={probe_key: probe})
             for c in new:
                 self.pool[c.id] = c
-            self.tasks = {**self.tasks, task: TaskEntry(record, path, model)}
+            self._set_tasks({**self.tasks, task: TaskEntry(record, path, model)})
             return record
 
     def delete_task(self, task: str) -> list[str]:
@@ -250,7 +262,7 @@ class MunetSystem:
             if task not in self.tasks and task not in self.damaged:
                 raise NotFound(f"task {task!r} does not exist")
             freed = self.store.delete_task(task)
-            self.tasks = {n: e for n, e in self.tasks.items() if n != task}
+            self._set_tasks({n: e for n, e in self.tasks.items() if n != task})
             self.damaged = {n: d for n, d in self.damaged.items() if n != task}
             for cid in freed:
                 self.pool.pop(cid, None)

@@ -178,18 +178,24 @@ class GetOperationRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class ListOperationsRequest(_message.Message):
-    __slots__ = ("task", "state")
+    __slots__ = ("task", "state", "page_size", "page_token")
     TASK_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     task: str
     state: Operation.State
-    def __init__(self, task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListOperationsResponse(_message.Message):
-    __slots__ = ("operations",)
+    __slots__ = ("operations", "next_page_token")
     OPERATIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     operations: _containers.RepeatedCompositeFieldContainer[Operation]
-    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, operations: _Optional[_Iterable[_Union[Operation, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WaitOperationRequest(_message.Message):
     __slots__ = ("name", "timeout_seconds")
@@ -278,14 +284,20 @@ class Label(_message.Message):
     def __init__(self, name: _Optional[str] = ..., index: _Optional[int] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class ListTasksRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListTasksResponse(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "next_page_token")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DescribeTaskRequest(_message.Message):
     __slots__ = ("name",)
@@ -349,7 +361,7 @@ class TaskInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ...) -> None: ...
 
 class PathComponent(_message.Message):
-    __slots__ = ("name", "id", "kind", "num_params", "owner", "created_by_task", "shared_with")
+    __slots__ = ("name", "id", "kind", "num_params", "owner", "created_by_task", "shared_with", "num_shared_with")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -357,6 +369,7 @@ class PathComponent(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_TASK_FIELD_NUMBER: _ClassVar[int]
     SHARED_WITH_FIELD_NUMBER: _ClassVar[int]
+    NUM_SHARED_WITH_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     kind: str
@@ -364,7 +377,8 @@ class PathComponent(_message.Message):
     owner: str
     created_by_task: bool
     shared_with: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., kind: _Optional[str] = ..., num_params: _Optional[int] = ..., owner: _Optional[str] = ..., created_by_task: _Optional[bool] = ..., shared_with: _Optional[_Iterable[str]] = ...) -> None: ...
+    num_shared_with: int
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., kind: _Optional[str] = ..., num_params: _Optional[int] = ..., owner: _Optional[str] = ..., created_by_task: _Optional[bool] = ..., shared_with: _Optional[_Iterable[str]] = ..., num_shared_with: _Optional[int] = ...) -> None: ...
 
 class DeleteTaskRequest(_message.Message):
     __slots__ = ("name",)

@@ -67,14 +67,15 @@ def _finite(x: Any) -> float:
     return x if x == x and abs(x) != float("inf") else 0.0
 
 
-def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
+def task_info(system: MunetSystem, name: str, sharers: bool = True) -> pb.TaskInfo:
+    """`sharers`: list every other user of each component (DescribeTask); ListTasks sends counts
+    only, which keeps it linear in the number of tasks."""
     if name in system.damaged:
         return damaged_task_info(system.damaged[name])
     e = system.entry(name)
     rec, m = e.record, e.record.metrics
     path = []
     for c in e.path.components:
-        others = [u for u in system.shared_with(c) if u != name]
         path.append(
             pb.PathComponent(
                 name=c.spec.name,
@@ -83,7 +84,8 @@ def task_info(system: MunetSystem, name: str) -> pb.TaskInfo:
                 num_params=c.num_params,
                 owner=c.owner,
                 created_by_task=c.owner == name,
-                shared_with=others,
+                shared_with=system.shared_with(c, exclude=name) if sharers else [],
+                num_shared_with=system.num_shared_with(c, exclude=name),
             )
         )
     return pb.TaskInfo(

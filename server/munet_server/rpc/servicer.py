@@ -16,7 +16,7 @@ import grpc
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 from munet_server.errors import InvalidArgument, MunetError, disk_full
-from munet_server.rpc import convert
+from munet_server.rpc import convert, paging
 from munet_server.rpc.streams import CallSlots, idle_guarded
 from munet_server.service import MunetService
 
@@ -177,8 +177,11 @@ class MunetServicer(pb_grpc.MunetServicer):
         self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
     ) -> pb.ListOperationsResponse:
         state = pb.Operation.State.Name(request.state) if request.state else ""
-        jobs = self.service.operations.list(task=request.task, state=state)
-        return pb.ListOperationsResponse(operations=[convert.operation(j) for j in jobs])
+        jobs = self.service.operations.list(task=request.task, state=state)  # oldest first
+        page, token = paging.page(
+            jobs, key=lambda j: f"{j.created_at!r}/{j.id}", size=request.page_size, token=request.page_token
+        )
+        return pb.ListOperationsResponse(operations=[convert.operation(j) for j in page], next_page_token=token)
 
     @unary
     def WaitOperation(self, request: pb.WaitOperationRequest, context: grpc.ServicerContext) -> pb.Operation:
@@ -252,7 +255,9 @@ class MunetServicer(pb_grpc.MunetServicer):
     def ListTasks(self, request: pb.ListTasksRequest, context: grpc.ServicerContext) -> pb.ListTasksResponse:
         s = self.system
         names = sorted({*s.tasks, *s.damaged})
-        return pb.ListTasksResponse(tasks=[convert.task_info(s, n) for n in names])
+        page, token = paging.page(names, key=str, size=request.page_size, token=request.page_token)
+        infos = [convert.task_info(s, n, sharers=False) for n in page]
+        return pb.ListTasksResponse(tasks=infos, next_page_token=token)
 
     @unary
     def DescribeTask(self, request: pb.DescribeTaskRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
