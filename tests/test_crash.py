@@ -121,7 +121,12 @@ def test_kill_during_snapshot(world, tmp_path):
         s.client.snapshot(tmp_path / "snap.tar")
     s.wait_dead()
     assert not (tmp_path / "snap.tar").exists()  # no half archive under the final name
+    import tempfile
+
+    left = list(Path(tempfile.gettempdir()).glob(f"munet-snapshot-{s.proc.pid}-*"))
+    assert left  # the dead stream's metadata copy in TMPDIR (nothing was staged in the store)...
     s2 = ServerProcess(store, weights)
+    assert not any(p.exists() for p in left)  # ...is removed at the next start
     _check_committed(s2, images, golden)
     s2.stop()
     _check_no_leftovers(store)

@@ -211,12 +211,41 @@ def test_archive_round_trip(source: Store, target: Store, tmp_path: Path) -> Non
     assert not [p for p in source.root.iterdir() if p.name.startswith("staging-")]
 
 
+def _snapshot_temps() -> list[Path]:
+    import tempfile
+
+    return list(Path(tempfile.gettempdir()).glob(f"munet-snapshot-{os.getpid()}-*"))
+
+
 def test_abandoned_archive_stream_cleans_up(source: Store) -> None:
+    before = _snapshot_temps()
     stream = source.iter_snapshot_archive(chunk_size=512)
     next(stream)
-    assert [p for p in source.root.iterdir() if p.name.startswith("staging-")]
+    # Nothing is staged on the store's disk (a nearly full store can still be streamed off); only
+    # the metadata copy sits in TMPDIR.
+    assert sorted(p.name for p in source.root.iterdir()) == ["CURRENT", "LOCK", source.generation_dir.name]
+    assert len(_snapshot_temps()) == len(before) + 1
     stream.close()  # what a disconnecting client does
-    assert not [p for p in source.root.iterdir() if p.name.startswith("staging-")]
+    assert _snapshot_temps() == before
+
+
+def test_a_task_deleted_during_a_stream_keeps_its_shards_until_the_stream_ends(
+    source: Store, target: Store
+) -> None:
+    expected = dump(source)
+    victim = source.meta.get_task("b")  # its block and shard are its own (a's head is shared)
+    assert victim is not None
+    stream = source.iter_snapshot_archive(chunk_size=512)
+    chunks = [next(stream)]
+    source.delete_task(victim.name)
+    assert all(source.shards.path(d).exists() for d in victim.shards)  # pinned by the stream
+    with source.meta.read() as v:
+        assert source.shards.digests() - source.referenced_shards(v)  # some are unreferenced now...
+    chunks += list(stream)
+    with source.meta.read() as v:
+        assert source.shards.digests() == source.referenced_shards(v)  # ...and go when it ends
+    target.restore_archive(iter(chunks), max_bytes=1 << 30)
+    assert dump(target) == expected  # the archive is the store as it was when the stream began
 
 
 def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:

@@ -24,11 +24,12 @@ DIRS = {"meta.lmdb", "shards"}
 _CHUNK = 1 << 20
 
 
-def tar_blocks(src: Path, manifest: dict[str, Any]) -> Iterator[bytes]:
-    """A plain ustar/pax stream, built by hand so that no file is ever held whole in memory."""
+def tar_blocks(sources: dict[str, Path], manifest: dict[str, Any]) -> Iterator[bytes]:
+    """A plain ustar/pax stream of the manifest and its files (`sources`: member name -> the file to
+    read), built by hand so that no file is ever held whole in memory."""
     mtime = int(manifest["created_at"])
     for rel in [MANIFEST, *manifest["files"]]:
-        path = src / rel
+        path = sources[rel]
         info = tarfile.TarInfo(rel)
         info.size, info.mode, info.mtime = path.stat().st_size, 0o644, mtime
         yield info.tobuf(format=tarfile.PAX_FORMAT)

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -43,6 +44,22 @@ SCHEMA_VERSION = 1
 MANIFEST = archive.MANIFEST
 DATA_MDB = "meta.lmdb/data.mdb"
 _MAX_MANIFEST = 64 << 20
+STREAM_PREFIX = "munet-snapshot-"  # + pid: a stream's metadata copy in TMPDIR
+
+
+def clean_stale_stream_dirs() -> int:
+    """Remove metadata copies left in TMPDIR by streams of processes that died (kill -9)."""
+    removed = 0
+    for d in Path(tempfile.gettempdir()).glob(f"{STREAM_PREFIX}*-*"):
+        try:
+            pid = int(d.name[len(STREAM_PREFIX) :].split("-")[0])
+            os.kill(pid, 0)  # still running: its stream may be in flight
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+            removed += 1
+        except (ValueError, PermissionError):
+            continue  # not ours, or another user's process
+    return removed
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -55,34 +72,38 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
-    """Write a complete snapshot into the new dir `dest`; return its manifest."""
-    (dest / "meta.lmdb").mkdir(parents=True)
-    (dest / "shards").mkdir()
-    with store.meta.read() as view:  # one read txn: the copied LMDB and the shard list agree
-        store.meta.copy_to(dest / "meta.lmdb", txn=view.txn)
+def _copy_metadata(store: Store, meta_dir: Path) -> tuple[list[str], int, set[str], set[str]]:
+    """A compacted LMDB copy into `meta_dir`, and in the same read txn (so they agree) the task
+    names, the number of components, and the (required, optional) shards it references."""
+    meta_dir.mkdir(parents=True)
+    with store.meta.read() as view:
+        store.meta.copy_to(meta_dir, txn=view.txn)
         tasks = [t.name for t in view.list_tasks()]
         n_components = len(view.list_components())
         required, optional = store.shard_references(view)
-    files: dict[str, dict[str, Any]] = {}
-    for digest in sorted(required | optional):
+    for digest in required | optional:
         if not is_digest(digest):
             raise DataLoss(f"the store references a malformed shard name {digest!r}; restore a snapshot")
-        dst = dest / "shards" / f"{digest}{SUFFIX}"
-        try:
-            _link_or_copy(store.shards.path(digest), dst)
-        except FileNotFoundError:
-            if digest in required:
-                raise DataLoss(f"shard {digest} is referenced but missing; restore a snapshot") from None
-            log.warning("snapshot: checkpoint shard %s vanished (its job moved on); skipped", digest)
-            continue
-        sha, size = sha256_file(dst)
-        if sha != digest:  # never hand out a damaged snapshot
-            raise CorruptShard(f"shard file {store.shards.path(digest)} is damaged; restore from a snapshot")
-        files[f"shards/{dst.name}"] = {"sha256": sha, "size": size}
-    sha, size = sha256_file(dest / DATA_MDB)
-    files[DATA_MDB] = {"sha256": sha, "size": size}
-    manifest = {
+    return tasks, n_components, required, optional
+
+
+def _checked_shard(store: Store, digest: str, copy: Path, required: bool) -> dict[str, Any] | None:
+    """sha256 and size of the shard as found at `copy` (never hand out a damaged snapshot); None for
+    a checkpoint shard whose operation moved on meanwhile."""
+    try:
+        sha, size = sha256_file(copy)
+    except FileNotFoundError:
+        if required:
+            raise DataLoss(f"shard {digest} is referenced but missing; restore a snapshot") from None
+        log.warning("snapshot: checkpoint shard %s vanished (its job moved on); skipped", digest)
+        return None
+    if sha != digest:
+        raise CorruptShard(f"shard file {store.shards.path(digest)} is damaged; restore from a snapshot")
+    return {"sha256": sha, "size": size}
+
+
+def _manifest(tasks: list[str], n_components: int, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {
         "format": FORMAT,
         "schema_version": SCHEMA_VERSION,
         "created_at": time.time(),
@@ -90,6 +111,23 @@ def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
         "tasks": tasks,
         "components": n_components,
     }
+
+
+def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
+    """Write a complete snapshot into the new dir `dest`; return its manifest."""
+    tasks, n_components, required, optional = _copy_metadata(store, dest / "meta.lmdb")
+    (dest / "shards").mkdir()
+    files: dict[str, dict[str, Any]] = {}
+    for digest in sorted(required | optional):
+        dst = dest / "shards" / f"{digest}{SUFFIX}"
+        with contextlib.suppress(FileNotFoundError):  # judged below: required, or a lost checkpoint
+            _link_or_copy(store.shards.path(digest), dst)
+        entry = _checked_shard(store, digest, dst, digest in required)
+        if entry is not None:
+            files[f"shards/{dst.name}"] = entry
+    sha, size = sha256_file(dest / DATA_MDB)
+    files[DATA_MDB] = {"sha256": sha, "size": size}
+    manifest = _manifest(tasks, n_components, files)
     (dest / MANIFEST).write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
     layout.fsync_tree(dest)
     return manifest
@@ -114,12 +152,29 @@ def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _staged_snapshot(store: Store) -> Iterator[tuple[Path, dict[str, Any]]]:
-    """A snapshot in a staging dir of the store root (same filesystem: shards are hard links)."""
-    with store.staging_dir() as staging:
+def _stream_sources(store: Store) -> Iterator[tuple[dict[str, Path], dict[str, Any]]]:
+    """What a streamed snapshot reads: the metadata copy and the manifest in a temporary dir outside
+    the store (TMPDIR: a store whose disk is full can still be streamed off to a backup), and the
+    shard files where they are, pinned so that a task deleted meanwhile keeps its shards until the
+    stream ends."""
+    with contextlib.ExitStack() as stack:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{STREAM_PREFIX}{os.getpid()}-"))
+        stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         with store.exclusive():
-            manifest = build_snapshot(store, staging)
-        yield staging, manifest
+            tasks, n_components, required, optional = _copy_metadata(store, tmp / "meta.lmdb")
+            stack.enter_context(store.pinned_shards())
+        sources = {DATA_MDB: tmp / DATA_MDB, MANIFEST: tmp / MANIFEST}
+        files: dict[str, dict[str, Any]] = {}
+        for digest in sorted(required | optional):
+            rel = f"shards/{digest}{SUFFIX}"
+            entry = _checked_shard(store, digest, store.shards.path(digest), digest in required)
+            if entry is not None:
+                files[rel], sources[rel] = entry, store.shards.path(digest)
+        sha, size = sha256_file(tmp / DATA_MDB)
+        files[DATA_MDB] = {"sha256": sha, "size": size}
+        manifest = _manifest(tasks, n_components, files)
+        (tmp / MANIFEST).write_bytes(json.dumps(manifest, indent=1, sort_keys=True).encode())
+        yield sources, manifest
 
 
 def iter_archive(store: Store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -129,10 +184,10 @@ def iter_archive(store: Store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
 
 
 def _iter_archive(store: Store, chunk_size: int) -> Iterator[bytes]:
-    # A generator: the staging snapshot is made on the first next() and removed when the stream
-    # ends or is closed (a client that disconnects closes it).
-    with _staged_snapshot(store) as (staging, manifest):
-        for i, chunk in enumerate(archive.rechunk(archive.tar_blocks(staging, manifest), chunk_size)):
+    # A generator: the metadata copy is made on the first next() and removed (and the shards
+    # unpinned) when the stream ends or is closed (a client that disconnects closes it).
+    with _stream_sources(store) as (sources, manifest):
+        for i, chunk in enumerate(archive.rechunk(archive.tar_blocks(sources, manifest), chunk_size)):
             yield chunk
             if i == 0:
                 crash_point("during_snapshot")
@@ -142,8 +197,8 @@ def snapshot_to_archive(store: Store, dest_file: Path) -> dict[str, Any]:
     if dest_file.exists():
         raise AlreadyExists(f"{dest_file} already exists; choose a new archive name")
     dest_file.parent.mkdir(parents=True, exist_ok=True)
-    with _staged_snapshot(store) as (staging, manifest), layout.atomic_file(dest_file) as f:
-        for block in archive.tar_blocks(staging, manifest):
+    with _stream_sources(store) as (sources, manifest), layout.atomic_file(dest_file) as f:
+        for block in archive.tar_blocks(sources, manifest):
             f.write(block)
     return manifest
 

@@ -57,6 +57,8 @@ class Store:
         self._lock = threading.RLock()  # commit / delete / gc / snapshot / restore never interleave
         self._cache: OrderedDict[str, Tensors] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._pins = 0  # snapshot streams reading shard files in place (see pinned_shards)
+        self._deferred: set[str] = set()
         self._active_staging: set[str] = set()  # staging dirs in use: gc must leave them alone
         self._proc_lock = layout.acquire_lock(self.root)
         try:
@@ -306,9 +308,27 @@ class Store:
         required, optional = cls.shard_references(view)
         return {s for s in required | optional if is_digest(s)}
 
+    @contextlib.contextmanager
+    def pinned_shards(self) -> Iterator[None]:
+        """While held, released shards stay on disk (a snapshot stream is reading them); they go
+        when the last pin ends."""
+        with self._lock:
+            self._pins += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pins -= 1
+                deferred, self._deferred = (self._deferred, set()) if self._pins == 0 else (set(), self._deferred)
+            for digest in sorted(deferred):
+                self.release_shard(digest)
+
     def release_shard(self, digest: str) -> bool:
         """Remove a shard now if no record references it (safe alternative to shards.remove)."""
         with self._lock:
+            if self._pins:
+                self._deferred.add(digest)
+                return False
             with self.meta.read() as v:
                 if digest in self.referenced_shards(v):
                     return False
@@ -324,6 +344,7 @@ class Store:
                     f"the store at {self.root} was switched by another handle; reopen it"
                 )
             counts = {"temp_files": self.shards.clean_temp(), "staging_dirs": 0, "old_generations": 0}
+            counts["stream_dirs"] = snapshot.clean_stale_stream_dirs()
             for p in self.root.iterdir():
                 if p.name.startswith(layout.CURRENT_TMP_PREFIX):
                     p.unlink(missing_ok=True)
