@@ -398,3 +398,29 @@ def test_a_second_process_cannot_open_the_store(source: Store) -> None:
     finally:
         holder.communicate("", timeout=30)
     Store(root).close()
+
+
+def test_a_sparse_metadata_file_is_compacted_at_open(source: Store, tmp_path: Path) -> None:
+    """LMDB never shrinks its file; a store whose uploads were deleted gives the space back at the
+    next start, with every record and tensor as before."""
+    from munet_server.store.records import DatasetRecord
+
+    with source.meta.write() as w:
+        w.put_dataset(DatasetRecord("ds-big", "big", ["x", "y"], 400, [200, 200], "0" * 64, 0.0, True))
+        for i in range(400):
+            w.put_example("ds-big", i, i % 2, os.urandom(20_000))
+    with source.meta.write() as w:
+        w.delete_dataset("ds-big")
+    expected = dump(source)
+    data = source.generation_dir / "meta.lmdb" / "data.mdb"
+    big = data.stat().st_size
+    root = source.root
+    source.close()
+    reopened = Store(root, compact_min_bytes=1 << 20)
+    try:
+        small = (reopened.generation_dir / "meta.lmdb" / "data.mdb").stat().st_size
+        assert big > 4 << 20 and small < big / 4, (big, small)
+        assert dump(reopened) == expected
+        assert sorted(p.name for p in root.iterdir()) == ["CURRENT", "LOCK", reopened.generation_dir.name]
+    finally:
+        reopened.close()

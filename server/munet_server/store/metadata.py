@@ -231,6 +231,18 @@ class MetadataStore:
                 f"cannot open the metadata database at {self.path} ({e}); restore a snapshot"
             ) from None
 
+    def used_bytes(self) -> int:
+        """Bytes of the pages the records occupy (the file also holds free pages: LMDB never
+        returns them to the filesystem; a compacted copy drops them)."""
+        env = self.env
+        st = env.stat()
+        pages = st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
+        with env.begin() as txn:
+            for db in self._dbs.values():
+                s = txn.stat(db)
+                pages += s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]
+        return pages * st["psize"]
+
     @property
     def env(self) -> lmdb.Environment:
         if self._env is None:

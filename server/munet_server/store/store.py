@@ -46,7 +46,11 @@ def _before_current_switch(gen_name: str) -> None:
 
 
 class Store:
-    def __init__(self, root: Path, map_size: int = 1 << 36, gc_on_open: bool = True) -> None:
+    def __init__(
+        self, root: Path, map_size: int = 1 << 36, gc_on_open: bool = True, compact_min_bytes: int = 256 << 20
+    ) -> None:
+        """`compact_min_bytes`: at open, a metadata file at least this large and more than twice
+        what its records occupy (uploads and tasks deleted) is compacted (see `_compact_if_sparse`)."""
         self.root = Path(root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -65,6 +69,7 @@ class Store:
             self._open_generation(layout.read_current(self.root) or self._init_first_generation())
             if gc_on_open:
                 self.gc()
+                self._compact_if_sparse(compact_min_bytes)
         except BaseException:
             layout.release_lock(self._proc_lock)
             raise
@@ -145,6 +150,20 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _compact_if_sparse(self, min_bytes: int) -> None:
+        """Give free pages back to the disk: the live generation is rebuilt from a compacted
+        snapshot of itself (shards hard-linked, every byte verified) and switched in atomically.
+        Only at open, before anything else writes; a crash midway leaves a staging dir for gc."""
+        data = self.generation_dir / META_DIR / DATA_FILE
+        size, used = data.stat().st_size, self.meta.used_bytes()
+        if size < min_bytes or size < 2 * used:
+            return
+        with self.staging_dir() as staging:
+            snapshot.build_snapshot(self, staging)
+            snapshot.publish_staged(self, staging)
+        log.info("metadata compacted: %.0f MiB -> %.0f MiB", size / 2**20,
+                 (self.generation_dir / META_DIR / DATA_FILE).stat().st_size / 2**20)  # fmt: skip
 
     # ---- concurrency, for store/snapshot.py -------------------------------------------------
     def exclusive(self) -> threading.RLock:
