@@ -395,8 +395,9 @@ class EvolutionSearch:
         compared with is then taken like theirs: fit on the training part, scored on the holdout.
 
         The root is probed first, at every size; the other seeds (newest first) at the root's best
-        size, while the probes have used less than PROBE_SHARE of the budget: with many committed
-        tasks, muNet's seed phase would otherwise eat the whole search."""
+        size. Beyond the root's first size, probes run only while they have used less than
+        PROBE_SHARE of the budget: with many committed tasks or a large upload, muNet's seed phase
+        would otherwise eat the whole search."""
         seeds = self._seeds()
         others = seeds[:-1]  # muNet's order: newest tasks first, the root last
         y = self.labels
@@ -420,7 +421,10 @@ class EvolutionSearch:
             for i, path, keep in zip(which, paths, branch_points(keys)):
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
-                if i != len(others) and self.elapsed() > PROBE_SHARE * self.budget.seconds:
+                # Past PROBE_SHARE of the budget only the root's first (largest) size still runs:
+                # one converged probe is the least a search returns, however large the upload.
+                root_has_one = len(others) in found
+                if (i != len(others) or root_has_one) and self.elapsed() > PROBE_SHARE * self.budget.seconds:
                     break
                 t0 = time.monotonic()
                 feats = probe_features(path, self.ctx.arch, self.cache, self._views(path.hparams), keep)
