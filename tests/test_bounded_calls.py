@@ -4,6 +4,7 @@ the work of callers who left, and a stopping server fails queued work instead of
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -137,10 +138,20 @@ class HeldForward:
         return images.flatten(1)[:, :2].float()
 
 
-def test_predict_queue_is_bounded():
+@contextlib.contextmanager
+def held_batcher(**kwargs):
+    """A real Batcher over a HeldForward; released and stopped however the test ends."""
     fwd = HeldForward()
-    b = Batcher(fwd, max_batch=4, wait_ms=0, max_queued=8)
+    b = Batcher(fwd, max_batch=4, wait_ms=0, **kwargs)
     try:
+        yield fwd, b
+    finally:
+        fwd.release.set()
+        b.stop()
+
+
+def test_predict_queue_is_bounded():
+    with held_batcher(max_queued=8) as (fwd, b):
         first = b.submit("t", torch.zeros(4, 3, 2, 2))
         fwd.started.wait(10)  # running: no longer queued
         queued = [b.submit("t", torch.zeros(4, 3, 2, 2)) for _ in range(2)]
@@ -151,17 +162,12 @@ def test_predict_queue_is_bounded():
         for f in [first, *queued]:
             assert f.result(10).shape == (4, 2)
         assert b.submit("u", torch.zeros(1, 3, 2, 2)).result(10).shape == (1, 2)  # room again
-    finally:
-        fwd.release.set()
-        b.stop()
 
 
 def test_work_of_a_caller_who_left_is_dropped():
-    fwd = HeldForward()
-    b = Batcher(fwd, max_batch=4, wait_ms=0)
     abandon: list = []
     errors: list = []
-    try:
+    with held_batcher() as (fwd, b):
         b.submit("t", torch.zeros(4, 3, 2, 2))
         fwd.started.wait(10)
 
@@ -180,9 +186,6 @@ def test_work_of_a_caller_who_left_is_dropped():
         fwd.release.set()
         b.submit("t", torch.zeros(1, 3, 2, 2)).result(10)
         assert fwd.seen == [4, 1]  # the 3 abandoned images were never computed
-    finally:
-        fwd.release.set()
-        b.stop()
 
 
 def test_stopping_fails_queued_work_with_unavailable():

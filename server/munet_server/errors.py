@@ -102,18 +102,17 @@ _FULL = {errno.ENOSPC: "is full", errno.EDQUOT: "is over its quota", errno.EFBIG
 def disk_full(e: BaseException, store: Path) -> ResourceExhausted | None:
     """The actionable error for a write that failed for want of space (None for any other error).
     LMDB reports a short write as a generic I/O error, so free space is checked for those."""
-    code = getattr(e, "errno", None)
-    reason = _FULL.get(code) if isinstance(e, OSError) else None
-    if reason is None and "lmdb" in type(e).__module__ and "Input/output error" in str(e):
-        with contextlib.suppress(OSError):
-            if shutil.disk_usage(store).free < 64 << 20:
-                reason = "is full"
-    if reason is None:
-        return None
+    reason = _FULL.get(getattr(e, "errno", None)) if isinstance(e, OSError) else None
+    free = None
     with contextlib.suppress(OSError):
         free = shutil.disk_usage(store).free
-        return ResourceExhausted(
-            f"the disk of the store {store} {reason} ({free / 2**20:.0f} MiB free): nothing was committed; "
-            "free space (delete tasks, old snapshots) or move the store to a larger disk"
-        )
-    return ResourceExhausted(f"the disk of the store {store} {reason}: nothing was committed")
+    lmdb_io = "lmdb" in type(e).__module__ and "Input/output error" in str(e)
+    if reason is None and lmdb_io and free is not None and free < 64 << 20:
+        reason = "is full"
+    if reason is None:
+        return None
+    left = f" ({free / 2**20:.0f} MiB free)" if free is not None else ""
+    return ResourceExhausted(
+        f"the disk of the store {store} {reason}{left}: nothing was committed; "
+        "free space (delete tasks, old snapshots) or move the store to a larger disk"
+    )

@@ -56,6 +56,21 @@ def _client_gone(context: grpc.ServicerContext, method: str, e: BaseException) -
     return True
 
 
+def _classify(
+    service: MunetService, context: grpc.ServicerContext, method: str, e: Exception
+) -> tuple[str, BaseException | None]:
+    """The status code to count for a failed call, and the error to answer with (None: re-raise,
+    the call already has its status or the client is gone)."""
+    if isinstance(e, MunetError):
+        return e.code.name, e
+    if context.code() is not None:  # context.abort() raised: already a status
+        return "ABORTED_BY_HANDLER", None
+    if _client_gone(context, method, e):
+        return "CANCELLED", None
+    full = disk_full(e, service.config.store)
+    return ("RESOURCE_EXHAUSTED", full) if full else ("INTERNAL", e)
+
+
 def unary(fn: Callable) -> Callable:
     """Map engine errors to precise statuses; count and time every call."""
 
@@ -64,19 +79,11 @@ def unary(fn: Callable) -> Callable:
         t0, code = time.perf_counter(), "OK"
         try:
             return fn(self, request, context)
-        except MunetError as e:
-            code = e.code.name
-            _fail(context, fn.__name__, e)
         except Exception as e:
-            if context.code() is not None:  # context.abort() raised: already a status
-                code = "ABORTED_BY_HANDLER"
+            code, answer = _classify(self.service, context, fn.__name__, e)
+            if answer is None:
                 raise
-            if _client_gone(context, fn.__name__, e):
-                code = "CANCELLED"
-                raise
-            full = disk_full(e, self.service.config.store)
-            code = "RESOURCE_EXHAUSTED" if full else "INTERNAL"
-            _fail(context, fn.__name__, full or e)
+            _fail(context, fn.__name__, answer)
         finally:
             self.service.metrics.requests.labels(fn.__name__, code).inc()
             self.service.metrics.rpc_latency.labels(fn.__name__).observe(time.perf_counter() - t0)
@@ -90,18 +97,11 @@ def streaming(fn: Callable) -> Callable:
         code = "OK"
         try:
             yield from fn(self, request, context)
-        except MunetError as e:
-            code = e.code.name
-            _fail(context, fn.__name__, e)
         except Exception as e:
-            if context.code() is not None:
+            code, answer = _classify(self.service, context, fn.__name__, e)
+            if answer is None:
                 raise
-            if _client_gone(context, fn.__name__, e):
-                code = "CANCELLED"
-                raise
-            full = disk_full(e, self.service.config.store)
-            code = "RESOURCE_EXHAUSTED" if full else "INTERNAL"
-            _fail(context, fn.__name__, full or e)
+            _fail(context, fn.__name__, answer)
         finally:
             self.service.metrics.requests.labels(fn.__name__, code).inc()
 

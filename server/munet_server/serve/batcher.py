@@ -22,6 +22,7 @@ import torch
 from munet_server.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 
 Forward = Callable[[str, torch.Tensor], torch.Tensor]
+OnAbandon = Callable[[Callable[[], object]], object]  # registers a callback for a caller gone away
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Batcher:
         task: str,
         images: torch.Tensor,
         timeout: float | None = None,
-        on_abandon: Callable[[Callable[[], object]], object] | None = None,
+        on_abandon: OnAbandon | None = None,
     ) -> torch.Tensor:
         """The forward pass of `images` for `task`; `timeout` None waits as long as it takes.
         `on_abandon` registers a callback for when the caller goes away (gRPC's add_callback): its

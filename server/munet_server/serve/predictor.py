@@ -11,12 +11,11 @@ from PIL import Image
 
 from munet_server.data.images import decode_to_storage, to_storage
 from munet_server.errors import Aborted, InvalidArgument, InvalidImage, ResourceExhausted
-from munet_server.serve.batcher import Batcher
+from munet_server.serve.batcher import Batcher, OnAbandon
 from munet_server.system import MunetSystem
 
 SMALL_BATCH = 8  # below this, one CPU thread is faster than two contending OpenMP teams
 MAX_TASKS_PER_CALL = 64
-OnAbandon = Callable[[Callable[[], object]], object]  # registers a callback for a caller gone away
 TASKS_SEP = "\x00"  # joins a PredictMany's tasks into one batcher key (task names cannot hold it)
 
 
