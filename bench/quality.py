@@ -89,6 +89,8 @@ def run_learned(
                 "image_size": m["image_size"],
                 "validation_accuracy": m["validation_accuracy"],
                 "probe_validation_accuracy": m["probe_validation_accuracy"],
+                "selection_holdout_accuracy": m.get("selection_holdout_accuracy"),
+                "confirmation": m.get("confirmation"),
                 "kind": m["kind"],
                 "candidates": m["candidates"],
                 "new_components": _new_names(system, data.name),

@@ -10,16 +10,17 @@ import pytest
 import torch
 
 from munet_server.data.transforms import preprocess
+from munet_server.evolve.budget import Budget
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
 from munet_server.evolve.mutations import MutationConfig, Mutator
-from munet_server.evolve.search import EvolutionSearch
+from munet_server.evolve.search import EvolutionSearch, Member, SearchConfig
 from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, split_path
 from munet_server.model.root_config import RootConfig
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
 from tests.conftest import digits_dataset
-from tests.helpers import learn
+from tests.helpers import TINY_BUDGET, learn
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +140,72 @@ def test_refit_changes_the_winner_and_no_other_task(vit_system, monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], committed) if a.shape == b.shape)
     assert system.tasks["first"].record.golden_digest == golden and system.verify_task("first")
     assert system.verify_task("second")
+
+
+def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vit_system, monkeypatch):
+    """The holdout picks the luckiest of many candidates, so a trained winner replaces the probe only
+    after both are retrained fold by fold and judged on training-part images: never on the holdout,
+    never by a model that trained on the image; the committed estimate is that judgement's."""
+    ds = digits_dataset(classes=6)
+    search = EvolutionSearch(vit_system, "confirmed", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=1))
+    search._probe_generation()
+    search._end_generation()
+    candidates = search._first_generation()
+    for c in candidates:
+        c.parent_member = None  # every trained candidate joins the population, better or not
+    search._train_generation(candidates)
+    trained = max((m for m in search.population if m.kind == "trained"), key=lambda m: m.key())
+    probe = max(search.probes, key=lambda m: m.key())
+    fits, judged = [], []
+    real_fit, real_correct = EvolutionSearch._fit, EvolutionSearch._correct
+    monkeypatch.setattr(
+        EvolutionSearch, "_fit", lambda self, m, idx: fits.append((m.kind, idx)) or real_fit(self, m, idx)
+    )
+    monkeypatch.setattr(
+        EvolutionSearch,
+        "_correct",
+        lambda self, m, idx: judged.append((m.kind, idx)) or real_correct(self, m, idx),
+    )
+    conf = search._confirm(trained, probe)
+    assert len(fits) == len(judged) == 2 * search.cfg.confirm_folds
+    for (kind_f, trained_on), (kind_j, seen) in zip(fits, judged):
+        assert kind_f == kind_j
+        assert not set(seen.tolist()) & set(trained_on.tolist())  # never judged by a model trained on it
+        assert not set(seen.tolist()) & set(search.holdout_idx.tolist())  # nor on the selection images
+        assert set(trained_on.tolist()) | set(seen.tolist()) == set(range(len(ds)))
+    assert (
+        sorted(torch.cat([idx for k, idx in judged if k == "trained"]).tolist()) == search.train_idx.tolist()
+    )
+    assert conf.size == len(search.train_idx) and conf.wins + conf.losses <= conf.size
+    assert conf.kept == (
+        search._score(trained.path, conf.trained_accuracy) > search._score(probe.path, conf.probe_accuracy)
+    )
+
+
+def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
+    """Whichever path the confirmation keeps, the task's validation estimate is the confirmation's."""
+    real_train, real_best = EvolutionSearch._train_generation, EvolutionSearch.best
+
+    def accept_all(self, candidates):
+        for c in candidates:
+            c.parent_member = None
+        return real_train(self, candidates)
+
+    def prefer_trained(self):  # a trained winner, so that the confirmation runs
+        trained = [m for m in self.population if m.kind == "trained"]
+        return max(trained, key=Member.key) if trained else real_best(self)
+
+    monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
+    monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
+    monkeypatch.setattr(EvolutionSearch, "_clearly_better", lambda self, a, b: True)
+    learned = learn(vit_system, "estimated", digits_dataset(classes=5), seed=2)
+    conf, m = learned.result.confirmation, learned.record.metrics
+    assert conf is not None and conf.size == len(digits_dataset(classes=5)) - len(learned.result.holdout_idx)
+    assert m["holdout_size"] == conf.size and m["confirmation"]["kept"] == conf.kept
+    assert m["validation_accuracy"] == (conf.trained_accuracy if conf.kept else conf.probe_accuracy)
+    assert m["kind"] == ("trained" if conf.kept else "probe")
+    assert m["gain_over_probe"] == m["validation_accuracy"] - conf.probe_accuracy
+    assert m["selection_holdout_accuracy"] == learned.result.member.evaluation.accuracy
 
 
 def test_the_time_budget_is_honoured(vit_system):

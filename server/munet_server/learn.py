@@ -65,15 +65,23 @@ def learn_task(
     if before_commit is not None:
         before_commit()
     m, probe = result.member, result.probe
+    estimate, probe_estimate, judged = m.evaluation.accuracy, probe.evaluation.accuracy, result.holdout_size
+    if (conf := result.confirmation) is not None:
+        # The confirmation judged both on images the search did not select on: the unbiased estimate.
+        estimate = conf.trained_accuracy if conf.kept else conf.probe_accuracy
+        probe_estimate, judged = conf.probe_accuracy, conf.size
     metrics: dict[str, Any] = {
-        # The holdout estimate of the committed path, measured before its refit on every image.
-        "validation_accuracy": m.evaluation.accuracy,
+        # The committed path's accuracy on images it did not train on, measured before its refit on
+        # every image: the confirmation's where one ran, else the holdout's.
+        "validation_accuracy": estimate,
         "validation_nll": m.evaluation.nll,
-        "holdout_size": result.holdout_size,
-        # What the best seed's converged linear probe reaches on the same holdout images.
-        "probe_validation_accuracy": probe.evaluation.accuracy,
+        "holdout_size": judged,
+        # What the best seed's converged linear probe reaches on the same images.
+        "probe_validation_accuracy": probe_estimate,
         "probe_cv_accuracy": probe.cv.accuracy if probe.cv else probe.evaluation.accuracy,
-        "gain_over_probe": m.evaluation.accuracy - probe.evaluation.accuracy,
+        "gain_over_probe": estimate - probe_estimate,
+        "selection_holdout_accuracy": m.evaluation.accuracy,
+        "confirmation": asdict(conf) if conf is not None else None,
         "chance_accuracy": float(torch.bincount(dataset.labels).max()) / len(dataset),
         "kind": m.kind,
         "score": m.score,

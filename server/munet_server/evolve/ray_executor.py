@@ -119,6 +119,7 @@ class _CandidateTask:
     fit_head_first: bool
     seconds_left: float | None
     refit_scale: float
+    prior_epochs: int
     threads: int
     gpu: bool
     cache_bytes: int
@@ -273,6 +274,7 @@ class RayExecutor:
             fit_head_first=cand.fit_head_first,
             seconds_left=None if ctx.deadline is None else ctx.deadline - time.monotonic(),
             refit_scale=ctx.refit_scale,
+            prior_epochs=cand.prior_epochs,
             threads=self.cfg.threads,
             gpu=self.cfg.num_gpus_per_candidate > 0,
             cache_bytes=int(self.cfg.worker_cache_mb * 2**20),
@@ -370,6 +372,7 @@ def _train_task(task: _CandidateTask) -> tuple[list[str], list[dict[str, torch.T
         fit_head_first=task.fit_head_first,
         deadline=None if task.seconds_left is None else time.monotonic() + task.seconds_left,
         refit_scale=task.refit_scale,
+        prior_epochs=task.prior_epochs,
     )
     result = trainer.run()
     drafts = path.trainable()

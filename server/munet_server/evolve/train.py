@@ -168,6 +168,7 @@ class CandidateTrainer:
         cancel: threading.Event | None = None,
         deadline: float | None = None,
         refit_scale: float = 0.0,
+        prior_epochs: int = 0,
         on_step: Callable[[float], None] | None = None,
     ) -> None:
         self.path = path
@@ -179,9 +180,11 @@ class CandidateTrainer:
         self.fit_head_first = fit_head_first
         self.cancel = cancel
         self.deadline = deadline
-        # Training stops early enough that refitting this candidate on every image (refit_scale
-        # times its training so far) still ends before the deadline.
+        # Training stops early enough that finishing this candidate (confirming and refitting its
+        # recipe: refit_scale times its training so far, scaled up by the `prior_epochs` its
+        # same-task ancestors trained, which the recipe repeats) still ends before the deadline.
         self.refit_scale = refit_scale
+        self.prior_epochs = prior_epochs
         self.on_step = on_step
         self.device = data.cache.device
         self._inputs: dict[str, torch.Tensor] = {}
@@ -282,7 +285,8 @@ class CandidateTrainer:
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
                 now = time.monotonic()
-                if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) > self.deadline:
+                lineage = (self.prior_epochs + step / per_epoch) / (step / per_epoch) if step else 1.0
+                if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
                     stopped = True
                     break
                 sel = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
