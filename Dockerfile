@@ -8,8 +8,15 @@ FROM ${BASE}
 
 # The server reads MUNET_STORE/HOST/PORT; inside a container it must listen on all interfaces.
 # Set MUNET_ADMIN_TOKEN at `docker run` (-e) before exposing the port beyond this host.
-ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MUNET_STORE=/data MUNET_HOST=0.0.0.0 MUNET_PORT=50051
+# Prometheus metrics are on in the image, at :9100/metrics (MUNET_METRICS_PORT=0 turns them off).
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MUNET_STORE=/data MUNET_HOST=0.0.0.0 MUNET_PORT=50051 \
+    MUNET_METRICS_PORT=9100
 WORKDIR /app
+LABEL org.opencontainers.image.title="munet-server" \
+      org.opencontainers.image.description="A gRPC service that learns image-classification tasks as paths through one growing multitask network (muNet), without forgetting" \
+      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 
 # Dependencies first, read from pyproject.toml, so that code edits reuse this layer.
 COPY pyproject.toml README.md ./
@@ -27,9 +34,9 @@ USER munet
 VOLUME ["/data"]
 EXPOSE 50051 9100
 
-# Shell form so that the check follows MUNET_PORT and TLS given at `docker run`: with MUNET_TLS_CERT
-# (and MUNET_TLS_KEY) the check speaks TLS, trusting MUNET_TLS_CA or else the (self-signed) certificate
-# itself, and expects the name MUNET_TLS_SERVER_NAME (default localhost) in it.
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD munet --target "127.0.0.1:${MUNET_PORT}" ${MUNET_TLS_CERT:+--tls-ca "${MUNET_TLS_CA:-$MUNET_TLS_CERT}" --tls-server-name "${MUNET_TLS_SERVER_NAME:-localhost}"} health || exit 1
-ENTRYPOINT ["munet-server", "--device", "auto"]
+# `munet-health` imports grpc and the health stubs only, and follows MUNET_PORT and TLS given at
+# `docker run`: with MUNET_TLS_CERT (and MUNET_TLS_KEY) it speaks TLS, trusting MUNET_TLS_CA or else the
+# (self-signed) certificate itself, and expects the name MUNET_TLS_SERVER_NAME (default localhost) in it.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["munet-health"]
+# tini as PID 1: signals reach the server (it shuts down gracefully on SIGTERM) and zombies are reaped.
+ENTRYPOINT ["tini", "--", "munet-server", "--device", "auto"]

@@ -48,9 +48,11 @@ def server_command(store: Path, port: int, weights: str) -> list[str]:
 class ServerProcess:
     """A real `munet-server` subprocess on a loopback port, with a client once it is SERVING."""
 
-    def __init__(self, store: Path, weights: str, crash_at: str = "", disk_full_at: str = "") -> None:
+    def __init__(
+        self, store: Path, weights: str, crash_at: str = "", disk_full_at: str = "", extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
-        cmd = server_command(store, self.port, weights)
+        cmd = [*server_command(store, self.port, weights), *extra]
         env = {
             **os.environ,
             "MUNET_CRASH_AT": crash_at,

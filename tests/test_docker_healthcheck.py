@@ -1,8 +1,10 @@
-"""The Dockerfile's HEALTHCHECK, run by `sh` exactly as Docker runs it, against real servers: it must
-pass for a plaintext server and for a TLS one (a TLS container used to stay unhealthy forever)."""
+"""The Dockerfile's HEALTHCHECK, run exactly as Docker runs it (exec form: argv; shell form: `sh -c`),
+against real servers: it must pass for a plaintext server and for a TLS one (a TLS container used to
+stay unhealthy forever), fail when nothing serves, and stay light (no rich/tqdm CLI start-up)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -15,18 +17,19 @@ from tests.helpers import self_signed_cert
 DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile"
 
 
-def healthcheck_command() -> str:
+def healthcheck_command() -> list[str]:
     text = DOCKERFILE.read_text().replace("\\\n", " ")
     m = re.search(r"^HEALTHCHECK .*?\bCMD (.+)$", text, re.M)
     assert m, "no HEALTHCHECK ... CMD in the Dockerfile"
-    return m.group(1)
+    cmd = m.group(1).strip()
+    return json.loads(cmd) if cmd.startswith("[") else ["sh", "-c", cmd]
 
 
 def run_check(env: dict[str, str]) -> subprocess.CompletedProcess:
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # `munet` from this install
     base = {k: v for k, v in os.environ.items() if not k.startswith("MUNET_")}
     return subprocess.run(
-        ["sh", "-c", healthcheck_command()],
+        healthcheck_command(),
         env={**base, "PATH": path, **env},
         capture_output=True,
         text=True,
@@ -39,7 +42,6 @@ def test_healthcheck_plaintext(tmp_path, tiny_vit):
     try:
         r = run_check({"MUNET_PORT": str(app.port)})
         assert r.returncode == 0, r.stderr
-        assert "SERVING" in r.stdout
     finally:
         app.stop(0)
     r = run_check({"MUNET_PORT": str(app.port)})
@@ -57,3 +59,12 @@ def test_healthcheck_tls(tmp_path, tiny_vit):
         assert r.returncode != 0
     finally:
         app.stop(0)
+
+
+def test_healthcheck_is_light():
+    """The probe runs every 10 s in every container: it must not import rich, tqdm or torch."""
+    (exe, *_) = healthcheck_command()
+    assert exe == "munet-health"
+    code = "import sys, munet_client.probe; print(sorted(m for m in ('rich', 'tqdm', 'torch') if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -2,6 +2,7 @@
 
 from munet_client.client import MunetClient
 from munet_client.errors import MunetError
+from munet_client.exported import load_exported
 from munet_client.images import ImageFolder
 from munet_client.types import Label, Operation, PathComponent, Progress, SystemInfo, TaskInfo
 
@@ -15,4 +16,5 @@ __all__ = [
     "Progress",
     "SystemInfo",
     "TaskInfo",
+    "load_exported",
 ]

@@ -3,6 +3,9 @@
 munet add-task flowers data/flowers        # ImageFolder tree; progress bars for upload and search
 munet predict flowers rose.jpg tulip.png --top-k 3
 munet predict flowers,colours rose.jpg      # several tasks, one pass through their shared layers
+munet predict flowers photos/ --csv out.csv # a whole folder; a bad image is reported by name
+munet eval flowers test/                    # accuracy, per-class precision/recall, confusion matrix
+munet export flowers model/ | munet verify  # standalone ONNX; outputs still bit-identical?
 munet tasks | munet describe flowers | munet delete flowers
 munet snapshot system.tar | munet restore system.tar
 munet ops | munet wait OP | munet cancel OP
@@ -11,8 +14,10 @@ munet ops | munet wait OP | munet cancel OP
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,14 +29,22 @@ from tqdm import tqdm
 
 from munet_client.client import MunetClient
 from munet_client.errors import MunetError
-from munet_client.images import ImageFolder
+from munet_client.folders import (
+    CHUNK,
+    FilePrediction,
+    evaluate_folder,
+    image_files,
+    plot_confusion,
+    predict_files,
+)
+from munet_client.images import IMAGE_SUFFIXES, ImageFolder
 from munet_client.types import Operation, TaskInfo, to_dict
 from munet_proto.v1.munet_pb2 import SearchBudget
 
 BUDGET_FIELDS = tuple(f.name for f in SearchBudget.DESCRIPTOR.fields)
 
-console = Console()
-err = Console(stderr=True)
+console = Console(soft_wrap=True)  # a message is one line, however long (logs and grep)
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _print_json(obj: Any) -> None:
@@ -66,6 +79,8 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
     budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k)}
     quiet = a.json or a.quiet
     if not quiet:
+        if tree.split:
+            err.print(f"{a.folder} holds splits: learning from {tree.root} (the other splits are not uploaded)")
         err.print(
             f"uploading {len(tree.files)} images in {len(tree.class_names)} classes: {', '.join(tree.class_names)}"
         )
@@ -74,18 +89,23 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
     def on_upload(sent: int, total: int) -> None:
         bar.update(sent - bar.n)
 
-    op = c.add_task(
-        a.name,
-        tree.class_names,
-        tree.examples(),
-        budget=budget,
-        scale_factor=a.scale_factor,
-        validation_fraction=a.validation_fraction,
-        seed=a.seed,
-        policy=a.policy,
-        on_upload=on_upload,
-        total_bytes=tree.num_bytes,
-    )
+    try:
+        op = c.add_task(
+            a.name,
+            tree.class_names,
+            tree.examples(),
+            budget=budget,
+            scale_factor=a.scale_factor,
+            validation_fraction=a.validation_fraction,
+            seed=a.seed,
+            policy=a.policy,
+            on_upload=on_upload,
+            total_bytes=tree.num_bytes,
+        )
+    except MunetError as e:
+        bar.leave = False  # a failed upload leaves no bar behind that looks complete
+        bar.close()
+        raise MunetError(e.code, _name_files(e.message, tree)) from None
     bar.close()
     if a.no_wait:
         _print_json(to_dict(op)) if a.json else console.print(
@@ -94,6 +114,16 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
         return 0
     final = _follow(c, op, quiet)
     return _report_final(c, final, a.json)
+
+
+def _name_files(message: str, tree: ImageFolder) -> str:
+    """The server numbers examples in upload order; a person wants the file: `example 80` -> its path."""
+
+    def name(m: re.Match[str]) -> str:
+        i = int(m.group(1))
+        return f"{tree.files[i][0]} (example {i})" if 0 <= i < len(tree.files) else m.group(0)
+
+    return re.sub(r"\bexample (\d+)", name, message)
 
 
 def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
@@ -122,9 +152,20 @@ def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
                 bar.set_postfix_str(p.phase or last.state.lower())
             bar.refresh()
     except KeyboardInterrupt:
+        bar.leave = False
         bar.close()
-        err.print(f"\nstopped watching; the operation goes on. `munet cancel {op.name}` stops it.")
+        err.print(f"stopped watching; the operation goes on. `munet cancel {op.name}` stops it.")
         raise SystemExit(130) from None
+    except MunetError as e:
+        bar.leave = False
+        bar.close()
+        if e.code != "UNAVAILABLE":
+            raise
+        raise MunetError(
+            e.code,
+            f"lost the server while following operation {op.name}; it is kept and resumes from its last "
+            f"generation when the server is back: `munet wait {op.name}`",
+        ) from None
     bar.close()
     return last if last.done else c.wait(op.name)
 
@@ -145,23 +186,85 @@ def _report_final(c: MunetClient, op: Operation, as_json: bool) -> int:
 
 
 def cmd_predict(c: MunetClient, a: argparse.Namespace) -> int:
-    files = [Path(p) for p in a.images]
-    missing = [str(p) for p in files if not p.is_file()]
-    if missing:
-        raise MunetError("INVALID_ARGUMENT", f"no such image file: {', '.join(missing[:5])}")
+    files = image_files(a.images)
+    if not files:
+        raise ValueError(f"no images in {', '.join(a.images)} ({', '.join(sorted(IMAGE_SUFFIXES))})")
     tasks = [t.strip() for t in a.task.split(",") if t.strip()] or [a.task]
     if len(tasks) > 1:
         return _predict_many(c, tasks, files, a)
-    preds = c.predict(tasks[0], files, top_k=a.top_k)
+    bar = tqdm(total=len(files), unit="img", desc="predict", disable=a.json or len(files) <= CHUNK, file=sys.stderr)
+    preds = predict_files(c, tasks[0], files, top_k=a.top_k, on_progress=lambda n: bar.update(n - bar.n))
+    bar.close()
+    failed = [p for p in preds if p.error]
+    if a.csv:
+        _write_csv(a.csv, preds, a.top_k)
     if a.json:
-        _print_json([{"image": str(f), "labels": to_dict(p)} for f, p in zip(files, preds)])
-        return 0
-    t = Table("image", "label", "probability", *(["others"] if a.top_k > 1 else []))
-    for f, p in zip(files, preds):
-        others = ", ".join(f"{lb.name} {lb.probability:.2f}" for lb in p[1:])
-        t.add_row(str(f), p[0].name, f"{p[0].probability:.3f}", *([others] if a.top_k > 1 else []))
-    console.print(t)
-    return 0
+        _print_json([{"image": str(p.path), "labels": to_dict(p.labels), "error": p.error} for p in preds])
+    elif a.csv:
+        console.print(f"{len(preds) - len(failed)} of {len(preds)} images classified -> {a.csv}")
+    else:
+        t = Table("image", "label", "probability", *(["others"] if a.top_k > 1 else []))
+        for p in preds:
+            if p.error:
+                t.add_row(str(p.path), f"[red]error[/] {p.error}", "", *([""] if a.top_k > 1 else []))
+                continue
+            others = ", ".join(f"{lb.name} {lb.probability:.2f}" for lb in p.labels[1:])
+            t.add_row(str(p.path), p.labels[0].name, f"{p.labels[0].probability:.3f}", *([others] if a.top_k > 1 else []))
+        console.print(t)
+    for p in failed:
+        err.print(f"[red]error[/] {p.path}: {p.error}", markup=True, highlight=False)
+    return 1 if failed else 0
+
+
+def _write_csv(path: Path, preds: list[FilePrediction], top_k: int) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        head = ["image", "label", "probability"]
+        for k in range(2, top_k + 1):
+            head += [f"label_{k}", f"probability_{k}"]
+        w.writerow([*head, "error"])
+        for p in preds:
+            cells: list[Any] = [str(p.path)]
+            for k in range(top_k):
+                lb = p.labels[k] if k < len(p.labels) else None
+                cells += [lb.name, f"{lb.probability:.6f}"] if lb else ["", ""]
+            w.writerow([*cells, p.error])
+
+
+def cmd_eval(c: MunetClient, a: argparse.Namespace) -> int:
+    ev = evaluate_folder(c, a.task, a.folder)
+    if a.plot:
+        plot_confusion(ev, a.plot, f"{a.task} on {a.folder}: accuracy {ev.accuracy:.3f} ({ev.total} images)")
+    names = ev.class_names
+    if a.json:
+        _print_json(
+            {
+                "task": a.task,
+                "accuracy": ev.accuracy,
+                "images": ev.total,
+                "classes": {
+                    n: {"precision": ev.precision(k), "recall": ev.recall(k), "support": ev.support(k)}
+                    for k, n in enumerate(names)
+                },
+                "confusion": ev.confusion,
+                "errors": {str(p.path): p.error for p in ev.errors},
+            }
+        )
+    else:
+        console.print(f"[bold]{a.task}[/] on {a.folder}: accuracy [bold]{ev.accuracy:.3f}[/] over {ev.total} images")
+        t = Table("class", "precision", "recall", "images")
+        for k, n in enumerate(names):
+            t.add_row(n, f"{ev.precision(k):.3f}", f"{ev.recall(k):.3f}", str(ev.support(k)))
+        console.print(t)
+        cm = Table("true \\ predicted", *names, title="confusion matrix")
+        for k, n in enumerate(names):
+            cm.add_row(n, *(f"[bold]{v}[/]" if j == k else str(v) for j, v in enumerate(ev.confusion[k])))
+        console.print(cm)
+        if a.plot:
+            console.print(f"confusion matrix plotted to {a.plot}")
+    for p in ev.errors:
+        err.print(f"[red]error[/] {p.path}: {p.error}", highlight=False)
+    return 1 if ev.errors else 0
 
 
 def _predict_many(c: MunetClient, tasks: list[str], files: list[Path], a: argparse.Namespace) -> int:
@@ -257,6 +360,34 @@ def cmd_delete(c: MunetClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(c: MunetClient, a: argparse.Namespace) -> int:
+    names = [a.task] if a.task else [t.name for t in c.list_tasks() if t.state != "DAMAGED"]
+    results = [c.verify_task(n) for n in names]
+    if a.json:
+        _print_json(to_dict(results))
+    else:
+        t = Table("task", "outputs", "probe images", "golden digest (commit)", "digest (now)")
+        for r in results:
+            verdict = "[green]bit-identical[/]" if r.identical else "[red]CHANGED[/]"
+            t.add_row(r.name, verdict, str(r.probe_images), r.golden_digest[:16], r.digest[:16])
+        console.print(t)
+        if not results:
+            console.print("no tasks to verify")
+    return 0 if all(r.identical for r in results) else 1
+
+
+def cmd_export(c: MunetClient, a: argparse.Namespace) -> int:
+    sizes = c.export_task(a.task, a.out, overwrite=a.overwrite)
+    if a.json:
+        _print_json({"task": a.task, "dir": str(a.out), "files": sizes})
+    else:
+        files = ", ".join(f"{f} ({n:,} bytes)" for f, n in sizes.items())
+        console.print(f"exported {a.task} to {a.out}: {files}")
+        console.print("  run it with onnxruntime (model.onnx: input 'image', RGB in [0, 1] at the size in its")
+        console.print("  metadata), or in PyTorch: munet_client.load_exported(DIR) (needs torch and timm)")
+    return 0
+
+
 def _bytes_bar(desc: str, quiet: bool, total: int = 0) -> tuple[tqdm, Callable[[int, int], None]]:
     bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, disable=quiet, file=sys.stderr)
     return bar, lambda done, _total: bar.update(done - bar.n)
@@ -267,7 +398,7 @@ def cmd_snapshot(c: MunetClient, a: argparse.Namespace) -> int:
         info = c.snapshot(server_dir=a.server_dir)
     else:
         if not a.file:
-            raise MunetError("INVALID_ARGUMENT", "give a local FILE for the archive, or --server-dir DIR")
+            raise ValueError("give a local FILE for the archive, or --server-dir DIR on the server")
         bar, cb = _bytes_bar("snapshot", a.json)
         info = c.snapshot(a.file, on_chunk=cb)
         bar.close()
@@ -281,8 +412,10 @@ def cmd_restore(c: MunetClient, a: argparse.Namespace) -> int:
     if a.server_dir:
         info = c.restore(server_dir=a.server_dir)
     else:
-        if not a.file or not Path(a.file).is_file():
-            raise MunetError("INVALID_ARGUMENT", f"snapshot archive {a.file!r} does not exist")
+        if not a.file:
+            raise ValueError("give the snapshot archive to restore (FILE), or --server-dir DIR on the server")
+        if not Path(a.file).is_file():
+            raise FileNotFoundError(f"snapshot archive {a.file} does not exist")
         bar, cb = _bytes_bar("restore", a.json, Path(a.file).stat().st_size)
         info = c.restore(a.file, on_chunk=cb)
         bar.close()
@@ -322,50 +455,95 @@ def cmd_wait(c: MunetClient, a: argparse.Namespace) -> int:
 
 
 def cmd_cancel(c: MunetClient, a: argparse.Namespace) -> int:
+    """Ask, then wait (briefly) until the search has stopped, so that what is printed is the outcome."""
     op = c.cancel(a.operation)
-    _print_json(to_dict(op)) if a.json else console.print(f"{op.name}: {op.state}")
+    if not op.done:
+        op = c.wait(op.name, timeout=30)
+    if a.json:
+        _print_json(to_dict(op))
+    elif op.done:
+        console.print(f"{op.name}: {op.state} (the system is as it was before {op.task or 'the operation'})")
+    else:
+        console.print(f"{op.name}: cancellation requested; the search stops at its next check (`munet wait {op.name}`)")
     return 0
 
 
 # ---- parser --------------------------------------------------------------------------------------
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="munet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+EXIT_CODES = (
+    "exit codes: 0 done; 1 the server answered with an error, or the result is not good "
+    "(a failed operation, a task not serving, outputs that changed); 2 a local problem (bad arguments, "
+    "missing or existing files); 130 interrupted"
+)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("munet-server")
+    except PackageNotFoundError:
+        return "unknown"
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Every option's help shows its default, unless it has none worth showing (None, False, '')."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        h = action.help or ""
+        if "%(default)" in h or action.default in (None, False, "", argparse.SUPPRESS) or not action.option_strings:
+            return h
+        return f"{h} (default: %(default)s)"
+
+
+def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes, before or after its name (`munet tasks --json`). Given after,
+    they override; the sub-command's copies carry no defaults so they never undo one given before."""
+
+    def d(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
     p.add_argument(
         "--target",
-        default=os.environ.get("MUNET_TARGET", "127.0.0.1:50051"),
-        help="server host:port [env MUNET_TARGET]",
+        default=d(os.environ.get("MUNET_TARGET", "127.0.0.1:50051")),
+        help="server host[:port]; the port defaults to 50051 [env MUNET_TARGET]",
     )
-    p.add_argument("--token", default=None, help="admin or predict token [env MUNET_TOKEN]")
+    p.add_argument("--token", default=d(None), help="admin or predict token [env MUNET_TOKEN]")
     p.add_argument(
         "--tls-ca",
         type=Path,
-        default=os.environ.get("MUNET_TLS_CA") or None,
+        default=d(os.environ.get("MUNET_TLS_CA") or None),
         help="CA certificate: use TLS [env MUNET_TLS_CA]",
     )
     p.add_argument(
         "--tls-server-name",
-        default=os.environ.get("MUNET_TLS_SERVER_NAME", ""),
+        default=d(os.environ.get("MUNET_TLS_SERVER_NAME", "")),
         help="the name in the server's certificate, when not the target's host [env MUNET_TLS_SERVER_NAME]",
     )
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds per call")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.add_argument("--timeout", type=float, default=d(60.0), help="seconds per call")
+    p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="munet", description=__doc__, epilog=EXIT_CODES, formatter_class=_Help)
+    p.add_argument("--version", action="version", version=f"munet {_version()}")
+    _global_options(p, defaults=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do (COMMAND --help for its options)")
 
     def add(name: str, fn: Callable, help: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=help)
+        sp = sub.add_parser(name, help=help, description=help, epilog=EXIT_CODES, formatter_class=_Help)
+        _global_options(sp, defaults=False)
         sp.set_defaults(fn=fn)
         return sp
 
     sp = add("health", cmd_health, "is the server (or one task) serving?")
-    sp.add_argument("task", nargs="?")
+    sp.add_argument("task", nargs="?", help="one task (default: the whole server)")
     add("system", cmd_system, "root model, device and sizes")
     sp = add("add-task", cmd_add_task, "upload an ImageFolder tree and evolve a path for it")
-    sp.add_argument("name")
-    sp.add_argument("folder", type=Path, help="one sub-folder per class, images inside")
+    sp.add_argument("name", help="the new task's name (letters, digits, - _ .)")
+    sp.add_argument(
+        "folder", type=Path, help="one sub-folder per class, images inside (or a dataset with train/ and test/)"
+    )
     sp.add_argument("--seconds", type=float, help="wall-clock budget of the search (server default: 90)")
-    sp.add_argument("--generations", type=int, help="cap on evolved generations; 0: the linear probe only")
+    sp.add_argument("--generations", type=int, help="cap on evolved generations; 0: the linear probe only (server default: 100)")
     sp.add_argument("--candidates-per-generation", type=int, help="server default: 4")
     sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
     sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
@@ -378,33 +556,44 @@ def parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--seed", type=int, help="the search's seed (default: 0)")
     sp.add_argument(
-        "--policy", default="", choices=("", "munet", "finetune", "linear_probe", "adapters"),
-        help="munet (default), or a baseline run through the same machinery",
+        "--policy", default="munet", choices=("munet", "finetune", "linear_probe", "adapters"),
+        help="muNet, or a baseline run through the same machinery",
     )  # fmt: skip
     sp.add_argument("--no-wait", action="store_true", help="return once the upload is stored")
-    sp.add_argument("-q", "--quiet", action="store_true")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sp = add("predict", cmd_predict, "classify image files with a task (or several: a,b,c)")
     sp.add_argument("task", help="a task, or several joined by commas: one call, shared layers run once")
-    sp.add_argument("images", nargs="+")
-    sp.add_argument("--top-k", type=int, default=1)
+    sp.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...) or folders (searched recursively)")
+    sp.add_argument("--top-k", type=int, default=1, help="labels per image, most probable first")
+    sp.add_argument("--csv", type=Path, help="write every image's labels to this CSV file")
+    sp = add("eval", cmd_eval, "accuracy, per-class precision/recall and confusion matrix on a labelled folder")
+    sp.add_argument("task", help="the task's name")
+    sp.add_argument("folder", type=Path, help="an ImageFolder tree whose class folders are named as the task's classes")
+    sp.add_argument("--plot", type=Path, help="also draw the confusion matrix into this image (needs matplotlib)")
     add("tasks", cmd_tasks, "list tasks with accuracy and parameters")
     sp = add("describe", cmd_describe, "a task's path, sharing and hyperparameters")
-    sp.add_argument("task")
+    sp.add_argument("task", help="the task's name")
     sp = add("delete", cmd_delete, "delete a task and free the components only it used")
-    sp.add_argument("task")
+    sp.add_argument("task", help="the task's name")
+    sp = add("verify", cmd_verify, "recompute tasks' outputs and check they are bit-identical to their commit")
+    sp.add_argument("task", nargs="?", help="one task (default: every task)")
+    sp = add("export", cmd_export, "write a standalone copy of a task: ONNX, safetensors + JSON")
+    sp.add_argument("task", help="the task to export")
+    sp.add_argument("out", type=Path, help="folder to write model.onnx, model.safetensors, model.json into")
+    sp.add_argument("--overwrite", action="store_true", help="replace an earlier export in that folder")
     sp = add("snapshot", cmd_snapshot, "copy the whole system to a local archive (or a server dir)")
-    sp.add_argument("file", nargs="?")
-    sp.add_argument("--server-dir", default="")
+    sp.add_argument("file", nargs="?", help="the local tar archive to write (must not exist)")
+    sp.add_argument("--server-dir", default="", help="write into this directory on the server instead")
     sp = add("restore", cmd_restore, "replace the whole system with a snapshot")
-    sp.add_argument("file", nargs="?")
-    sp.add_argument("--server-dir", default="")
+    sp.add_argument("file", nargs="?", help="a local tar archive written by `munet snapshot`")
+    sp.add_argument("--server-dir", default="", help="restore from this directory on the server instead")
     sp = add("ops", cmd_ops, "list operations")
-    sp.add_argument("--task", default="")
+    sp.add_argument("--task", default="", help="only this task's")
     sp = add("wait", cmd_wait, "follow an operation until it is done")
-    sp.add_argument("operation")
-    sp.add_argument("--timeout-s", type=float, default=0.0)
+    sp.add_argument("operation", help="its name, as add-task printed it")
+    sp.add_argument("--timeout-s", type=float, default=0.0, help="give up after this long (0: follow it to the end)")
     sp = add("cancel", cmd_cancel, "cancel an operation (the system stays as it was)")
-    sp.add_argument("operation")
+    sp.add_argument("operation", help="its name, as add-task printed it")
     return p
 
 

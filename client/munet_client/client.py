@@ -8,6 +8,7 @@ with MunetClient("127.0.0.1:50051", token="...") as c:
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,9 +20,44 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from munet_client.errors import MunetError
 from munet_client.images import ImageFolder
-from munet_client.types import Label, Operation, RestoreInfo, SnapshotInfo, SystemInfo, TaskInfo
+from munet_client.types import (
+    Label,
+    Operation,
+    RestoreInfo,
+    SnapshotInfo,
+    SystemInfo,
+    TaskInfo,
+    Verification,
+)
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
+
+EXPORT_FILES = ("model.onnx", "model.safetensors", "model.json")
+DEFAULT_PORT = 50051
+
+
+def normalize_target(target: str) -> str:
+    """host[:port] -> host:port, with munet-server's port when none is given (gRPC itself would use
+    443); a port outside 1-65535 is refused rather than wrapped. gRPC URIs (dns:, unix:, ipv4:...)
+    pass through unchanged."""
+    t = target.strip()
+    if not t:
+        raise ValueError("the target is empty; give host:port, e.g. 127.0.0.1:50051")
+    if "://" in t or t.startswith(("dns:", "unix:", "unix-abstract:", "ipv4:", "ipv6:", "vsock:")):
+        return t  # a gRPC URI such as unix:/run/munet.sock
+    if t.startswith("["):  # [IPv6]:port
+        host, _, rest = t[1:].partition("]")
+        port = rest.removeprefix(":")
+        host = f"[{host}]"
+    elif t.count(":") > 1:  # a bare IPv6 address
+        host, port = f"[{t}]", ""
+    else:
+        host, _, port = t.partition(":")
+    if not port:
+        return f"{host}:{DEFAULT_PORT}"
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"port {port!r} in target {target!r} is not a port number (1-65535)")
+    return f"{host}:{int(port)}"
 
 POLL_S = 1.0  # how often to poll an operation when the server refuses another long-lived call
 SERVICE = pb.DESCRIPTOR.services_by_name["Munet"].full_name  # munet.v1.Munet
@@ -43,7 +79,7 @@ class MunetClient:
     ) -> None:
         """`tls_server_name`: the name the server's certificate is for, when it differs from the
         target's host (e.g. a health check on 127.0.0.1 of a server whose certificate names its DNS name)."""
-        self.target = target
+        self.target = target = normalize_target(target)
         self.timeout = timeout
         token = token if token is not None else os.environ.get("MUNET_TOKEN", "")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
@@ -264,6 +300,55 @@ class MunetClient:
     def delete_task(self, name: str) -> tuple[list[str], int]:
         r = self._call(self.stub.DeleteTask, pb.DeleteTaskRequest(name=name))
         return list(r.freed_components), r.params_freed
+
+    def verify_task(self, name: str) -> Verification:
+        """Recompute the task's outputs on its stored probe images: bit-identical to its commit or not."""
+        r = self._call(self.stub.VerifyTask, pb.VerifyTaskRequest(name=name), timeout=max(self.timeout, 300))
+        return Verification(r.name, r.identical, r.golden_digest, r.digest, r.probe_images)
+
+    def export_task(self, name: str, out_dir: Path | str, *, overwrite: bool = False) -> dict[str, int]:
+        """Write a standalone copy of the task into `out_dir`: model.onnx (onnxruntime, any language),
+        model.safetensors + model.json (`munet_client.load_exported`). Each file is checked against
+        the SHA-256 the server sent before it replaces anything. Returns {file: bytes}."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        if not overwrite and (taken := [f for f in EXPORT_FILES if (out / f).exists()]):
+            raise FileExistsError(f"{out} already holds {', '.join(taken)}; choose another folder or overwrite")
+        parts: dict[str, Path] = {}
+        files: dict[str, Any] = {}  # open .part files
+        digests: dict[str, Any] = {}
+        sizes: dict[str, int] = {}
+        try:
+            call = self.stub.ExportTask(
+                pb.ExportTaskRequest(name=name), timeout=max(self.timeout, 600), metadata=self._metadata
+            )
+            for chunk in call:
+                if chunk.file not in EXPORT_FILES:
+                    raise MunetError("INTERNAL", f"the server sent an unexpected file {chunk.file!r}")
+                if chunk.file not in files:
+                    parts[chunk.file] = out / f".{chunk.file}.part"
+                    files[chunk.file] = open(parts[chunk.file], "wb")  # noqa: SIM115 - closed below
+                    digests[chunk.file] = hashlib.sha256()
+                    sizes[chunk.file] = 0
+                files[chunk.file].write(chunk.data)
+                digests[chunk.file].update(chunk.data)
+                sizes[chunk.file] += len(chunk.data)
+                if chunk.last:
+                    files.pop(chunk.file).close()
+                    if digests[chunk.file].hexdigest() != chunk.sha256 or sizes[chunk.file] != chunk.size:
+                        raise MunetError("DATA_LOSS", f"{chunk.file} arrived damaged (checksum mismatch)")
+            if set(sizes) != set(EXPORT_FILES) or files:
+                raise MunetError("DATA_LOSS", "the export stream ended before every file was complete")
+            for name_, part in parts.items():
+                os.replace(part, out / name_)
+        except grpc.RpcError as e:
+            raise MunetError.from_rpc(e) from None
+        finally:
+            for f in files.values():
+                f.close()
+            for part in parts.values():
+                part.unlink(missing_ok=True)
+        return sizes
 
     # ---- snapshot / restore --------------------------------------------------------------------
     def snapshot(

@@ -11,13 +11,26 @@ IMAGE_SUFFIXES = frozenset(
 )
 
 
+SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
+SKIPPED = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini"})
+
+
+def visible(p: Path, root: Path) -> bool:
+    """Not hidden (.DS_Store, ._resource forks, .git) and not an archiver's or OS's leftovers."""
+    return not any(part.startswith(".") or part in SKIPPED for part in p.relative_to(root).parts)
+
+
 @dataclass(frozen=True)
 class ImageFolder:
-    """An ImageFolder tree: one sub-folder per class (sorted names = label order), images inside."""
+    """An ImageFolder tree: one sub-folder per class (sorted names = label order), images inside.
+
+    A dataset laid out as splits (train/ and test/, each holding the class folders, as HF and TFDS
+    ImageFolder exports are) is read from its train/ folder: `split` says so."""
 
     root: Path
     class_names: list[str]
     files: list[tuple[Path, int]]
+    split: str = ""  # "train" when the tree was a split dataset's train/ folder
 
     @classmethod
     def scan(cls, root: Path | str) -> ImageFolder:
@@ -26,7 +39,16 @@ class ImageFolder:
             raise FileNotFoundError(
                 f"{root} is not a directory; give an ImageFolder tree (one folder per class)"
             )
-        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and visible(p, root))
+        split = ""
+        if len(classes) >= 2 and set(classes) <= SPLIT_NAMES:
+            if "train" not in classes:
+                raise ValueError(
+                    f"{root} holds the splits {', '.join(classes)}, not class folders; give the folder "
+                    "of the split to learn from (its sub-folders are the classes)"
+                )
+            root, split = root / "train", "train"
+            classes = sorted(p.name for p in root.iterdir() if p.is_dir() and visible(p, root))
         if len(classes) < 2:
             raise ValueError(
                 f"{root} has {len(classes)} class folders; a task needs at least 2 (one per class)"
@@ -34,14 +56,16 @@ class ImageFolder:
         files = []
         for label, name in enumerate(classes):
             found = sorted(
-                p for p in (root / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                p
+                for p in (root / name).rglob("*")
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and visible(p, root)
             )
             if not found:
                 raise ValueError(
                     f"class folder {root / name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
             files.extend((p, label) for p in found)
-        return cls(root, classes, files)
+        return cls(root, classes, files, split)
 
     @property
     def num_bytes(self) -> int:

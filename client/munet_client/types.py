@@ -182,6 +182,17 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True)
+class Verification:
+    """A task's outputs recomputed now on its stored probe images, against the digest of its commit."""
+
+    name: str
+    identical: bool
+    golden_digest: str
+    digest: str
+    probe_images: int
+
+
+@dataclass(frozen=True)
 class RestoreInfo:
     num_tasks: int
     manifest_sha256: str

@@ -5,20 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import threading
 
+from munet_server import logs
 from munet_server.config import from_args, parser
 from munet_server.errors import MunetError
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(args.log_level, args.log_format)
     config = from_args(args, dict(os.environ))
     from munet_server.app import MunetApp  # after logging is set up: importing torch/timm takes a moment
 

@@ -63,7 +63,9 @@ class MunetApp:
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
         self.servicer: MunetServicer | None = None
+        self.http: Any = None  # rest.server.HttpServer when --http-port is given
         self.port = 0
+        self.http_port = 0
 
     @property
     def ref(self) -> SystemRef:
@@ -113,6 +115,8 @@ class MunetApp:
                 raise FailedPrecondition(
                     f"could not serve metrics on {cfg.host}:{cfg.metrics_port}: {e.strerror or e}"
                 ) from None
+        if cfg.http_port is not None:
+            self._start_http()
         if not cfg.admin_token and cfg.host not in LOOPBACK_HOSTS:
             log.warning(
                 "listening on %s without an admin token: anyone who can reach it may add, delete and "
@@ -137,9 +141,28 @@ class MunetApp:
         """Graceful: report NOT_SERVING, refuse new calls, finish in-flight ones, pause searches.
         False: a search is still running (see MunetService.stop)."""
         self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.stop()
         if self.server is not None:
             self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         return self.service.stop()
+
+    def _start_http(self) -> None:
+        from munet_server.rest.oip import create_app  # FastAPI is imported only when HTTP is on
+        from munet_server.rest.server import HttpServer
+
+        cfg = self.config
+        app = create_app(self.service, cfg.admin_token, cfg.predict_token)
+        tls = (str(cfg.tls_cert), str(cfg.tls_key)) if cfg.tls_cert and cfg.tls_key else (None, None)
+        try:
+            self.http = HttpServer(app, cfg.host, cfg.http_port or 0, *tls)
+        except OSError as e:
+            assert self.server is not None
+            self.server.stop(0)
+            raise FailedPrecondition(f"could not serve HTTP on {cfg.host}:{cfg.http_port}: {e.strerror or e}") from None
+        self.http.start()
+        self.http_port = self.http.port
+        log.info("HTTP (Open Inference Protocol) on %s:%d", cfg.host, self.http_port)
 
     def wait(self) -> None:
         assert self.server is not None

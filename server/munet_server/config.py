@@ -29,6 +29,7 @@ class ServerConfig:
     tls_key: Path | None = None
     max_message_mb: int = 64
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    http_port: int | None = None  # HTTP/REST (Open Inference Protocol) beside gRPC; None: off, 0: any free port
     max_batch: int = 64  # Predict: images per forward pass
     batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
     max_predict_images: int = 256  # Predict: images in one request
@@ -109,7 +110,19 @@ def parser() -> argparse.ArgumentParser:
         "--tls-key", type=Path, default=os.environ.get("MUNET_TLS_KEY") or None, help="[env MUNET_TLS_KEY]"
     )
     p.add_argument("--max-message-mb", type=int, default=64)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument(
+        "--http-port",
+        type=int,
+        default=int(os.environ["MUNET_HTTP_PORT"]) if os.environ.get("MUNET_HTTP_PORT") else None,
+        help="also serve HTTP/REST (Open Inference Protocol, /munet/v1) on this port, same host, tokens "
+        "and TLS; off when not given [env MUNET_HTTP_PORT]",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("MUNET_METRICS_PORT") or 0),
+        help="Prometheus /metrics port, 0: off [env MUNET_METRICS_PORT]",
+    )
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--batch-wait-ms", type=float, default=2.0)
     p.add_argument(
@@ -133,7 +146,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
     p.add_argument("--ray-gpus-per-candidate", type=float, default=0.0)
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--log-format", choices=("text", "json"), default="text", help="json: one JSON object per line"
+    )
     return p
 
 
@@ -193,6 +209,7 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         tls_key=args.tls_key,
         max_message_mb=args.max_message_mb,
         metrics_port=args.metrics_port,
+        http_port=args.http_port,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         predict_threads=args.predict_threads,

@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from munet_server import logs
 from munet_server.config import ServerConfig
 from munet_server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
+from munet_server.serve.export import Piece, export_task
 from munet_server.serve.predictor import Predictor, SystemRef
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import OperationRecord
@@ -72,6 +74,7 @@ class MunetService:
         self._uploads = 0
         self._restoring = False
         self._restore_lock = threading.Lock()  # one restore at a time
+        self._serving = False
 
     @property
     def system(self) -> MunetSystem:  # the live one: a restore replaces it
@@ -89,10 +92,16 @@ class MunetService:
 
     def start(self) -> None:
         self.operations.start(resume=self.config.resume_operations)
+        self._serving = True
+
+    def ready(self) -> bool:
+        """Serving requests: started and not shutting down."""
+        return self._serving
 
     def stop(self) -> bool:
         """Pause the search, fail queued Predict work, close the store. False: the search did not
         pause in time, so the store stays open under it (it is crash-safe: the caller may exit hard)."""
+        self._serving = False
         paused = self.operations.stop(self.config.grace_seconds)
         self.predictor.stop()
         if not paused:
@@ -148,7 +157,12 @@ class MunetService:
         sizes = {cid: c.num_params for cid, c in s.pool.items()}
         freed = s.delete_task(name)
         self.on_tasks_changed([name])
+        logs.event(log, "task_deleted", f"task {name!r} deleted; {len(freed)} components freed",
+                   task=name, freed_components=len(freed))  # fmt: skip
         return Deleted(freed, sum(sizes.get(c, 0) for c in freed))
+
+    def export_task(self, name: str, chunk_size: int = 1 << 20) -> Iterator[Piece]:
+        return export_task(self.system, name, chunk_size)
 
     # ---- snapshot / restore --------------------------------------------------------------------
     def server_path(self, raw: str, what: str = "snapshot") -> Path:

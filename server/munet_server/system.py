@@ -315,8 +315,13 @@ class MunetSystem:
 
     def verify_task(self, task: str) -> bool:
         """Recompute the task's outputs on its stored probe inputs: bit-identical or not."""
+        return self.digest_now(task)[0] == self.entry(task).record.golden_digest
+
+    def digest_now(self, task: str) -> tuple[str, int]:
+        """(the golden digest of the task's outputs computed now, how many probe images it covers)."""
         e = self.entry(task)
-        return self.golden_digest(e.model, e.path.hparams, self.probe_images(task)) == e.record.golden_digest
+        probe = self.probe_images(task)
+        return self.golden_digest(e.model, e.path.hparams, probe), len(probe)
 
 
 def _component_record(c: Component, shard: str, now: float) -> ComponentRecord:

@@ -418,6 +418,46 @@ class StreamSnapshotRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class VerifyTaskRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class VerifyTaskResponse(_message.Message):
+    __slots__ = ("name", "identical", "golden_digest", "digest", "probe_images")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IDENTICAL_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PROBE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    identical: bool
+    golden_digest: str
+    digest: str
+    probe_images: int
+    def __init__(self, name: _Optional[str] = ..., identical: _Optional[bool] = ..., golden_digest: _Optional[str] = ..., digest: _Optional[str] = ..., probe_images: _Optional[int] = ...) -> None: ...
+
+class ExportTaskRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ExportChunk(_message.Message):
+    __slots__ = ("file", "data", "last", "sha256", "size")
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    file: str
+    data: bytes
+    last: bool
+    sha256: str
+    size: int
+    def __init__(self, file: _Optional[str] = ..., data: _Optional[bytes] = ..., last: _Optional[bool] = ..., sha256: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
+
 class SnapshotChunk(_message.Message):
     __slots__ = ("data",)
     DATA_FIELD_NUMBER: _ClassVar[int]

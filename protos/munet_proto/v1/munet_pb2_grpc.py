@@ -94,6 +94,16 @@ class MunetStub:
                 request_serializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskRequest.SerializeToString,
                 response_deserializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.FromString,
                 _registered_method=True)
+        self.VerifyTask = channel.unary_unary(
+                '/munet.v1.Munet/VerifyTask',
+                request_serializer=munet__proto_dot_v1_dot_munet__pb2.VerifyTaskRequest.SerializeToString,
+                response_deserializer=munet__proto_dot_v1_dot_munet__pb2.VerifyTaskResponse.FromString,
+                _registered_method=True)
+        self.ExportTask = channel.unary_stream(
+                '/munet.v1.Munet/ExportTask',
+                request_serializer=munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.SerializeToString,
+                response_deserializer=munet__proto_dot_v1_dot_munet__pb2.ExportChunk.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/munet.v1.Munet/Snapshot',
                 request_serializer=munet__proto_dot_v1_dot_munet__pb2.SnapshotRequest.SerializeToString,
@@ -201,6 +211,20 @@ class MunetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyTask(self, request, context):
+        """Recompute a task's outputs on its stored probe images and compare with its golden digest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportTask(self, request, context):
+        """A standalone copy of one task (ONNX model, safetensors + JSON bundle), streamed file by file.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Snapshot(self, request, context):
         """A consistent, integrity-checked copy of the whole system into a server-side directory.
         """
@@ -292,6 +316,16 @@ def add_MunetServicer_to_server(servicer, server):
                     servicer.DeleteTask,
                     request_deserializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskRequest.FromString,
                     response_serializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.SerializeToString,
+            ),
+            'VerifyTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyTask,
+                    request_deserializer=munet__proto_dot_v1_dot_munet__pb2.VerifyTaskRequest.FromString,
+                    response_serializer=munet__proto_dot_v1_dot_munet__pb2.VerifyTaskResponse.SerializeToString,
+            ),
+            'ExportTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportTask,
+                    request_deserializer=munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.FromString,
+                    response_serializer=munet__proto_dot_v1_dot_munet__pb2.ExportChunk.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
@@ -638,6 +672,60 @@ class Munet:
             '/munet.v1.Munet/DeleteTask',
             munet__proto_dot_v1_dot_munet__pb2.DeleteTaskRequest.SerializeToString,
             munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/munet.v1.Munet/VerifyTask',
+            munet__proto_dot_v1_dot_munet__pb2.VerifyTaskRequest.SerializeToString,
+            munet__proto_dot_v1_dot_munet__pb2.VerifyTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/munet.v1.Munet/ExportTask',
+            munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.SerializeToString,
+            munet__proto_dot_v1_dot_munet__pb2.ExportChunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from munet_server import logs
 from munet_server.data.dataset import build_dataset
 from munet_server.errors import (
     AlreadyExists,
@@ -290,6 +291,14 @@ class OperationManager:
         if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
             self.on_commit(spec.name)
         self._finish(job_id, "SUCCEEDED", progress=progress)
+        m = learned.record.metrics
+        logs.event(
+            log, "task_committed",
+            f"task {spec.name!r} committed: validation accuracy {m['validation_accuracy']:.3f} "
+            f"({m['kind']}), +{m['params_added']:,} params, {m['search_seconds']:.0f} s",
+            task=spec.name, operation=job_id, validation_accuracy=m["validation_accuracy"], kind=m["kind"],
+            params_added=m["params_added"], search_seconds=m["search_seconds"],
+        )  # fmt: skip
 
     # ---- state changes -------------------------------------------------------------------------
     def _on_progress(self, job_id: str, p: SearchProgress) -> None:
@@ -358,5 +367,8 @@ class OperationManager:
             self._jobs[job_id] = done
             self._versions[job_id] += 1
             self._cond.notify_all()
+        if state == "CANCELLED":
+            logs.event(log, "task_cancelled", f"operation {job_id} ({job.task_name!r}) cancelled; nothing was committed",
+                       task=job.task_name, operation=job_id)  # fmt: skip
         if self.on_progress is not None:
             self.on_progress(done)

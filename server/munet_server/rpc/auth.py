@@ -12,12 +12,12 @@ Unauthenticated: no token sent. PermissionDenied: a token that is not good enoug
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 
 import grpc
 
 from munet_proto.v1 import munet_pb2 as pb
+from munet_server import tokens
 
 SERVICE = f"/{pb.DESCRIPTOR.services_by_name['Munet'].full_name}/"  # "/munet.v1.Munet/"
 ADMIN_METHODS = frozenset(
@@ -26,6 +26,7 @@ ADMIN_METHODS = frozenset(
         "AddTask",
         "CancelOperation",
         "DeleteTask",
+        "ExportTask",
         "Snapshot",
         "StreamSnapshot",
         "Restore",
@@ -34,15 +35,10 @@ ADMIN_METHODS = frozenset(
 )
 
 
-def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
-
-
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
-            v = value.decode() if isinstance(value, bytes) else value
-            return v[7:].strip() if v.lower().startswith("bearer ") else v.strip()
+            return tokens.from_header(value.decode() if isinstance(value, bytes) else value)
     return None
 
 
@@ -52,12 +48,10 @@ class TokenAuth(grpc.ServerInterceptor):
         self.predict = predict_token
 
     def _required(self, method: str) -> list[str]:
-        """The tokens accepted for `method`; empty: open."""
-        if method in ADMIN_METHODS:
-            return [self.admin or self.predict] if (self.admin or self.predict) else []
-        if method.startswith(SERVICE) and self.predict:
-            return [t for t in (self.predict, self.admin) if t]
-        return []
+        """The tokens accepted for `method`; empty: open (health and reflection always are)."""
+        if not method.startswith(SERVICE):
+            return []
+        return tokens.accepted(self.admin, self.predict, admin_call=method in ADMIN_METHODS)
 
     def intercept_service(
         self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
@@ -73,11 +67,7 @@ class TokenAuth(grpc.ServerInterceptor):
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"{method.rsplit('/', 1)[-1]} needs a token: send 'authorization: Bearer <token>'",
             )
-        # Compare against every accepted token (no early exit) so timing says nothing about which.
-        ok = False
-        for t in accepted:
-            ok |= _same(token, t)
-        if not ok:
+        if not tokens.matches(token, accepted):
             kind = "admin" if method in ADMIN_METHODS and self.admin else "predict"
             return _deny(
                 continuation(handler_call_details),

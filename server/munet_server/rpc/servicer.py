@@ -270,6 +270,20 @@ class MunetServicer(pb_grpc.MunetServicer):
         d = self.service.delete_task(request.name)
         return pb.DeleteTaskResponse(freed_components=d.freed_components, params_freed=d.params_freed)
 
+    @unary
+    def VerifyTask(self, request: pb.VerifyTaskRequest, context: grpc.ServicerContext) -> pb.VerifyTaskResponse:
+        golden = self.system.entry(request.name).record.golden_digest
+        digest, n = self.system.digest_now(request.name)
+        return pb.VerifyTaskResponse(
+            name=request.name, identical=digest == golden, golden_digest=golden, digest=digest, probe_images=n
+        )
+
+    @streaming
+    def ExportTask(self, request: pb.ExportTaskRequest, context: grpc.ServicerContext) -> Iterator[pb.ExportChunk]:
+        with self.long_calls.hold("ExportTask"):
+            for p in self.service.export_task(request.name):
+                yield pb.ExportChunk(file=p.file, data=p.data, last=p.last, sha256=p.sha256, size=p.size)
+
     # ---- snapshot / restore --------------------------------------------------------------------
     @unary
     def Snapshot(self, request: pb.SnapshotRequest, context: grpc.ServicerContext) -> pb.SnapshotInfo:

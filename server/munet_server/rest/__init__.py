@@ -1,0 +1,1 @@
+"""HTTP/REST front door (Open Inference Protocol + /munet/v1), beside the gRPC one in `rpc`."""

@@ -1,0 +1,313 @@
+"""HTTP/REST beside gRPC: the Open Inference Protocol (KServe v2) for serving, and `/munet/v1` routes
+for what OIP lacks (tasks, operations, adding a task from a zipped ImageFolder, snapshot download).
+
+Same process, same engine and same answers as gRPC: `infer` goes through the same Predictor (and its
+dynamic batcher) as `Predict`; task and operation bodies are the proto3 JSON mapping of the gRPC
+messages; the same tokens protect the same calls; errors keep their meaning (an HTTP status mapped
+from the gRPC code, and `{"error": message, "code": "NOT_FOUND"}`).
+
+OIP infer request, images as BYTES (base64 strings in JSON):
+    {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2], "data": ["iVBOR...", "..."]}],
+     "parameters": {"top_k": 3}}
+or raw pixels as UINT8 with shape [N, H, W, C]. The response holds `label` (BYTES), `probability`
+(FP32) and `index` (INT64), each of shape [N, top_k], most probable first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import tempfile
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import PurePosixPath
+from typing import Any
+
+import grpc
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import JSONResponse, StreamingResponse
+from google.protobuf.json_format import MessageToDict
+
+from munet_server import __version__, tokens
+from munet_server.errors import InvalidArgument, MunetError, NotFound, PermissionDenied, Unauthenticated
+from munet_server.rpc import convert
+from munet_server.serve.predictor import RawPixels
+from munet_server.service import MunetService
+from munet_server.spec import AddTaskSpec
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+# gRPC status -> HTTP status: the same error meaning through either door.
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 412,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+}
+
+
+def _json(msg: Any) -> dict[str, Any]:
+    return MessageToDict(msg, preserving_proto_field_name=True)
+
+
+def create_app(service: MunetService, admin_token: str = "", predict_token: str = "") -> FastAPI:
+    app = FastAPI(
+        title="munet-server",
+        version=__version__,
+        description=__doc__,
+        docs_url=None,  # Swagger UI would load from a CDN; the server runs offline. /openapi.json is served.
+        redoc_url=None,
+    )
+
+    @app.exception_handler(MunetError)
+    async def munet_error(request: Request, e: MunetError) -> JSONResponse:
+        return JSONResponse({"error": e.message, "code": e.code.name}, status_code=HTTP_STATUS.get(e.code, 500))
+
+    def guard(admin_call: bool) -> Callable[[Request], None]:
+        def check(request: Request) -> None:
+            need = tokens.accepted(admin_token, predict_token, admin_call)
+            if not need:
+                return
+            token = tokens.from_header(request.headers.get("authorization"))
+            route = f"{request.method} {request.url.path}"
+            if token is None:
+                raise Unauthenticated(f"{route} needs a token: send 'Authorization: Bearer <token>'")
+            if not tokens.matches(token, need):
+                kind = "admin" if admin_call and admin_token else "predict"
+                raise PermissionDenied(f"the token is not valid for {route} (needs the {kind} token)")
+
+        return check
+
+    predict_auth, admin_auth = Depends(guard(False)), Depends(guard(True))
+
+    # ---- Open Inference Protocol -----------------------------------------------------------------
+    @app.get("/v2/health/live")
+    def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready() -> JSONResponse:
+        ok = service.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2", dependencies=[predict_auth])
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "munet-server", "version": __version__, "extensions": ["munet"]}
+
+    @app.get("/v2/models", dependencies=[predict_auth])
+    def models() -> dict[str, Any]:
+        """Every task (a munet extension; OIP itself lists no models)."""
+        s = service.system
+        out = [{"name": n, "versions": ["1"], "platform": "munet", "ready": True} for n in sorted(s.tasks)]
+        out += [{"name": n, "versions": ["1"], "platform": "munet", "ready": False} for n in sorted(s.damaged)]
+        return {"models": sorted(out, key=lambda m: m["name"])}
+
+    @app.get("/v2/models/{task}", dependencies=[predict_auth])
+    def model_metadata(task: str) -> dict[str, Any]:
+        s = service.system
+        e = s.entry(task)
+        return {
+            "name": task,
+            "versions": ["1"],
+            "platform": "munet",
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [-1, -1]},
+                {"name": "probability", "datatype": "FP32", "shape": [-1, -1]},
+                {"name": "index", "datatype": "INT64", "shape": [-1, -1]},
+            ],
+            "parameters": {
+                "labels": e.record.class_names,
+                "image_size": int(e.path.hparams["ds_image_size"]),
+                "max_images": service.config.max_predict_images,
+            },
+        }
+
+    @app.get("/v2/models/{task}/ready", dependencies=[predict_auth])
+    def model_ready(task: str) -> JSONResponse:
+        s = service.system
+        if task not in s.tasks and task not in s.damaged:
+            raise NotFound(f"task {task!r} does not exist")
+        ok = task in s.tasks
+        return JSONResponse({"name": task, "ready": ok}, status_code=200 if ok else 503)
+
+    @app.post("/v2/models/{task}/infer", dependencies=[predict_auth])
+    def infer(task: str, body: dict[str, Any]) -> dict[str, Any]:
+        encoded, raw = _images(body)
+        params = body.get("parameters") or {}
+        top_k = params.get("top_k", 1)
+        if not isinstance(top_k, int) or isinstance(top_k, bool):
+            raise InvalidArgument(f"parameters.top_k must be an integer, got {top_k!r}")
+        preds = service.predictor.predict(task, encoded, raw, top_k)
+        n, k = len(preds), len(preds[0]) if preds else 0
+        out = {
+            "model_name": task,
+            "model_version": "1",
+            "outputs": [
+                {"name": "label", "datatype": "BYTES", "shape": [n, k], "data": [s.name for r in preds for s in r]},
+                {"name": "probability", "datatype": "FP32", "shape": [n, k], "data": [s.probability for r in preds for s in r]},
+                {"name": "index", "datatype": "INT64", "shape": [n, k], "data": [s.index for r in preds for s in r]},
+            ],
+        }
+        if "id" in body:
+            out["id"] = body["id"]
+        return out
+
+    # ---- munet routes: what OIP lacks -------------------------------------------------------------
+    @app.get("/munet/v1/system", dependencies=[predict_auth])
+    def system() -> dict[str, Any]:
+        s = service.system
+        return {
+            "version": __version__,
+            "root_model": s.root.config.model_name,
+            "device": str(s.device),
+            "tasks": len(s.tasks),
+            "components": len(s.pool),
+            "params": sum(c.num_params for c in s.pool.values()),
+        }
+
+    @app.get("/munet/v1/tasks", dependencies=[predict_auth])
+    def tasks() -> dict[str, Any]:
+        s = service.system
+        return {"tasks": [_json(convert.task_info(s, n, sharers=False)) for n in sorted({*s.tasks, *s.damaged})]}
+
+    @app.get("/munet/v1/tasks/{task}", dependencies=[predict_auth])
+    def task(task: str) -> dict[str, Any]:
+        return _json(convert.task_info(service.system, task))
+
+    @app.delete("/munet/v1/tasks/{task}", dependencies=[admin_auth])
+    def delete(task: str) -> dict[str, Any]:
+        d = service.delete_task(task)
+        return {"freed_components": d.freed_components, "params_freed": d.params_freed}
+
+    @app.post("/munet/v1/tasks/{task}", dependencies=[admin_auth], status_code=202)
+    def add_task(
+        task: str,
+        images: UploadFile = File(description="a zip of an ImageFolder tree: one folder per class"),  # noqa: B008
+        seconds: float | None = Form(None),
+        seed: int = Form(0),
+    ) -> dict[str, Any]:
+        """Upload a zipped ImageFolder and start learning it: the operation, at once (202)."""
+        with tempfile.TemporaryFile() as spool:
+            limit = service.config.upload.max_bytes
+            size = 0
+            while block := images.file.read(1 << 20):
+                size += len(block)
+                if size > limit:
+                    raise InvalidArgument(f"the upload is over {limit:,} bytes (--max-upload-mb)")
+                spool.write(block)
+            spool.seek(0)
+            try:
+                archive = zipfile.ZipFile(spool)
+            except zipfile.BadZipFile:
+                raise InvalidArgument(f"{images.filename or 'the upload'} is not a zip archive") from None
+            with archive:
+                class_names, members = _image_folder(archive)
+                budget = service.config.default_budget
+                if seconds is not None:
+                    budget = dataclasses.replace(budget, seconds=seconds)
+                spec = AddTaskSpec(name=task, class_names=class_names, budget=budget, seed=seed)
+                examples = ((archive.read(m), label) for m, label in members)
+                job = service.add_task(spec, examples, alive=lambda: True)
+        return _json(convert.operation(job))
+
+    @app.get("/munet/v1/operations", dependencies=[predict_auth])
+    def operations(task: str = "") -> dict[str, Any]:
+        return {"operations": [_json(convert.operation(j)) for j in service.operations.list(task=task, state="")]}
+
+    @app.get("/munet/v1/operations/{name}", dependencies=[predict_auth])
+    def operation(name: str) -> dict[str, Any]:
+        return _json(convert.operation(service.operations.get(name)))
+
+    @app.post("/munet/v1/operations/{name}:cancel", dependencies=[admin_auth])
+    def cancel(name: str) -> dict[str, Any]:
+        return _json(convert.operation(service.operations.cancel(name)))
+
+    @app.get("/munet/v1/snapshot", dependencies=[admin_auth])
+    def snapshot() -> StreamingResponse:
+        """The whole system as a tar archive (what `munet snapshot FILE` writes)."""
+        chunks: Iterator[bytes] = service.stream_snapshot()
+        return StreamingResponse(
+            chunks,
+            media_type="application/x-tar",
+            headers={"Content-Disposition": 'attachment; filename="munet-snapshot.tar"'},
+        )
+
+    return app
+
+
+def _images(body: dict[str, Any]) -> tuple[list[bytes], list[RawPixels]]:
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise InvalidArgument('give one input: {"name": "image", "datatype": "BYTES", "shape": [N], "data": [...]}')
+    t = inputs[0]
+    dtype, data, shape = t.get("datatype"), t.get("data"), t.get("shape")
+    if not isinstance(data, list) or not isinstance(shape, list):
+        raise InvalidArgument("the input needs `shape` and `data` lists")
+    if dtype == "BYTES":
+        if shape != [len(data)]:
+            raise InvalidArgument(f"a BYTES input of {len(data)} images has shape [{len(data)}], not {shape}")
+        out = []
+        for i, item in enumerate(data):
+            if not isinstance(item, str):
+                raise InvalidArgument(f"image {i}: BYTES data in JSON are base64 strings")
+            try:
+                out.append(base64.b64decode(item, validate=True))
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"image {i}: not valid base64") from None
+        return out, []
+    if dtype == "UINT8":
+        if len(shape) != 4 or shape[3] not in (1, 3, 4) or any(not isinstance(d, int) or d <= 0 for d in shape):
+            raise InvalidArgument(f"a UINT8 input has shape [N, H, W, C] with C in 1, 3, 4; got {shape}")
+        n, h, w, c = shape
+        if len(data) != n * h * w * c:
+            raise InvalidArgument(f"shape {shape} needs {n * h * w * c} values; got {len(data)}")
+        try:
+            flat = bytes(data)
+        except (TypeError, ValueError):
+            raise InvalidArgument("UINT8 data must be integers in [0, 255]") from None
+        step = h * w * c
+        return [], [RawPixels(h, w, c, flat[i * step : (i + 1) * step]) for i in range(n)]
+    raise InvalidArgument(f"datatype {dtype!r}: send encoded images as BYTES (base64) or pixels as UINT8")
+
+
+def _image_folder(archive: zipfile.ZipFile) -> tuple[list[str], list[tuple[str, int]]]:
+    """A zipped ImageFolder: class folders (under at most one wrapping folder), images inside; hidden
+    files and __MACOSX skipped. (class names, [(member, label)])."""
+    files = []
+    for info in archive.infolist():
+        p = PurePosixPath(info.filename)
+        if info.is_dir() or any(part.startswith(".") or part == "__MACOSX" for part in p.parts):
+            continue
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            files.append(p)
+    tops = {p.parts[0] for p in files if len(p.parts) > 1}
+    strip = 1 if len(tops) == 1 and all(len(p.parts) > 2 for p in files) else 0  # one wrapping folder
+    by_class: dict[str, list[str]] = {}
+    for p in files:
+        parts = p.parts[strip:]
+        if len(parts) < 2:
+            raise InvalidArgument(f"{p} is not inside a class folder; zip one folder per class")
+        by_class.setdefault(parts[0], []).append(str(p))
+    if len(by_class) < 2:
+        raise InvalidArgument(f"the zip has {len(by_class)} class folders with images; a task needs at least 2")
+    names = sorted(by_class)
+    if set(names) <= {"train", "test", "val", "valid", "validation"}:
+        raise InvalidArgument(
+            f"the zip holds the splits {', '.join(names)}, not class folders; zip the train/ folder alone"
+        )
+    members = [(m, label) for label, n in enumerate(names) for m in sorted(by_class[n])]
+    return names, members
+

@@ -1,0 +1,37 @@
+"""`--log-format json`: one JSON object per line, with a structured line when a task is committed,
+cancelled or deleted (issue 16 §4). A real `munet-server` process; its stderr is read back."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.conftest import image_folder
+from tests.helpers import ServerProcess
+
+
+def test_json_log_lines_for_a_tasks_life(tmp_path, tiny_vit_weights):
+    store = tmp_path / "store"
+    s = ServerProcess(store, tiny_vit_weights, extra=("--log-level", "INFO", "--log-format", "json"))
+    try:
+        folder, _ = image_folder(tmp_path, classes=3, per_class=10)
+        op = s.client.add_task_from_folder("digits", folder, budget={"generations": 0}, seed=0)
+        assert s.client.wait(op.name, timeout=300).state == "SUCCEEDED"
+        slow = s.client.add_task_from_folder("slow", folder, budget={"seconds": 300}, seed=0)
+        s.client.cancel(slow.name)
+        assert s.client.wait(slow.name, timeout=120).state == "CANCELLED"
+        s.client.delete_task("digits")
+    finally:
+        s.stop()
+    text = (store.parent / f"server-{s.port}.log").read_text()
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    other = [line for line in text.splitlines() if line.strip() and not line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(r) for r in lines)
+    assert f"munet-server listening on 127.0.0.1:{s.port}" in other  # the one line printed for people
+    assert not [line for line in other if re.match(r"\d{4}-\d\d-\d\d \d", line)], other  # no text-format records
+    events = {r["event"]: r for r in lines if "event" in r}
+    committed = events["task_committed"]
+    assert committed["task"] == "digits" and committed["operation"] == op.name
+    assert 0.0 <= committed["validation_accuracy"] <= 1.0 and committed["params_added"] > 0
+    assert events["task_cancelled"]["task"] == "slow" and events["task_cancelled"]["operation"] == slow.name
+    assert events["task_deleted"]["task"] == "digits" and events["task_deleted"]["freed_components"] >= 1
