@@ -21,4 +21,15 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "note: run 'sudo apt-get install dataset-fashion-mnist' for the Fashion-MNIST tasks" >&2
   fi
 fi
+# A real browser for the dashboard test: Debian's chromium and its chromedriver. Optional: without
+# them that one test is skipped.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    (apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1 ||
+      (apt-get update >/dev/null 2>&1 && apt-get install -y --no-install-recommends chromium chromium-driver >/dev/null 2>&1)) ||
+      echo "note: could not install chromium; the dashboard's browser test will be skipped" >&2
+  else
+    echo "note: run 'sudo apt-get install chromium chromium-driver' for the dashboard's browser test" >&2
+  fi
+fi
 echo "setup done: $(.venv/bin/python -c 'import torch, timm; print("torch", torch.__version__, "timm", timm.__version__)')"

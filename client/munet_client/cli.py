@@ -37,6 +37,7 @@ from munet_client.folders import (
     plot_confusion,
     predict_files,
 )
+from munet_client.graph import system_svg
 from munet_client.images import IMAGE_SUFFIXES, ImageFolder
 from munet_client.types import Operation, TaskInfo, to_dict
 from munet_proto.v1.munet_pb2 import SearchBudget
@@ -360,6 +361,18 @@ def cmd_delete(c: MunetClient, a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_graph(c: MunetClient, a: argparse.Namespace) -> int:
+    tasks = [t for t in c.list_tasks() if t.state != "DAMAGED"]
+    svg = system_svg(tasks, f"{c.system().root_model}: {len(tasks)} tasks")
+    if a.out is None:
+        sys.stdout.write(svg + "\n")
+        return 0
+    a.out.write_text(svg)
+    shared = len({p.id for t in tasks for p in t.path if p.num_shared_with > 0})
+    console.print(f"wrote {a.out}: {len(tasks)} tasks, {shared} layers used by more than one task or the root")
+    return 0
+
+
 def cmd_verify(c: MunetClient, a: argparse.Namespace) -> int:
     names = [a.task] if a.task else [t.name for t in c.list_tasks() if t.state != "DAMAGED"]
     results = [c.verify_task(n) for n in names]
@@ -575,6 +588,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("task", help="the task's name")
     sp = add("delete", cmd_delete, "delete a task and free the components only it used")
     sp.add_argument("task", help="the task's name")
+    sp = add("graph", cmd_graph, "draw the system: the root's layers, each task's path, what tasks share (SVG)")
+    sp.add_argument("--out", type=Path, help="write the SVG to this file (default: standard output)")
     sp = add("verify", cmd_verify, "recompute tasks' outputs and check they are bit-identical to their commit")
     sp.add_argument("task", nargs="?", help="one task (default: every task)")
     sp = add("export", cmd_export, "write a standalone copy of a task: ONNX, safetensors + JSON")

@@ -26,11 +26,14 @@ from typing import Any
 
 import grpc
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from google.protobuf.json_format import MessageToDict
 
+from munet_client.graph import system_svg
+from munet_client.types import TaskInfo
 from munet_server import __version__, tokens
 from munet_server.errors import InvalidArgument, MunetError, NotFound, PermissionDenied, Unauthenticated
+from munet_server.rest.dashboard import PAGE
 from munet_server.rpc import convert
 from munet_server.serve.predictor import RawPixels
 from munet_server.service import MunetService
@@ -186,6 +189,25 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
     @app.get("/munet/v1/tasks/{task}", dependencies=[predict_auth])
     def task(task: str) -> dict[str, Any]:
         return _json(convert.task_info(service.system, task))
+
+    @app.get("/munet/v1/tasks/{task}/candidates", dependencies=[predict_auth])
+    def candidates(task: str) -> dict[str, Any]:
+        """Every candidate the task's search tried: what the dashboard plots."""
+        keys = ("generation", "parent", "kind", "validation_accuracy", "score", "accepted", "params_added", "seconds")
+        history = service.system.entry(task).record.metrics.get("history", [])
+        return {"candidates": [{k: h.get(k) for k in keys} for h in history]}
+
+    @app.get("/munet/v1/graph.svg", dependencies=[predict_auth])
+    def graph() -> Response:
+        """The system as a picture: the same SVG as `munet graph`."""
+        s = service.system
+        infos = [TaskInfo.from_pb(convert.task_info(s, n, sharers=False)) for n in sorted(s.tasks)]
+        return Response(system_svg(infos, f"{s.root.config.model_name}: {len(infos)} tasks"), media_type="image/svg+xml")
+
+    @app.get("/", include_in_schema=False)
+    @app.get("/dashboard", include_in_schema=False)
+    def dashboard() -> HTMLResponse:
+        return HTMLResponse(PAGE)
 
     @app.delete("/munet/v1/tasks/{task}", dependencies=[admin_auth])
     def delete(task: str) -> dict[str, Any]:
