@@ -49,6 +49,9 @@ def test_health_and_model_metadata(served):
     assert meta["inputs"][0] == {"name": "image", "datatype": "BYTES", "shape": [-1]}
     assert http.get("/v2/models/digits/ready").json() == {"name": "digits", "ready": True}
     assert http.get("/openapi.json").json()["info"]["title"] == "munet-server"
+    page = http.get("/docs").text  # the OpenAPI page, its assets from this server (it runs offline)
+    assert "/static/swagger-ui/swagger-ui-bundle.js" in page and "cdn" not in page.lower()
+    assert http.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
 
 
 def test_infer_equals_grpc_predict_bit_for_bit(served):

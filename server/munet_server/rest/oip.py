@@ -70,9 +70,10 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
         title="munet-server",
         version=__version__,
         description=__doc__,
-        docs_url=None,  # Swagger UI would load from a CDN; the server runs offline. /openapi.json is served.
+        docs_url=None,  # FastAPI's page loads Swagger UI from a CDN; /docs below serves it from the package
         redoc_url=None,
     )
+    _mount_docs(app)
 
     @app.exception_handler(MunetError)
     async def munet_error(request: Request, e: MunetError) -> JSONResponse:
@@ -268,6 +269,25 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
         )
 
     return app
+
+
+def _mount_docs(app: FastAPI) -> None:
+    """The OpenAPI page at /docs, with Swagger UI's files from the swagger-ui-bundle package (offline)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="munet-server API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
 
 
 def _images(body: dict[str, Any]) -> tuple[list[bytes], list[RawPixels]]:
