@@ -18,11 +18,13 @@ LABEL org.opencontainers.image.title="munet-server" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 
-# Dependencies first, read from pyproject.toml, so that code edits reuse this layer.
+# Dependencies first, read from pyproject.toml and pinned by docker/constraints.txt (the versions the
+# tests passed with), so that code edits reuse this layer and a rebuild installs the same set.
 COPY pyproject.toml README.md ./
+COPY docker/constraints.txt /tmp/constraints.txt
 RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
 print('\n'.join(p['dependencies'] + p['optional-dependencies']['server']))" > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+ && pip install -c /tmp/constraints.txt -r /tmp/requirements.txt && rm /tmp/requirements.txt
 
 COPY protos ./protos
 COPY client ./client

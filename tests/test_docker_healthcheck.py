@@ -68,3 +68,29 @@ def test_healthcheck_is_light():
     code = "import sys, munet_client.probe; print(sorted(m for m in ('rich', 'tqdm', 'torch') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_image_dependencies_are_pinned():
+    """The image installs pyproject's server dependencies under docker/constraints.txt: every one is
+    pinned there (torch and torchvision excepted: the base image's are kept) and the pin satisfies it."""
+    import tomllib
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    root = DOCKERFILE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    pins = {}
+    for line in (root / "docker" / "constraints.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[canonicalize_name(name)] = version
+    text = DOCKERFILE.read_text()
+    assert "-c /tmp/constraints.txt" in text and "COPY docker/constraints.txt" in text
+    for spec in project["dependencies"] + project["optional-dependencies"]["server"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        if name in ("torch", "torchvision"):
+            assert name not in pins
+            continue
+        assert name in pins, f"{req.name} is not pinned in docker/constraints.txt (bash scripts/freeze_constraints.sh)"
+        assert req.specifier.contains(pins[name], prereleases=True), (req, pins[name])
