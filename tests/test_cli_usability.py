@@ -41,6 +41,15 @@ def test_every_option_says_what_it_does_and_its_default():
     assert "(default: 127.0.0.1:50051)" in text and "(default: 60.0)" in text and "exit codes:" in text
 
 
+def test_every_server_flag_says_what_it_does():
+    from munet_server.config import parser as server_parser
+
+    p = server_parser()
+    missing = [a.option_strings for a in p._actions if not a.help and a.dest != "help"]
+    assert not missing, missing
+    assert "(default: 50051)" in p.format_help()
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         cli(["--version"])

@@ -67,6 +67,9 @@ def parser() -> argparse.ArgumentParser:
         description="Serve one growing muNet multitask vision system over gRPC.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    from munet_server import __version__
+
+    p.add_argument("--version", action="version", version=f"munet-server {__version__}")
     p.add_argument(
         "--store",
         type=Path,
@@ -94,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root-kwargs", default="{}", help="timm kwargs as JSON, e.g. '{\"img_size\": 32}'")
     p.add_argument("--image-size", type=int, default=64, help="default image size of new paths")
-    p.add_argument("--min-image-size", type=int, default=32)
+    p.add_argument("--min-image-size", type=int, default=32, help="smallest image size the search tries")
     p.add_argument("--max-image-size", type=int, default=112, help="also the size uploads are stored at")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN (prefer the file flag)")
@@ -109,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-key", type=Path, default=os.environ.get("MUNET_TLS_KEY") or None, help="[env MUNET_TLS_KEY]"
     )
-    p.add_argument("--max-message-mb", type=int, default=64)
+    p.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message, in MiB")
     p.add_argument(
         "--http-port",
         type=int,
@@ -123,8 +126,10 @@ def parser() -> argparse.ArgumentParser:
         default=int(os.environ.get("MUNET_METRICS_PORT") or 0),
         help="Prometheus /metrics port, 0: off [env MUNET_METRICS_PORT]",
     )
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--batch-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-batch", type=int, default=64, help="Predict: images per forward pass")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=2.0, help="Predict: how long a batch waits for more requests"
+    )
     p.add_argument(
         "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
     )
@@ -140,12 +145,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upload-idle-seconds", type=float, default=60.0, help="end an upload or restore that sends nothing"
     )
-    p.add_argument("--max-pending-operations", type=int, default=8)
+    p.add_argument(
+        "--max-pending-operations", type=int, default=8, help="queued AddTasks; more get RESOURCE_EXHAUSTED"
+    )
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument(
+        "--executor", choices=("local", "ray"), default="local", help="where a generation's candidates train"
+    )
     p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
-    p.add_argument("--ray-gpus-per-candidate", type=float, default=0.0)
+    p.add_argument(
+        "--ray-gpus-per-candidate", type=float, default=0.0, help="GPUs a Ray candidate asks for (fractions share)"
+    )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="json: one JSON object per line"
