@@ -22,7 +22,7 @@ from munet_server.config import ServerConfig
 from munet_server.errors import FailedPrecondition
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
-from munet_server.rpc.auth import TokenAuth
+from munet_server.rpc.auth import ReadOnly, TokenAuth
 from munet_server.rpc.servicer import MunetServicer
 from munet_server.serve.predictor import SystemRef
 from munet_server.service import MunetService
@@ -64,6 +64,7 @@ class MunetApp:
         self.server: grpc.Server | None = None
         self.servicer: MunetServicer | None = None
         self.http: Any = None  # rest.server.HttpServer when --http-port is given
+        self.follower: Any = None  # replica.Follower when --follow is given
         self.port = 0
         self.http_port = 0
 
@@ -81,7 +82,10 @@ class MunetApp:
         limit = cfg.max_message_mb << 20
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=cfg.rpc_workers, thread_name_prefix="munet-rpc"),
-            interceptors=[TokenAuth(cfg.admin_token, cfg.predict_token)],
+            interceptors=[
+                TokenAuth(cfg.admin_token, cfg.predict_token),
+                *([ReadOnly(self.read_only_source())] if cfg.read_only else []),
+            ],
             # Calls beyond this wait for no thread: RESOURCE_EXHAUSTED at once (a bounded queue).
             maximum_concurrent_rpcs=cfg.rpc_workers * 8,
             options=[
@@ -124,6 +128,11 @@ class MunetApp:
                 cfg.host,
             )
         self.service.start()
+        if cfg.follow is not None:
+            from munet_server.replica import Follower
+
+            self.follower = Follower(self.service, cfg.follow, cfg.follow_interval)
+            self.follower.start()  # the newest snapshot is in place before the first call
         self.server.start()
         self.on_tasks_changed([])
         s = self.service.system
@@ -141,18 +150,25 @@ class MunetApp:
         """Graceful: report NOT_SERVING, refuse new calls, finish in-flight ones, pause searches.
         False: a search is still running (see MunetService.stop)."""
         self.health.enter_graceful_shutdown()
+        if self.follower is not None:
+            self.follower.stop()
         if self.http is not None:
             self.http.stop()
         if self.server is not None:
             self.server.stop(self.config.grace_seconds if grace is None else grace).wait()
         return self.service.stop()
 
+    def read_only_source(self) -> str:
+        return f"following {self.config.follow}" if self.config.follow else "--read-only"
+
     def _start_http(self) -> None:
         from munet_server.rest.oip import create_app  # FastAPI is imported only when HTTP is on
         from munet_server.rest.server import HttpServer
 
         cfg = self.config
-        app = create_app(self.service, cfg.admin_token, cfg.predict_token)
+        app = create_app(
+            self.service, cfg.admin_token, cfg.predict_token, self.read_only_source() if cfg.read_only else ""
+        )
         tls = (str(cfg.tls_cert), str(cfg.tls_key)) if cfg.tls_cert and cfg.tls_key else (None, None)
         try:
             self.http = HttpServer(app, cfg.host, cfg.http_port or 0, *tls)

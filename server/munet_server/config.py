@@ -41,6 +41,9 @@ class ServerConfig:
     operation_history: int = 1000  # finished operation records kept (oldest deleted first)
     resume_operations: bool = True
     snapshot_root: Path | None = None  # server-side snapshot dirs must be inside it, when set
+    read_only: bool = False  # a replica: admin calls are refused
+    follow: Path | None = None  # serve the newest complete snapshot under this dir, switching to newer ones
+    follow_interval: float = 5.0  # seconds between looks for a newer snapshot
     default_budget: Budget = field(default_factory=Budget)
     upload: UploadLimits = field(default_factory=UploadLimits)
     executor: str = "local"  # or "ray"
@@ -151,6 +154,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
     p.add_argument(
+        "--read-only", action="store_true", help="a replica: serve, and refuse AddTask, delete, restore, ..."
+    )
+    p.add_argument(
+        "--follow",
+        type=Path,
+        default=None,
+        help="serve the newest complete snapshot under DIR (a primary's Snapshot target) and switch to newer "
+        "ones as they appear; implies --read-only",
+    )
+    p.add_argument("--follow-interval", type=float, default=5.0, help="seconds between looks for a newer snapshot")
+    p.add_argument(
         "--executor", choices=("local", "ray"), default="local", help="where a generation's candidates train"
     )
     p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
@@ -228,8 +242,11 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         max_long_calls=args.max_long_calls,
         upload=UploadLimits(idle_seconds=args.upload_idle_seconds),
         max_pending_operations=args.max_pending_operations,
-        resume_operations=not args.no_resume,
+        resume_operations=not args.no_resume and not (args.read_only or args.follow),
         snapshot_root=args.snapshot_root,
+        read_only=args.read_only or args.follow is not None,
+        follow=args.follow,
+        follow_interval=args.follow_interval,
         executor=args.executor,
         ray_address=args.ray_address,
         ray_gpus_per_candidate=args.ray_gpus_per_candidate,

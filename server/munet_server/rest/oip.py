@@ -32,7 +32,14 @@ from google.protobuf.json_format import MessageToDict
 from munet_client.graph import system_svg
 from munet_client.types import TaskInfo
 from munet_server import __version__, tokens
-from munet_server.errors import InvalidArgument, MunetError, NotFound, PermissionDenied, Unauthenticated
+from munet_server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MunetError,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+)
 from munet_server.rest.dashboard import PAGE
 from munet_server.rpc import convert
 from munet_server.serve.predictor import RawPixels
@@ -65,7 +72,10 @@ def _json(msg: Any) -> dict[str, Any]:
     return MessageToDict(msg, preserving_proto_field_name=True)
 
 
-def create_app(service: MunetService, admin_token: str = "", predict_token: str = "") -> FastAPI:
+def create_app(
+    service: MunetService, admin_token: str = "", predict_token: str = "", read_only: str = ""
+) -> FastAPI:
+    """`read_only`: why changes are refused (a replica's source), or empty on a primary."""
     app = FastAPI(
         title="munet-server",
         version=__version__,
@@ -94,7 +104,13 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
 
         return check
 
-    predict_auth, admin_auth = Depends(guard(False)), Depends(guard(True))
+    def writable(request: Request) -> None:
+        if read_only:
+            raise FailedPrecondition(
+                f"this server is a read-only replica ({read_only}); send {request.method} {request.url.path} to the primary"
+            )
+
+    predict_auth, admin_auth, change = Depends(guard(False)), Depends(guard(True)), Depends(writable)
 
     # ---- Open Inference Protocol -----------------------------------------------------------------
     @app.get("/v2/health/live")
@@ -210,12 +226,12 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
     def dashboard() -> HTMLResponse:
         return HTMLResponse(PAGE)
 
-    @app.delete("/munet/v1/tasks/{task}", dependencies=[admin_auth])
+    @app.delete("/munet/v1/tasks/{task}", dependencies=[admin_auth, change])
     def delete(task: str) -> dict[str, Any]:
         d = service.delete_task(task)
         return {"freed_components": d.freed_components, "params_freed": d.params_freed}
 
-    @app.post("/munet/v1/tasks/{task}", dependencies=[admin_auth], status_code=202)
+    @app.post("/munet/v1/tasks/{task}", dependencies=[admin_auth, change], status_code=202)
     def add_task(
         task: str,
         images: UploadFile = File(description="a zip of an ImageFolder tree: one folder per class"),  # noqa: B008
@@ -254,7 +270,7 @@ def create_app(service: MunetService, admin_token: str = "", predict_token: str 
     def operation(name: str) -> dict[str, Any]:
         return _json(convert.operation(service.operations.get(name)))
 
-    @app.post("/munet/v1/operations/{name}:cancel", dependencies=[admin_auth])
+    @app.post("/munet/v1/operations/{name}:cancel", dependencies=[admin_auth, change])
     def cancel(name: str) -> dict[str, Any]:
         return _json(convert.operation(service.operations.cancel(name)))
 

@@ -77,6 +77,31 @@ class TokenAuth(grpc.ServerInterceptor):
         return continuation(handler_call_details)
 
 
+# What a read-only replica refuses: the calls that change the system.
+MUTATING_METHODS = frozenset(
+    SERVICE + m for m in ("AddTask", "CancelOperation", "DeleteTask", "Restore", "StreamRestore")
+)
+
+
+class ReadOnly(grpc.ServerInterceptor):
+    """A replica serves (Predict, ListTasks, snapshots, exports) and refuses changes, naming its source."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def intercept_service(
+        self, continuation: Callable, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in MUTATING_METHODS:
+            return continuation(handler_call_details)
+        return _deny(
+            continuation(handler_call_details),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"this server is a read-only replica ({self.source}); send {method.rsplit('/', 1)[-1]} to the primary",
+        )
+
+
 def _deny(
     handler: grpc.RpcMethodHandler | None, code: grpc.StatusCode, message: str
 ) -> grpc.RpcMethodHandler:
