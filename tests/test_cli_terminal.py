@@ -8,16 +8,19 @@ import os
 import pty
 import select
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 
 import pyte
 import pytest
 
 from tests.conftest import image_folder, make_app
+from tests.helpers import ServerProcess
 
 COLS, ROWS = 200, 60
 
@@ -98,3 +101,36 @@ def test_usage_errors_exit_2_with_one_line(served):
     assert code == 2 and len(lines) == 1 and "'99999'" in lines[0]
     lines, code = run_in_terminal("tasks", "--json", "--target", target)
     assert code == 0 and lines[-1] == "]"  # the JSON list ends the screen (its start scrolled off)
+
+
+def test_a_server_lost_while_following_names_the_operation_to_wait_for(tmp_path, tiny_vit_weights):
+    """kill -9 of the server while `munet add-task` follows the search: the screen ends with the
+    operation id and how to pick it up, not a traceback (the operation resumes on restart)."""
+    store = tmp_path / "store"
+    server = ServerProcess(store, tiny_vit_weights)
+    folder, _ = image_folder(tmp_path, classes=3, per_class=10)
+    killer = threading.Thread(target=_kill_when_learning, args=(server,), daemon=True)
+    killer.start()
+    lines, code = run_in_terminal("--target", f"127.0.0.1:{server.port}", "add-task", "digits", str(folder),
+                                  "--seconds", "120")  # fmt: skip
+    killer.join(60)
+    server.wait_dead()
+    screen = "\n".join(lines)
+    assert code == 1, screen
+    (error,) = [line for line in lines if line.startswith("error UNAVAILABLE")]
+    assert "lost the server while following operation" in error and "munet wait" in error, screen
+    assert "Traceback" not in screen
+
+
+def _kill_when_learning(server: ServerProcess) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            ops = server.client.operations()
+        except Exception:
+            ops = []
+        if any(o.state == "RUNNING" for o in ops):
+            time.sleep(1.0)  # the CLI is following it by now
+            server.proc.send_signal(signal.SIGKILL)
+            return
+        time.sleep(0.2)
