@@ -64,6 +64,7 @@ class RayConfig:
     max_retries: int = 1  # re-runs of a candidate whose worker or node died (exceptions: never)
     poll_seconds: float = 0.2  # how often the cancel event is checked while waiting
     force_cancel: bool = False  # True kills the workers instead of interrupting the tasks
+    cancel_grace_seconds: float = 5.0  # an interrupted task still running after this is killed
     worker_cache_mb: float = 2048.0  # frozen modules a worker keeps between tasks
     runtime_env: dict[str, Any] | None = None  # e.g. {"py_modules": [...]} if workers lack the package
     log_to_driver: bool = False  # forward worker stdout/stderr (quiet by default)
@@ -211,9 +212,27 @@ class RayExecutor:
                     results[i] = self._collect(ref, candidates[i], i)
                     report(i, 1.0)
         finally:
-            for ref in pending:  # cancelled, or the driver failed: free the cluster
-                ray.cancel(ref, force=self.cfg.force_cancel)
+            self._cancel(pending)
         return results
+
+    def _cancel(self, pending: list[Any]) -> None:
+        """Free the cluster: interrupt the tasks now, and in the background kill the workers of those
+        that have not stopped after the grace period (an interrupt waits for Python code to run; a
+        loaded machine once kept both workers busy for over 15 s). The caller does not wait."""
+        ray = self._ray
+        for ref in pending:
+            ray.cancel(ref, force=self.cfg.force_cancel)
+        if self.cfg.force_cancel or not pending:
+            return
+
+        def escalate() -> None:
+            _, still = ray.wait(pending, num_returns=len(pending), timeout=self.cfg.cancel_grace_seconds)
+            for ref in still:
+                log.warning("a cancelled candidate did not stop within %.0f s; killing its worker",
+                            self.cfg.cancel_grace_seconds)  # fmt: skip
+                ray.cancel(ref, force=True)
+
+        threading.Thread(target=escalate, name="munet-ray-cancel", daemon=True).start()
 
     def _collect(self, ref: Any, cand: Candidate, i: int) -> TrainResult | None:
         ray = self._ray
