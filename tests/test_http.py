@@ -96,6 +96,9 @@ def test_errors_keep_their_meaning(served):
     r = http.post("/v2/models/digits/infer", json={**one, "parameters": {"top_k": 9}})
     assert r.status_code == 400 and "top_k" in r.json()["error"]
     assert http.get("/v2/models/nope/ready").status_code == 404
+    # Bodies are bounded like gRPC messages (--max-message-mb, 64 MiB): refused before they are read.
+    r = http.post("/v2/models/digits/infer", content=b"x" * (65 << 20), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["code"] == "RESOURCE_EXHAUSTED"
 
 
 def test_add_a_task_from_a_zip_then_snapshot(served):

@@ -38,9 +38,11 @@ from munet_server.errors import (
     MunetError,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unauthenticated,
 )
 from munet_server.rest.dashboard import PAGE
+from munet_server.rest.limits import BodyLimit
 from munet_server.rpc import convert
 from munet_server.serve.predictor import RawPixels
 from munet_server.service import MunetService
@@ -84,6 +86,13 @@ def create_app(
         redoc_url=None,
     )
     _mount_docs(app)
+    message_limit = service.config.max_message_mb << 20
+    upload_limit = service.config.upload.max_bytes + (1 << 20)  # the zip plus multipart framing
+
+    def limit_for(method: str, path: str) -> int:
+        return upload_limit if method == "POST" and path.startswith("/munet/v1/tasks/") else message_limit
+
+    app.add_middleware(BodyLimit, limit_for=limit_for)
 
     @app.exception_handler(MunetError)
     async def munet_error(request: Request, e: MunetError) -> JSONResponse:
@@ -245,7 +254,7 @@ def create_app(
             while block := images.file.read(1 << 20):
                 size += len(block)
                 if size > limit:
-                    raise InvalidArgument(f"the upload is over {limit:,} bytes (--max-upload-mb)")
+                    raise ResourceExhausted(f"the upload is over {limit:,} bytes, the limit of one upload")
                 spool.write(block)
             spool.seek(0)
             try:
