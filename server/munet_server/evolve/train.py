@@ -285,8 +285,8 @@ class CandidateTrainer:
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
                 now = time.monotonic()
-                done = step / per_epoch  # epochs so far; +1 below: a retraining also fits a new head first
-                lineage = (self.prior_epochs + done + 1) / done if step else 1.0
+                done = step / per_epoch  # epochs so far
+                lineage = (self.prior_epochs + done) / done if step else 1.0
                 if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
                     stopped = True
                     break
