@@ -15,9 +15,13 @@ SPLIT_NAMES = frozenset({"train", "test", "val", "valid", "validation"})
 SKIPPED = frozenset({"__MACOSX", "__pycache__", "Thumbs.db", "desktop.ini"})
 
 
+def skipped(part: str) -> bool:
+    """A path segment that is hidden (.DS_Store, ._resource forks, .git) or an archiver's or OS's leftover."""
+    return part.startswith(".") or part in SKIPPED
+
+
 def visible(p: Path, root: Path) -> bool:
-    """Not hidden (.DS_Store, ._resource forks, .git) and not an archiver's or OS's leftovers."""
-    return not any(part.startswith(".") or part in SKIPPED for part in p.relative_to(root).parts)
+    return not any(map(skipped, p.relative_to(root).parts))
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from pathlib import Path
 from munet_server import logs
 from munet_server.errors import MunetError
 from munet_server.service import MunetService
+from munet_server.store.archive import MANIFEST
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 @dataclass(frozen=True)

@@ -146,7 +146,6 @@ class Member:
     evaluation: Evaluation  # on the holdout
     score: float
     head_wd: float
-    fit_head_first: bool = True  # trained: the head was new (LP-FT), so a refit fits it again
     best_epoch: int = 0
     seconds: float = 0.0
     epochs_run: int = 0  # trained: epochs its `seconds` paid for
@@ -613,7 +612,6 @@ class EvolutionSearch:
                 evaluation=ev,
                 score=self._score(cand.path, ev.accuracy),
                 head_wd=cand.head_wd,
-                fit_head_first=cand.fit_head_first,
                 best_epoch=result.best_epoch,
                 seconds=result.seconds,
                 epochs_run=result.epochs,
@@ -789,7 +787,6 @@ class EvolutionSearch:
                     "cv": asdict(m.cv) if m.cv else None,
                     "score": m.score,
                     "head_wd": m.head_wd,
-                    "fit_head_first": m.fit_head_first,
                     "best_epoch": m.best_epoch,
                     "seconds": m.seconds,
                     "epochs_run": m.epochs_run,
@@ -842,7 +839,6 @@ class EvolutionSearch:
                 evaluation=Evaluation(**md["evaluation"]),
                 score=float(md["score"]),
                 head_wd=float(md["head_wd"]),
-                fit_head_first=bool(md["fit_head_first"]),
                 best_epoch=int(md["best_epoch"]),
                 seconds=float(md["seconds"]),
                 epochs_run=int(md.get("epochs_run", 0)),

@@ -30,6 +30,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from google.protobuf.json_format import MessageToDict
 
 from munet_client.graph import system_svg
+from munet_client.images import IMAGE_SUFFIXES, SPLIT_NAMES, skipped
 from munet_client.types import TaskInfo
 from munet_server import __version__, tokens
 from munet_server.errors import (
@@ -47,8 +48,6 @@ from munet_server.rpc import convert
 from munet_server.serve.predictor import RawPixels
 from munet_server.service import MunetService
 from munet_server.spec import AddTaskSpec
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 # gRPC status -> HTTP status: the same error meaning through either door.
 HTTP_STATUS = {
@@ -356,7 +355,7 @@ def _image_folder(archive: zipfile.ZipFile) -> tuple[list[str], list[tuple[str, 
     files = []
     for info in archive.infolist():
         p = PurePosixPath(info.filename)
-        if info.is_dir() or any(part.startswith(".") or part == "__MACOSX" for part in p.parts):
+        if info.is_dir() or any(map(skipped, p.parts)):
             continue
         if p.suffix.lower() in IMAGE_SUFFIXES:
             files.append(p)
@@ -371,7 +370,7 @@ def _image_folder(archive: zipfile.ZipFile) -> tuple[list[str], list[tuple[str, 
     if len(by_class) < 2:
         raise InvalidArgument(f"the zip has {len(by_class)} class folders with images; a task needs at least 2")
     names = sorted(by_class)
-    if set(names) <= {"train", "test", "val", "valid", "validation"}:
+    if set(names) <= SPLIT_NAMES:
         raise InvalidArgument(
             f"the zip holds the splits {', '.join(names)}, not class folders; zip the train/ folder alone"
         )
