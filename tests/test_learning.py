@@ -72,6 +72,24 @@ def test_probe_head_is_a_converged_logistic_regression(vit_system):
     assert cv.weight_decay in cv.per_decay and 0.5 < cv.evaluation.accuracy <= 1.0
 
 
+def test_head_fit_in_the_row_space_is_the_full_fit():
+    """Fewer images than features: fitting on the coordinates of the rows' span gives the same head
+    as fitting every feature (the optimum and the iterates lie in that span)."""
+    from munet_server.evolve.heads import _fit_in_row_space, row_space
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(60, 200, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (60,), generator=gen)
+    q = row_space(z)
+    assert q is not None and q.shape == (200, 60)
+    assert row_space(z[:, :50]) is None  # more rows than features: nothing to save
+    full = _fit_in_row_space(z, y, 4, 1e-2, None, 500, None)
+    reduced = _fit_in_row_space(z, y, 4, 1e-2, None, 500, q)
+    a, b = z @ full[0].T + full[1], z @ reduced[0].T + reduced[1]
+    assert torch.allclose(a, b, atol=1e-2)  # both stop at L-BFGS's gradient tolerance
+    assert torch.allclose(full[0], reduced[0], atol=1e-3) and torch.equal(a.argmax(1), b.argmax(1))
+
+
 def test_cached_forward_equals_the_uncached_path(vit_system):
     images = digits_dataset().images[:48]
     system = vit_system
@@ -197,7 +215,7 @@ def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
 
     monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
     monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
-    monkeypatch.setattr(EvolutionSearch, "_clearly_better", lambda self, a, b: True)
+    monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
     learned = learn(vit_system, "estimated", digits_dataset(classes=5), seed=2)
     conf, m = learned.result.confirmation, learned.record.metrics
     assert conf is not None and conf.size == len(digits_dataset(classes=5)) - len(learned.result.holdout_idx)
