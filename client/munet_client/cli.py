@@ -7,6 +7,9 @@ munet predict flowers photos/ --csv out.csv # a whole folder; a bad image is rep
 munet eval flowers test/                    # accuracy, per-class precision/recall, confusion matrix
 munet export flowers model/ | munet verify  # standalone ONNX; outputs still bit-identical?
 munet tasks | munet describe flowers | munet delete flowers
+munet improve flowers                       # search again with what later tasks added: a new version if better
+munet versions flowers | munet set-version flowers 1 | munet delete-version flowers 2
+munet predict flowers@1 rose.jpg            # a stored version, pinned
 munet snapshot system.tar | munet restore system.tar
 munet ops | munet wait OP | munet cancel OP
 """
@@ -19,6 +22,7 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -292,14 +296,15 @@ def cmd_tasks(c: MunetClient, a: argparse.Namespace) -> int:
         _print_json(to_dict(tasks))
         return 0
     t = Table(
-        "task", "classes", "val acc", "probe", "gain", "params added", "params accounted", "reused layers",
-        "search s",
+        "task", "version", "classes", "val acc", "probe", "gain", "params added", "params accounted",
+        "reused layers", "search s",
     )  # fmt: skip
     for i in tasks:
         shared = sum(1 for p in i.path if p.shared)
         acc = f"{i.validation_accuracy:.3f}" + (" [yellow](near chance)[/]" if i.near_chance else "")
         t.add_row(
             i.name if not i.state.startswith("DAMAGED") else f"{i.name} [red]({i.state.lower()})[/]",
+            str(i.served_version),
             str(len(i.class_names)),
             acc,
             f"{i.probe_validation_accuracy:.3f}",
@@ -314,9 +319,10 @@ def cmd_tasks(c: MunetClient, a: argparse.Namespace) -> int:
 
 
 def _describe(info: TaskInfo) -> None:
+    served = "served" if info.version == info.served_version else f"not served: version {info.served_version} is"
     console.print(
-        f"[bold]{info.name}[/]  {len(info.class_names)} classes: {', '.join(info.class_names[:10])}"
-        f"{' ...' if len(info.class_names) > 10 else ''}"
+        f"[bold]{info.name}[/] version {info.version} ({served})  {len(info.class_names)} classes: "
+        f"{', '.join(info.class_names[:10])}{' ...' if len(info.class_names) > 10 else ''}"
     )
     console.print(
         f"validation accuracy {info.validation_accuracy:.3f} on {info.holdout_size} held-out images "
@@ -349,6 +355,77 @@ def _warn_if_near_chance(info: TaskInfo) -> None:
 def cmd_describe(c: MunetClient, a: argparse.Namespace) -> int:
     info = c.describe_task(a.task)
     _print_json(to_dict(info)) if a.json else _describe(info)
+    return 0
+
+
+def cmd_improve(c: MunetClient, a: argparse.Namespace) -> int:
+    """One task, or every task in turn (muNet's outer loop: each visit can use what the others added)."""
+    if bool(a.task) == a.all:
+        raise ValueError("name a TASK to improve, or give --all")
+    names = [a.task] if a.task else [t.name for t in c.list_tasks() if not t.state.startswith("DAMAGED")]
+    budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k, None)}
+    quiet = a.json or a.quiet
+    finals = []
+    for name in names:
+        op = c.improve_task(name, budget=budget, seed=a.seed)
+        if a.no_wait:
+            finals.append(op)
+            continue
+        if not quiet:
+            err.print(f"improving {name} (operation {op.name})")
+        final = _follow(c, op, quiet)
+        finals.append(final)
+        if not a.json:
+            if final.state == "SUCCEEDED":
+                console.print(f"{name}: {final.result}")
+            else:
+                err.print(f"[red]{name}: {final.state}[/] {final.error_code} {final.error}")
+    if a.json:
+        _print_json(to_dict(finals))
+    elif a.no_wait:
+        for op in finals:
+            console.print(f"{op.task}: operation [bold]{op.name}[/] queued; `munet wait {op.name}`")
+    return 0 if all(o.state in ("SUCCEEDED", "QUEUED", "RUNNING") for o in finals) else 1
+
+
+def cmd_versions(c: MunetClient, a: argparse.Namespace) -> int:
+    info = c.describe_task(a.task)
+    if a.json:
+        _print_json(to_dict(info.versions))
+        return 0
+    t = Table("version", "served", "val acc", "kind", "params added", "created", "improved from", "golden digest",
+              title=f"{info.name}: versions")  # fmt: skip
+    for v in info.versions:
+        t.add_row(
+            str(v.version),
+            "[green]yes[/]" if v.served else "",
+            f"{v.validation_accuracy:.3f}",
+            v.kind,
+            _fmt_params(v.params_added),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created_at)),
+            str(v.improved_from or "-"),
+            v.golden_digest[:16],
+        )
+    console.print(t)
+    return 0
+
+
+def cmd_set_version(c: MunetClient, a: argparse.Namespace) -> int:
+    info = c.set_task_version(a.task, a.version)
+    if a.json:
+        _print_json(to_dict(info))
+    else:
+        console.print(f"{info.name} now serves version {info.served_version} "
+                      f"(validation accuracy {info.validation_accuracy:.3f})")  # fmt: skip
+    return 0
+
+
+def cmd_delete_version(c: MunetClient, a: argparse.Namespace) -> int:
+    freed, params = c.delete_task_version(a.task, a.version)
+    if a.json:
+        _print_json({"freed_components": freed, "params_freed": params})
+    else:
+        console.print(f"deleted version {a.version} of {a.task}: freed {len(freed)} components ({params:,} params)")
     return 0
 
 
@@ -443,16 +520,17 @@ def cmd_ops(c: MunetClient, a: argparse.Namespace) -> int:
     if a.json:
         _print_json(to_dict(ops))
         return 0
-    t = Table("operation", "task", "state", "progress", "best acc", "error")
+    t = Table("operation", "kind", "task", "state", "progress", "best acc", "result or error")
     for o in ops:
         p = o.progress
         t.add_row(
             o.name,
+            o.kind,
             o.task,
             o.state,
             f"{p.phase} {p.elapsed_seconds:.0f}/{p.budget_seconds:.0f} s",
             f"{p.best_validation_accuracy:.3f}",
-            o.error,
+            o.result or o.error,
         )
     console.print(t)
     return 0
@@ -463,7 +541,7 @@ def cmd_wait(c: MunetClient, a: argparse.Namespace) -> int:
     if a.json:
         _print_json(to_dict(op))
     else:
-        console.print(f"{op.name}: {op.state} {op.error}")
+        console.print(f"{op.name}: {op.state} {op.result or op.error}")
     return 0 if op.state == "SUCCEEDED" else 1
 
 
@@ -535,6 +613,15 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
 
 
+def _budget_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--seconds", type=float, help="wall-clock budget of the search (server default: 90)")
+    sp.add_argument("--generations", type=int, help="cap on evolved generations; 0: the linear probe only (server default: 100)")
+    sp.add_argument("--candidates-per-generation", type=int, help="server default: 4")
+    sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
+    sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
+    sp.add_argument("--batch-size", type=int, help="server default: 32")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="munet", description=__doc__, epilog=EXIT_CODES, formatter_class=_Help)
     p.add_argument("--version", action="version", version=f"munet {_version()}")
@@ -555,12 +642,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "folder", type=Path, help="one sub-folder per class, images inside (or a dataset with train/ and test/)"
     )
-    sp.add_argument("--seconds", type=float, help="wall-clock budget of the search (server default: 90)")
-    sp.add_argument("--generations", type=int, help="cap on evolved generations; 0: the linear probe only (server default: 100)")
-    sp.add_argument("--candidates-per-generation", type=int, help="server default: 4")
-    sp.add_argument("--epochs", type=int, help="epochs per trained candidate (server default: 10)")
-    sp.add_argument("--views", type=int, help="cached views per image: clean, mirrored, crops (default: 2)")
-    sp.add_argument("--batch-size", type=int, help="server default: 32")
+    _budget_options(sp)
     sp.add_argument(
         "--scale-factor", type=float, help="s in (0, 1]: lower favours reusing layers (default: 0.95)"
     )
@@ -586,6 +668,21 @@ def parser() -> argparse.ArgumentParser:
     add("tasks", cmd_tasks, "list tasks with accuracy and parameters")
     sp = add("describe", cmd_describe, "a task's path, sharing and hyperparameters")
     sp.add_argument("task", help="the task's name")
+    sp = add("improve", cmd_improve, "search again for a task with what later tasks added; a new version if better")
+    sp.add_argument("task", nargs="?", help="the task (or --all)")
+    sp.add_argument("--all", action="store_true", help="every task in turn, as muNet's outer loop")
+    _budget_options(sp)
+    sp.add_argument("--seed", type=int, help="the search's seed (default: the served version's number)")
+    sp.add_argument("--no-wait", action="store_true", help="return once the operation is queued")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sp = add("versions", cmd_versions, "a task's stored versions: which is served, accuracy, parameters")
+    sp.add_argument("task", help="the task's name")
+    sp = add("set-version", cmd_set_version, "serve another stored version of a task (roll back)")
+    sp.add_argument("task", help="the task's name")
+    sp.add_argument("version", type=int, help="the version to serve (see `munet versions TASK`)")
+    sp = add("delete-version", cmd_delete_version, "delete a version the task does not serve")
+    sp.add_argument("task", help="the task's name")
+    sp.add_argument("version", type=int, help="the version to delete")
     sp = add("delete", cmd_delete, "delete a task and free the components only it used")
     sp.add_argument("task", help="the task's name")
     sp = add("graph", cmd_graph, "draw the system: the root's layers, each task's path, what tasks share (SVG)")

@@ -247,12 +247,15 @@ class MunetClient:
             time.sleep(POLL_S)
 
     # ---- Predict -------------------------------------------------------------------------------
-    def predict(self, task: str, images: list[bytes | str | Path], top_k: int = 1) -> list[list[Label]]:
-        """Encoded images (bytes) or paths to image files -> top-k labels per image."""
+    def predict(
+        self, task: str, images: list[bytes | str | Path], top_k: int = 1, version: int = 0
+    ) -> list[list[Label]]:
+        """Encoded images (bytes) or paths to image files -> top-k labels per image. `version` (or a
+        task named "task@2") pins a stored version; 0 is the one the task serves."""
         data = [Path(i).read_bytes() if isinstance(i, (str, Path)) else bytes(i) for i in images]
         out: list[list[Label]] = []
         for i in range(0, max(len(data), 1), PREDICT_CHUNK):  # an empty list still asks (and fails)
-            req = pb.PredictRequest(task=task, images=data[i : i + PREDICT_CHUNK], top_k=top_k)
+            req = pb.PredictRequest(task=task, images=data[i : i + PREDICT_CHUNK], top_k=top_k, version=version)
             r = self._call(self.stub.Predict, req)
             out.extend([Label(lb.name, lb.index, lb.probability) for lb in p.labels] for p in r.predictions)
         return out
@@ -299,6 +302,25 @@ class MunetClient:
 
     def delete_task(self, name: str) -> tuple[list[str], int]:
         r = self._call(self.stub.DeleteTask, pb.DeleteTaskRequest(name=name))
+        return list(r.freed_components), r.params_freed
+
+    # ---- a task's later life --------------------------------------------------------------------
+    def improve_task(self, name: str, *, budget: dict[str, Any] | None = None, seed: int | None = None) -> Operation:
+        """Search again for a committed task on its stored images (muNet's next task iteration); the
+        operation publishes a new version only if it beats the served one (see Operation.result)."""
+        req = pb.ImproveTaskRequest(name=name, budget=pb.SearchBudget(**(budget or {})))
+        if seed is not None:
+            req.seed = seed
+        return Operation.from_pb(self._call(self.stub.ImproveTask, req))
+
+    def set_task_version(self, name: str, version: int) -> TaskInfo:
+        """Serve a stored version of the task from now on (a rollback, or forward again)."""
+        req = pb.SetTaskVersionRequest(name=name, version=version)
+        return TaskInfo.from_pb(self._call(self.stub.SetTaskVersion, req))
+
+    def delete_task_version(self, name: str, version: int) -> tuple[list[str], int]:
+        """Delete a version the task does not serve: (freed component ids, parameters freed)."""
+        r = self._call(self.stub.DeleteTaskVersion, pb.DeleteTaskVersionRequest(name=name, version=version))
         return list(r.freed_components), r.params_freed
 
     def verify_task(self, name: str) -> Verification:

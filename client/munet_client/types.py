@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from munet_proto.v1 import munet_pb2 as pb
@@ -56,6 +56,9 @@ class Operation:
     created_at: float = 0.0
     updated_at: float = 0.0
     num_examples: int = 0
+    kind: str = "add_task"  # or "improve_task"
+    result: str = ""  # when SUCCEEDED: "published version 2", or "kept version 1: ..."
+    task_version: int = 0  # when SUCCEEDED: the version the task serves now
 
     @classmethod
     def from_pb(cls, m: pb.Operation) -> Operation:
@@ -71,6 +74,9 @@ class Operation:
             created_at=m.created_at,
             updated_at=m.updated_at,
             num_examples=m.num_examples,
+            kind=m.kind,
+            result=m.result,
+            task_version=m.task_version,
         )
 
 
@@ -99,6 +105,24 @@ class PathComponent:
 
 
 @dataclass(frozen=True)
+class TaskVersion:
+    """One published version of a task (AddTask made version 1; each ImproveTask that won, the next)."""
+
+    version: int
+    served: bool
+    validation_accuracy: float
+    params_added: int
+    created_at: float
+    golden_digest: str
+    kind: str
+    improved_from: int = 0
+
+    @classmethod
+    def from_pb(cls, m: pb.TaskVersion) -> TaskVersion:
+        return cls(**{f: getattr(m, f) for f in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
 class TaskInfo:
     name: str
     state: str
@@ -124,6 +148,9 @@ class TaskInfo:
     chance_accuracy: float = 0.0
     image_size: int = 0
     probe_cv_accuracy: float = 0.0
+    version: int = 1  # the version described (the served one unless pinned as "task@2")
+    served_version: int = 1
+    versions: list[TaskVersion] = field(default_factory=list)  # describe_task only
 
     @property
     def near_chance(self) -> bool:
@@ -169,6 +196,9 @@ class TaskInfo:
             chance_accuracy=m.chance_accuracy,
             image_size=m.image_size,
             probe_cv_accuracy=m.probe_cv_accuracy,
+            version=m.version,
+            served_version=m.served_version,
+            versions=[TaskVersion.from_pb(v) for v in m.versions],
         )
 
 

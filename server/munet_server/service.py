@@ -13,13 +13,14 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from munet_server import logs
 from munet_server.config import ServerConfig
 from munet_server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
 from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
@@ -148,6 +149,36 @@ class MunetService:
                 raise
         log.info("AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, job.id)
         return job
+
+    # ---- a task's later life: ImproveTask, versions ---------------------------------------------
+    def improve_task(self, name: str, budget: dict[str, Any], seed: int | None) -> OperationRecord:
+        """Queue muNet's next iteration of `name`, with its own class names and scale factor."""
+        if "@" in name:
+            raise InvalidArgument(f"{name!r}: ImproveTask takes a task name, not a pinned version")
+        rec = self.system.entry(name).record
+        spec = AddTaskSpec(
+            name=name,
+            class_names=rec.class_names,
+            budget=replace(self.config.default_budget, **budget),
+            scale_factor=float(rec.metrics.get("scale_factor", DEFAULT_SCALE_FACTOR)),
+            seed=rec.version if seed is None else seed,
+        )
+        job = self.operations.submit_improve(spec)
+        log.info("ImproveTask %s (serving version %d): operation %s queued", name, rec.version, job.id)
+        return job
+
+    def set_task_version(self, name: str, version: int) -> None:
+        rec = self.system.set_version(name, version)
+        self.on_tasks_changed([])
+        logs.event(log, "task_version_set", f"task {name!r} now serves version {rec.version}",
+                   task=name, version=rec.version)  # fmt: skip
+
+    def delete_task_version(self, name: str, version: int) -> Deleted:
+        sizes = {cid: c.num_params for cid, c in self.system.pool.items()}
+        freed = self.system.delete_version(name, version)
+        logs.event(log, "task_version_deleted", f"task {name!r}: version {version} deleted; "
+                   f"{len(freed)} components freed", task=name, version=version)  # fmt: skip
+        return Deleted(freed, sum(sizes.get(c, 0) for c in freed))
 
     # ---- tasks ---------------------------------------------------------------------------------
     def delete_task(self, name: str) -> Deleted:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from munet_server.data.transforms import preprocess
-from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, NotFound
+from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from munet_server.evolve.scoring import ScoreConfig, accounted_params
 from munet_server.model.components import Component, ComponentSpec, tensors_of
 from munet_server.model.hparams import SearchSpace
@@ -68,6 +68,7 @@ class MunetSystem:
         # Tasks whose stored weights are missing or corrupt: kept in the store (a snapshot restore or a
         # delete is the user's call), refused by Predict with DATA_LOSS while every other task serves.
         self.damaged: dict[str, DamagedTask] = {}
+        self._pinned: dict[tuple[str, int], TaskEntry] = {}  # versions asked for by number, built once
         self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ class MunetSystem:
             if rec.owner == "root":  # root slots must be the very modules the arch lays out
                 self.arch.root_modules[spec.name].load_state_dict(module.state_dict(), strict=True)
                 module = self.arch.root_modules[spec.name]
-            c = Component(spec, module.to(self.device), frozen=True, id=rec.id, owner=rec.owner)
+            c = Component(spec, module.to(self.device), frozen=True, id=rec.id, owner=rec.owner, origin=rec.origin)
             c.num_params = rec.num_params
             self.pool[rec.id] = c
         self._root_path = self._make_root_path()
@@ -215,6 +216,29 @@ class MunetSystem:
         with self._lock:
             if task in self.tasks or task in self.damaged:
                 raise AlreadyExists(f"task {task!r} already exists; choose another name or delete it first")
+            return self._commit(task, class_names, path, metrics, dataset_id, probe_images, new_version=False)
+
+    def commit_version(self, task: str, path: TaskPath, metrics: dict[str, Any]) -> TaskRecord:
+        """Publish a new version of a committed task (ImproveTask) and serve it; the task's earlier
+        versions stay stored, and nothing of any other task changes."""
+        with self._lock:
+            current = self.entry(task).record
+            probe = self.store.load_task_tensors(current)["probe/images"]
+            return self._commit(
+                task, current.class_names, path, metrics, current.dataset_id, probe, new_version=True
+            )
+
+    def _commit(
+        self,
+        task: str,
+        class_names: list[str],
+        path: TaskPath,
+        metrics: dict[str, Any],
+        dataset_id: str,
+        probe_images: torch.Tensor,
+        new_version: bool,
+    ) -> TaskRecord:
+        with self._lock:
             comps, new = [], []
             for c in path.components:
                 if not c.frozen or c.id not in self.pool:  # drafts, and derived frozen ones (a resampled
@@ -250,12 +274,48 @@ class MunetSystem:
                 created_at=now,
             )
             recs = [(_component_record(c, shard="", now=now), tensors_of(c.module)) for c in new]
-            probe_key = "probe/images"
-            record = self.store.commit_task(record, recs, extra_tensors={probe_key: probe})
+            write = self.store.commit_version if new_version else self.store.commit_task
+            record = write(record, recs, extra_tensors={"probe/images": probe})
             for c in new:
                 self.pool[c.id] = c
             self._set_tasks({**self.tasks, task: TaskEntry(record, path, model)})
             return record
+
+    # ---- versions ------------------------------------------------------------------------------
+    def versions(self, task: str) -> list[TaskRecord]:
+        """A task's published versions, oldest first."""
+        self.entry(task)
+        return self.store.versions(task)
+
+    def set_version(self, task: str, version: int) -> TaskRecord:
+        """Serve a stored version of the task from now on (a rollback, or forward again). Only this
+        task's outputs change; its earlier outputs are those of that version's golden digest."""
+        with self._lock:
+            self.entry(task)
+            record = self.store.set_current_version(task, version)
+            e = self._version_entry(record)
+            self._set_tasks({**self.tasks, task: e})
+            return record
+
+    def delete_version(self, task: str, version: int) -> list[str]:
+        """Delete a version the task does not serve; frees the components nothing else uses."""
+        with self._lock:
+            self.entry(task)
+            freed = self.store.delete_version(task, version)
+            self._pinned = {k: e for k, e in self._pinned.items() if k != (task, version)}
+            for cid in freed:
+                self.pool.pop(cid, None)
+            return freed
+
+    def _version_entry(self, record: TaskRecord) -> TaskEntry:
+        key = (record.name, record.version)
+        e = self._pinned.get(key)
+        if e is None:
+            comps = [self.pool[cid] for _, cid in record.path]
+            path = TaskPath(task=record.name, hparams=record.hparams, components=comps)
+            e = TaskEntry(record, path, path.build(self.arch).eval())
+            self._pinned = {**self._pinned, key: e}
+        return e
 
     def delete_task(self, task: str) -> list[str]:
         with self._lock:
@@ -263,6 +323,7 @@ class MunetSystem:
                 raise NotFound(f"task {task!r} does not exist")
             freed = self.store.delete_task(task)
             self._set_tasks({n: e for n, e in self.tasks.items() if n != task})
+            self._pinned = {k: e for k, e in self._pinned.items() if k[0] != task}
             self.damaged = {n: d for n, d in self.damaged.items() if n != task}
             for cid in freed:
                 self.pool.pop(cid, None)
@@ -270,6 +331,18 @@ class MunetSystem:
 
     # ---- predictions ---------------------------------------------------------------------------
     def entry(self, task: str) -> TaskEntry:
+        """A task's served version, or a pinned one: "name@version"."""
+        task, version = parse_task_ref(task)
+        e = self._current_entry(task)
+        if version is None or version == e.record.version:
+            return e
+        for rec in self.store.versions(task):
+            if rec.version == version:
+                return self._version_entry(rec)
+        known = ", ".join(str(r.version) for r in self.store.versions(task))
+        raise NotFound(f"task {task!r} has no version {version} (it has {known})")
+
+    def _current_entry(self, task: str) -> TaskEntry:
         e = self.tasks.get(task)
         if e is None and task in self.damaged:
             raise DataLoss(
@@ -334,7 +407,18 @@ def _component_record(c: Component, shard: str, now: float) -> ComponentRecord:
         key_prefix=f"{c.id}/",
         owner=c.owner,
         created_at=now,
+        origin=c.origin,
     )
+
+
+def parse_task_ref(ref: str) -> tuple[str, int | None]:
+    """"name" -> (name, None): the served version; "name@3" -> (name, 3). Task names cannot hold "@"."""
+    name, sep, version = ref.partition("@")
+    if not sep:
+        return ref, None
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"{ref!r}: a version is a number from 1 (e.g. {name}@2)")
+    return name, int(version)
 
 
 def resolve_device(device: str) -> torch.device:

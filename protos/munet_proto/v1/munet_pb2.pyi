@@ -100,7 +100,7 @@ class Example(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., label: _Optional[int] = ...) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("name", "kind", "task", "state", "done", "progress", "error", "created_at", "updated_at", "num_examples")
+    __slots__ = ("name", "kind", "task", "state", "done", "progress", "error", "created_at", "updated_at", "num_examples", "result", "task_version")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Operation.State]
@@ -125,6 +125,8 @@ class Operation(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     task: str
@@ -135,7 +137,9 @@ class Operation(_message.Message):
     created_at: float
     updated_at: float
     num_examples: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., done: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., num_examples: _Optional[int] = ...) -> None: ...
+    result: str
+    task_version: int
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., done: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., num_examples: _Optional[int] = ..., result: _Optional[str] = ..., task_version: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("phase", "generation", "generations_total", "candidates_done", "candidates_total", "best_validation_accuracy", "best_score", "params_added", "elapsed_seconds", "eta_seconds", "budget_seconds")
@@ -218,16 +222,18 @@ class WatchOperationRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("task", "images", "raw_images", "top_k")
+    __slots__ = ("task", "images", "raw_images", "top_k", "version")
     TASK_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     RAW_IMAGES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
     task: str
     images: _containers.RepeatedScalarFieldContainer[bytes]
     raw_images: _containers.RepeatedCompositeFieldContainer[RawImage]
     top_k: int
-    def __init__(self, task: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    version: int
+    def __init__(self, task: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ..., raw_images: _Optional[_Iterable[_Union[RawImage, _Mapping]]] = ..., top_k: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
 
 class PredictManyRequest(_message.Message):
     __slots__ = ("tasks", "images", "raw_images", "top_k")
@@ -306,7 +312,7 @@ class DescribeTaskRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples", "probe_validation_accuracy", "gain_over_probe", "holdout_size", "chance_accuracy", "image_size", "probe_cv_accuracy")
+    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples", "probe_validation_accuracy", "gain_over_probe", "holdout_size", "chance_accuracy", "image_size", "probe_cv_accuracy", "version", "versions", "served_version")
     class HparamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +342,9 @@ class TaskInfo(_message.Message):
     CHANCE_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     IMAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PROBE_CV_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -358,7 +367,30 @@ class TaskInfo(_message.Message):
     chance_accuracy: float
     image_size: int
     probe_cv_accuracy: float
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ...) -> None: ...
+    version: int
+    versions: _containers.RepeatedCompositeFieldContainer[TaskVersion]
+    served_version: int
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., served_version: _Optional[int] = ...) -> None: ...
+
+class TaskVersion(_message.Message):
+    __slots__ = ("version", "served", "validation_accuracy", "params_added", "created_at", "golden_digest", "kind", "improved_from")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_ADDED_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    IMPROVED_FROM_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    served: bool
+    validation_accuracy: float
+    params_added: int
+    created_at: float
+    golden_digest: str
+    kind: str
+    improved_from: int
+    def __init__(self, version: _Optional[int] = ..., served: _Optional[bool] = ..., validation_accuracy: _Optional[float] = ..., params_added: _Optional[int] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., kind: _Optional[str] = ..., improved_from: _Optional[int] = ...) -> None: ...
 
 class PathComponent(_message.Message):
     __slots__ = ("name", "id", "kind", "num_params", "owner", "created_by_task", "shared_with", "num_shared_with")
@@ -443,6 +475,32 @@ class ExportTaskRequest(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     name: str
     def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ImproveTaskRequest(_message.Message):
+    __slots__ = ("name", "budget", "seed")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    budget: SearchBudget
+    seed: int
+    def __init__(self, name: _Optional[str] = ..., budget: _Optional[_Union[SearchBudget, _Mapping]] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class SetTaskVersionRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeleteTaskVersionRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ExportChunk(_message.Message):
     __slots__ = ("file", "data", "last", "sha256", "size")

@@ -104,6 +104,21 @@ class MunetStub:
                 request_serializer=munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.SerializeToString,
                 response_deserializer=munet__proto_dot_v1_dot_munet__pb2.ExportChunk.FromString,
                 _registered_method=True)
+        self.ImproveTask = channel.unary_unary(
+                '/munet.v1.Munet/ImproveTask',
+                request_serializer=munet__proto_dot_v1_dot_munet__pb2.ImproveTaskRequest.SerializeToString,
+                response_deserializer=munet__proto_dot_v1_dot_munet__pb2.Operation.FromString,
+                _registered_method=True)
+        self.SetTaskVersion = channel.unary_unary(
+                '/munet.v1.Munet/SetTaskVersion',
+                request_serializer=munet__proto_dot_v1_dot_munet__pb2.SetTaskVersionRequest.SerializeToString,
+                response_deserializer=munet__proto_dot_v1_dot_munet__pb2.TaskInfo.FromString,
+                _registered_method=True)
+        self.DeleteTaskVersion = channel.unary_unary(
+                '/munet.v1.Munet/DeleteTaskVersion',
+                request_serializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskVersionRequest.SerializeToString,
+                response_deserializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.FromString,
+                _registered_method=True)
         self.Snapshot = channel.unary_unary(
                 '/munet.v1.Munet/Snapshot',
                 request_serializer=munet__proto_dot_v1_dot_munet__pb2.SnapshotRequest.SerializeToString,
@@ -225,6 +240,30 @@ class MunetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImproveTask(self, request, context):
+        """muNet's next task iteration: search again for a committed task on its stored images, from every
+        other task's path (those added since included) and its own served version's recipe. A new version
+        is published (and served) only if it beats the served version on the same images; otherwise the
+        operation succeeds with "kept version N". No other task's outputs change.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTaskVersion(self, request, context):
+        """Serve another stored version of a task (a rollback, or forward again). Only this task changes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteTaskVersion(self, request, context):
+        """Delete a version the task does not serve; frees the components no other version or task uses.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Snapshot(self, request, context):
         """A consistent, integrity-checked copy of the whole system into a server-side directory.
         """
@@ -326,6 +365,21 @@ def add_MunetServicer_to_server(servicer, server):
                     servicer.ExportTask,
                     request_deserializer=munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.FromString,
                     response_serializer=munet__proto_dot_v1_dot_munet__pb2.ExportChunk.SerializeToString,
+            ),
+            'ImproveTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImproveTask,
+                    request_deserializer=munet__proto_dot_v1_dot_munet__pb2.ImproveTaskRequest.FromString,
+                    response_serializer=munet__proto_dot_v1_dot_munet__pb2.Operation.SerializeToString,
+            ),
+            'SetTaskVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTaskVersion,
+                    request_deserializer=munet__proto_dot_v1_dot_munet__pb2.SetTaskVersionRequest.FromString,
+                    response_serializer=munet__proto_dot_v1_dot_munet__pb2.TaskInfo.SerializeToString,
+            ),
+            'DeleteTaskVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteTaskVersion,
+                    request_deserializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskVersionRequest.FromString,
+                    response_serializer=munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.SerializeToString,
             ),
             'Snapshot': grpc.unary_unary_rpc_method_handler(
                     servicer.Snapshot,
@@ -726,6 +780,87 @@ class Munet:
             '/munet.v1.Munet/ExportTask',
             munet__proto_dot_v1_dot_munet__pb2.ExportTaskRequest.SerializeToString,
             munet__proto_dot_v1_dot_munet__pb2.ExportChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImproveTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/munet.v1.Munet/ImproveTask',
+            munet__proto_dot_v1_dot_munet__pb2.ImproveTaskRequest.SerializeToString,
+            munet__proto_dot_v1_dot_munet__pb2.Operation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTaskVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/munet.v1.Munet/SetTaskVersion',
+            munet__proto_dot_v1_dot_munet__pb2.SetTaskVersionRequest.SerializeToString,
+            munet__proto_dot_v1_dot_munet__pb2.TaskInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteTaskVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/munet.v1.Munet/DeleteTaskVersion',
+            munet__proto_dot_v1_dot_munet__pb2.DeleteTaskVersionRequest.SerializeToString,
+            munet__proto_dot_v1_dot_munet__pb2.DeleteTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

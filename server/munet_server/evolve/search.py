@@ -185,6 +185,19 @@ class Confirmation:
 
 
 @dataclass
+class Incumbent:
+    """The version a task serves, as a recipe a later search (ImproveTask) judges and builds on: its
+    path with the task's own components as drafts that start where they were cloned from (so that
+    no weight trained on these images is judged on them), its kind, head decay and epochs."""
+
+    path: TaskPath
+    kind: str  # "probe" or "trained"
+    head_wd: float
+    epochs: int  # what its recipe trains (0: a probe, whose head is fitted by L-BFGS)
+    version: int
+
+
+@dataclass
 class SearchResult:
     best: TaskPath
     member: Member
@@ -194,6 +207,10 @@ class SearchResult:
     steps: int
     holdout_idx: torch.Tensor  # the images candidates were compared on
     confirmation: Confirmation | None = None  # None: no trained winner reached the confirmation
+    current: Member | None = None  # ImproveTask: the served version's recipe, retrained here
+    versus_current: Confirmation | None = None  # the new winner ("trained") against it ("probe")
+    publish: bool = True  # False: the served version stays (the search found nothing better)
+    probe_versus: float | None = None  # the probe's accuracy on the images `versus_current` judged
 
     @property
     def holdout_size(self) -> int:
@@ -296,8 +313,11 @@ class EvolutionSearch:
         cancel: threading.Event | None = None,
         on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None = None,
         executor: Executor | None = None,
+        incumbent: Incumbent | None = None,
     ) -> None:
         self.ctx = ctx
+        self.incumbent = incumbent
+        self.current: Member | None = None  # the incumbent's member, once trained here
         self.task = task
         self.dataset = dataset
         self.num_classes = dataset.num_classes
@@ -331,6 +351,7 @@ class EvolutionSearch:
         self._elapsed_before = 0.0
         self._head_fit_seconds = 0.0  # the slowest probe head fit on the training part (L-BFGS)
         self._clear: dict[int, bool] = {}  # id(member) -> clearly better than the best probe
+        self._judged: dict[int, torch.Tensor] = {}  # id(member) -> right or wrong on each confirmation image
 
     # ---- time ----------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -346,15 +367,19 @@ class EvolutionSearch:
         lineage's epochs, and before them passes every view of its images through the suffix and
         fits a head by L-BFGS (LP-FT); each confirmation fold also refits the probe's head. Leaving
         the passes and the fits out let 2 of 25 benchmark searches run 100 and 114 s on 90 s."""
+        current = 0.0  # ImproveTask: the served version's recipe is judged on the same folds
+        if self.current is not None and id(self.current) not in self._judged:
+            folds = self.cfg.confirm_folds or 2
+            current = FINISH_MARGIN * self.current.seconds * folds * len(self.all_idx) / max(1, len(self.train_idx))
         best = self._finalist()
         if best is None:
-            return 0.0
+            return current
         per_epoch = best.seconds / max(1, best.epochs_run or self.train_cfg.epochs)
         retrainings = self.cfg.confirm_folds + 1
         head_fits = retrainings + self.cfg.confirm_folds
         warm_starts = retrainings * per_epoch * FEATURE_PASS
         epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
-        return FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
+        return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
 
     def _deadline(self) -> float:
         """time.monotonic() at which candidate training must stop."""
@@ -394,6 +419,8 @@ class EvolutionSearch:
         if self.generation == 0:
             self._report("probing")
             self._probe_generation()
+            if self.incumbent is not None:
+                self._add_incumbent(self.incumbent)
             self._end_generation()
         while self._another_generation():
             g = self.generation
@@ -423,10 +450,23 @@ class EvolutionSearch:
             )  # fmt: skip
             if not confirmation.kept:
                 best = probe
-        self._report("refitting")
-        refit = self._refit(best)
+        versus, publish, probe_versus = None, True, None
+        if self.current is not None:  # ImproveTask: the served version's recipe is the bar
+            if best is self.current:
+                publish = False
+            else:
+                self._report("confirming")
+                versus = self._confirm(best, self.current)
+                publish = versus.kept
+                probe_versus = float(self._judge(probe).float().mean())  # before the refit changes it
+                log.info("task %s: new path %.3f vs the served version's recipe %.3f on %d images: %s",
+                         self.task, versus.trained_accuracy, versus.probe_accuracy, versus.size,
+                         "publishing a new version" if publish else "keeping the served version")  # fmt: skip
+        if publish:
+            self._report("refitting")
+            self._refit(best)
         return SearchResult(
-            best=refit,
+            best=best.path,
             member=best,
             probe=probe,
             history=self.history,
@@ -434,6 +474,10 @@ class EvolutionSearch:
             steps=self.steps,
             holdout_idx=self.holdout_idx,
             confirmation=confirmation,
+            current=self.current,
+            versus_current=versus,
+            publish=publish,
+            probe_versus=probe_versus,
         )
 
     def _another_generation(self) -> bool:
@@ -656,6 +700,11 @@ class EvolutionSearch:
     @torch.no_grad()
     def _correct(self, m: Member, idx: torch.Tensor) -> torch.Tensor:
         """Which of the images `idx` the member's path classifies right (clean view)."""
+        return self._logits(m, idx).argmax(1) == self.labels[idx]
+
+    @torch.no_grad()
+    def _logits(self, m: Member, idx: torch.Tensor) -> torch.Tensor:
+        """The member's logits on the images `idx` (clean view), on the CPU."""
         split = split_path(m.path, self.ctx.arch)
         for c in split.drafts:
             c.module.eval()
@@ -666,8 +715,8 @@ class EvolutionSearch:
             h = x[part.to(x.device)].float() if x is not None else self.cache.view_input(self._views(m.path.hparams)[0], part)
             for _, fn in split.suffix:
                 h = fn(h)
-            out.append(h.argmax(1).cpu())
-        return torch.cat(out) == self.labels[idx]
+            out.append(h.float().cpu())
+        return torch.cat(out)
 
     def _clearly_better(self, trained: Member, probe: Member) -> bool:
         """A trained path replaces the converged probe only on clear evidence: on the holdout, the
@@ -685,16 +734,7 @@ class EvolutionSearch:
         image is judged by a model that trained on it or by the comparison that chose the winner. The
         trained path is kept if its score (accuracy discounted by its parameters) is higher there."""
         t0 = time.monotonic()
-        parts = stratified_folds(self.labels[self.train_idx], self.cfg.confirm_folds, self.cfg.seed + 1)
-        a, b = [], []
-        for part in parts:
-            fold = self.train_idx[part]
-            rest = self.all_idx[~torch.isin(self.all_idx, fold)]
-            self._fit(trained, rest)
-            a.append(self._correct(trained, fold))
-            self._fit(probe, rest)
-            b.append(self._correct(probe, fold))
-        ca, cb = torch.cat(a), torch.cat(b)
+        ca, cb = self._judge(trained), self._judge(probe)
         acc_t, acc_p = float(ca.float().mean()), float(cb.float().mean())
         return Confirmation(
             size=len(ca),
@@ -706,12 +746,53 @@ class EvolutionSearch:
             seconds=time.monotonic() - t0,
         )
 
+    def _judge(self, m: Member) -> torch.Tensor:
+        """Right or wrong on each training-part image, fold by fold, by the member's recipe retrained
+        on every other labelled image. Deterministic, so kept per member: a winner judged against
+        the probe and then against the served version (ImproveTask) is retrained once."""
+        if id(m) not in self._judged:
+            folds = self.cfg.confirm_folds or 2
+            parts = stratified_folds(self.labels[self.train_idx], folds, self.cfg.seed + 1)
+            out = []
+            for part in parts:
+                fold = self.train_idx[part]
+                self._fit(m, self.all_idx[~torch.isin(self.all_idx, fold)])
+                out.append(self._correct(m, fold))
+            self._judged[id(m)] = torch.cat(out)
+        return self._judged[id(m)]
+
+    # ---- ImproveTask: the served version --------------------------------------------------------
+    def _add_incumbent(self, inc: Incumbent) -> None:
+        """The served version's recipe joins the population like a candidate: trained (from where its
+        components started) on the training part and judged on the holdout, so that the search can
+        build on it and the final choice can be judged against it on the same images."""
+        t0 = time.monotonic()
+        m = Member(
+            path=inc.path,
+            kind=inc.kind,
+            evaluation=Evaluation(0.0, math.inf),
+            score=0.0,
+            head_wd=inc.head_wd,
+            best_epoch=inc.epochs,
+            epochs_run=inc.epochs,
+        )
+        self.current = m  # before the fit: its recipe's epochs are the member's own (_lineage_epochs)
+        self._fit(m, self.train_idx)
+        m.evaluation = self._evaluate(m, self.holdout_idx)
+        m.score = self._score(inc.path, m.evaluation.accuracy)
+        m.seconds = time.monotonic() - t0
+        self.population.append(m)
+        self._log(m, parent=inc.path, accepted=True, mutated=False, epochs=inc.epochs)
+
+    @torch.no_grad()
+    def _evaluate(self, m: Member, idx: torch.Tensor) -> Evaluation:
+        return evaluate_logits(self._logits(m, idx), self.labels[idx])
+
     # ---- refit ---------------------------------------------------------------------------------
-    def _refit(self, m: Member) -> TaskPath:
+    def _refit(self, m: Member) -> None:
         """Retrain the winner's trainable parts on every labelled image (train + holdout) with the
         hyperparameters and epochs the holdout chose."""
         self._fit(m, self.all_idx)
-        return m.path
 
     def _fit(self, m: Member, index: torch.Tensor) -> None:
         """Train the member's recipe on the images `index`, in place, from weights no training on this
@@ -741,15 +822,22 @@ class EvolutionSearch:
         result = trainer.run(epochs=max(1, self._lineage_epochs(m)))
         self.steps += result.steps
 
+    def recipe_epochs(self, m: Member) -> int:
+        """The epochs the member's recipe trains (0 for a probe): kept with the committed task, so
+        that a later ImproveTask can retrain it."""
+        return 0 if m.kind == "probe" else max(1, self._lineage_epochs(m))
+
     def _lineage_epochs(self, m: Member) -> int:
         """Epochs the member's weights trained for: its own best epoch and its same-task ancestors'."""
-        members = {id(p.path): p for p in self.population}
+        members = {id(p.path): p for p in (*self.population, *([self.current] if self.current else []))}
         total = sum(members[id(a)].best_epoch for a in m.path.ancestors() if id(a) in members)
         return min(total, 3 * self.train_cfg.epochs)
 
     # ---- reporting -----------------------------------------------------------------------------
     def _log(self, m: Member, parent: TaskPath, accepted: bool, mutated: bool, epochs: int = 0) -> None:
-        if parent.task == self.task:
+        if m is self.current and self.incumbent is not None:
+            origin = f"version:{self.incumbent.version}"
+        elif parent.task == self.task:
             origin = f"self:{next((i for i, p in enumerate(self.population) if p.path is parent), -1)}"
         else:
             origin = parent.task if parent.task == "root" else f"task:{parent.task}"
@@ -822,6 +910,7 @@ class EvolutionSearch:
                     "offsprings": m.offsprings,
                     "generation": m.generation,
                     "probe": any(m is p for p in self.probes),
+                    "current": m is self.current,
                 }
             )
         rng = self.rng.getstate()
@@ -879,6 +968,8 @@ class EvolutionSearch:
             self.population.append(m)
             if md["probe"]:
                 self.probes.append(m)
+            if md.get("current"):
+                self.current = m
         self.generation = int(state["generation"])
         self.steps = int(state["steps"])
         self.candidates_done = int(state["candidates_done"])

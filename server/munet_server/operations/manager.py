@@ -1,4 +1,5 @@
-"""Long-running AddTask operations: queue, background worker, progress, cancel, wait, resume.
+"""Long-running operations (AddTask, ImproveTask): queue, background worker, progress, cancel, wait,
+resume.
 
 One worker thread runs one search at a time (searches saturate the machine; more AddTasks queue,
 and past `max_pending` they are refused with RESOURCE_EXHAUSTED). Predict keeps serving meanwhile
@@ -6,8 +7,8 @@ because a search only trains its own draft copies and publishes through `MunetSy
 
 Durability: the job record lives in LMDB. After every generation the population's draft tensors go
 into a content-addressed shard referenced from the job's checkpoint, so a restart resumes from the
-last finished generation. A cancelled or failed job deletes its dataset and checkpoint and leaves
-the published system exactly as it was.
+last finished generation. A cancelled or failed job deletes its checkpoint (an AddTask's upload
+too; an ImproveTask's images stay with their task) and leaves the published system exactly as it was.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from munet_server.errors import (
 )
 from munet_server.evolve.search import Executor, SearchProgress
 from munet_server.faults import crash_point
-from munet_server.learn import learn_task
+from munet_server.learn import improve_task, learn_task
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import TERMINAL_STATES, DatasetRecord, OperationRecord
 from munet_server.system import MunetSystem
@@ -140,6 +141,42 @@ class OperationManager:
             self._cond.notify_all()
             return job
 
+    def submit_improve(self, spec: AddTaskSpec) -> OperationRecord:
+        """Queue muNet's next iteration of a committed task, on the images it was added with."""
+        with self._cond:
+            entry = self.system.entry(spec.name)  # NotFound, DataLoss for a damaged task
+            if any(j.task_name == spec.name and j.state not in TERMINAL_STATES for j in self._jobs.values()):
+                raise FailedPrecondition(f"task {spec.name!r} already has an operation queued or running")
+            self._check_queue()
+            ds = entry.record.dataset_id
+            ds_rec = self.store.meta.get_dataset(ds) if ds else None
+            if ds_rec is None or not ds_rec.complete:
+                raise FailedPrecondition(
+                    f"task {spec.name!r} has no stored images to learn from again (was it restored from "
+                    "a store that lost them?); delete it and add it again"
+                )
+            now = time.time()
+            job = OperationRecord(
+                id=uuid.uuid4().hex[:16],
+                kind="improve_task",
+                task_name=spec.name,
+                state="QUEUED",
+                spec={**spec.to_dict(), "dataset_id": ds, "from_version": entry.record.version},
+                progress={"phase": "queued", "examples": ds_rec.num_examples},
+                error={},
+                checkpoint={},
+                created_at=now,
+                updated_at=now,
+            )
+            with self.store.meta.write() as w:
+                w.put_operation(job)
+            self._jobs[job.id] = job
+            self._versions[job.id] = 0
+            self._cancel[job.id] = threading.Event()
+            self._queue.append(job.id)
+            self._cond.notify_all()
+            return job
+
     def check_can_submit(self, name: str) -> None:
         """Refuse a duplicate name or a full queue (called before an upload, and again at submit)."""
         with self._cond:
@@ -147,6 +184,10 @@ class OperationManager:
                 raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
             if any(j.task_name == name and j.state not in TERMINAL_STATES for j in self._jobs.values()):
                 raise AlreadyExists(f"task {name!r} is already being added by another operation")
+            self._check_queue()
+
+    def _check_queue(self) -> None:
+        with self._cond:
             pending = self.active()
             if pending >= self.max_pending:
                 raise ResourceExhausted(
@@ -253,7 +294,7 @@ class OperationManager:
         job = self._update(
             job_id, state="RUNNING", progress={**job.progress, "phase": "loading"}, persist=True
         )
-        spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k != "dataset_id"})
+        spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k not in ("dataset_id", "from_version")})
         dataset_id = job.spec["dataset_id"]
         cancel = self._cancel.setdefault(job_id, threading.Event())
         ds_rec = self.store.meta.get_dataset(dataset_id)
@@ -268,11 +309,7 @@ class OperationManager:
         resume = None
         if ckpt.get("state") and ckpt.get("shards"):
             resume = (ckpt["state"], self.store.shards.get(ckpt["shards"][0]))
-        learned = learn_task(
-            self.system,
-            spec,
-            dataset,
-            dataset_id=dataset_id,
+        hooks: dict[str, Any] = dict(
             progress=lambda p: self._on_progress(job_id, p),
             cancel=cancel,
             executor=self.executor_factory() if self.executor_factory is not None else None,
@@ -282,11 +319,17 @@ class OperationManager:
                 job_id, progress={**self._jobs[job_id].progress, "phase": "committing"}
             ),
         )
+        if job.kind == "improve_task":
+            self._improve(job_id, spec, dataset, hooks)
+            return
+        learned = learn_task(self.system, spec, dataset, dataset_id=dataset_id, **hooks)
         progress = {
             **self._jobs[job_id].progress,
             "phase": "done",
             "params_added": learned.record.metrics["params_added"],
             "best_validation_accuracy": learned.record.metrics["validation_accuracy"],
+            "result": f"published version {learned.record.version}",
+            "task_version": learned.record.version,
         }
         if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
             self.on_commit(spec.name)
@@ -299,6 +342,39 @@ class OperationManager:
             task=spec.name, operation=job_id, validation_accuracy=m["validation_accuracy"], kind=m["kind"],
             params_added=m["params_added"], search_seconds=m["search_seconds"],
         )  # fmt: skip
+
+    def _improve(self, job_id: str, spec: AddTaskSpec, dataset: Any, hooks: dict[str, Any]) -> None:
+        improved = improve_task(self.system, spec, dataset, **hooks)
+        r, rec = improved.result, improved.record
+        if rec is None:
+            vs, cur = r.versus_current, r.current
+            why = (
+                f"the new path scored {vs.trained_accuracy:.3f} vs its {vs.probe_accuracy:.3f} on {vs.size} images"
+                if vs is not None
+                else f"no path beat its recipe ({cur.evaluation.accuracy:.3f} on the holdout)"
+                if cur is not None
+                else "nothing better was found"
+            )
+            result = f"kept version {improved.served_version}: {why}"
+            extra = {"params_added": 0, "best_validation_accuracy": cur.evaluation.accuracy if cur else 0.0}
+        else:
+            result = f"published version {rec.version} (was {rec.metrics.get('improved_from')})"
+            extra = {
+                "params_added": rec.metrics["params_added"],
+                "best_validation_accuracy": rec.metrics["validation_accuracy"],
+            }
+            if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find it serving
+                self.on_commit(spec.name)
+        progress = {
+            **self._jobs[job_id].progress,
+            **extra,
+            "phase": "done",
+            "result": result,
+            "task_version": improved.served_version,
+        }
+        self._finish(job_id, "SUCCEEDED", progress=progress)
+        logs.event(log, "task_improved", f"task {spec.name!r}: {result}", task=spec.name, operation=job_id,
+                   version=improved.served_version, published=rec is not None)  # fmt: skip
 
     # ---- state changes -------------------------------------------------------------------------
     def _on_progress(self, job_id: str, p: SearchProgress) -> None:
@@ -354,7 +430,7 @@ class OperationManager:
             )
             old = self._oldest_finished(keep=self.history - 1)
             with self.store.meta.write() as w:
-                if state != "SUCCEEDED":
+                if state != "SUCCEEDED" and job.kind == "add_task":
                     w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
                 w.put_operation(done)
                 for o in old:  # a bounded history: the oldest finished records go

@@ -138,17 +138,22 @@ def create_app(
     def models() -> dict[str, Any]:
         """Every task (a munet extension; OIP itself lists no models)."""
         s = service.system
-        out = [{"name": n, "versions": ["1"], "platform": "munet", "ready": True} for n in sorted(s.tasks)]
-        out += [{"name": n, "versions": ["1"], "platform": "munet", "ready": False} for n in sorted(s.damaged)]
+        out = [{"name": n, "versions": _versions(n), "platform": "munet", "ready": True} for n in sorted(s.tasks)]
+        out += [{"name": n, "versions": [], "platform": "munet", "ready": False} for n in sorted(s.damaged)]
         return {"models": sorted(out, key=lambda m: m["name"])}
 
+    def _versions(task: str) -> list[str]:
+        return [str(v.version) for v in service.system.versions(task)]
+
     @app.get("/v2/models/{task}", dependencies=[predict_auth])
-    def model_metadata(task: str) -> dict[str, Any]:
+    @app.get("/v2/models/{task}/versions/{version}", dependencies=[predict_auth])
+    def model_metadata(task: str, version: str = "") -> dict[str, Any]:
         s = service.system
-        e = s.entry(task)
+        e = s.entry(_ref(task, version))
         return {
             "name": task,
-            "versions": ["1"],
+            "versions": _versions(task),
+            "served_version": str(s.entry(task).record.version),
             "platform": "munet",
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
             "outputs": [
@@ -172,17 +177,20 @@ def create_app(
         return JSONResponse({"name": task, "ready": ok}, status_code=200 if ok else 503)
 
     @app.post("/v2/models/{task}/infer", dependencies=[predict_auth])
-    def infer(task: str, body: dict[str, Any]) -> dict[str, Any]:
+    @app.post("/v2/models/{task}/versions/{version}/infer", dependencies=[predict_auth])
+    def infer(task: str, body: dict[str, Any], version: str = "") -> dict[str, Any]:
         encoded, raw = _images(body)
         params = body.get("parameters") or {}
         top_k = params.get("top_k", 1)
         if not isinstance(top_k, int) or isinstance(top_k, bool):
             raise InvalidArgument(f"parameters.top_k must be an integer, got {top_k!r}")
-        preds = service.predictor.predict(task, encoded, raw, top_k)
+        ref = _ref(task, version)
+        served = str(service.system.entry(ref).record.version)
+        preds = service.predictor.predict(ref, encoded, raw, top_k)
         n, k = len(preds), len(preds[0]) if preds else 0
         out = {
             "model_name": task,
-            "model_version": "1",
+            "model_version": served,
             "outputs": [
                 {"name": "label", "datatype": "BYTES", "shape": [n, k], "data": [s.name for r in preds for s in r]},
                 {"name": "probability", "datatype": "FP32", "shape": [n, k], "data": [s.probability for r in preds for s in r]},
@@ -233,6 +241,37 @@ def create_app(
     @app.get("/dashboard", include_in_schema=False)
     def dashboard() -> HTMLResponse:
         return HTMLResponse(PAGE)
+
+    # A task's later life. Registered before POST /munet/v1/tasks/{task}, which would take "a:improve".
+    @app.post("/munet/v1/tasks/{task}:improve", dependencies=[admin_auth, change], status_code=202)
+    def improve(task: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Search again for a task with what later tasks added (muNet's next task iteration): the
+        operation, at once (202); it publishes a new version only if that beats the served one.
+        Body (optional): budget fields (seconds, generations, ...) and seed."""
+        body = dict(body or {})
+        seed = body.pop("seed", None)
+        unknown = sorted(set(body) - set(convert.BUDGET_FIELDS))
+        if unknown:
+            raise InvalidArgument(f"unknown fields {unknown}; give budget fields ({', '.join(convert.BUDGET_FIELDS)}) or seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise InvalidArgument(f"seed must be an integer, got {seed!r}")
+        return _json(convert.operation(service.improve_task(task, body, seed)))
+
+    @app.get("/munet/v1/tasks/{task}/versions", dependencies=[predict_auth])
+    def versions(task: str) -> dict[str, Any]:
+        info = convert.task_info(service.system, task)
+        return {"served_version": info.served_version, "versions": [_json(v) for v in info.versions]}
+
+    @app.post("/munet/v1/tasks/{task}/versions/{version}:serve", dependencies=[admin_auth, change])
+    def serve_version(task: str, version: int) -> dict[str, Any]:
+        """Serve this stored version from now on (a rollback, or forward again)."""
+        service.set_task_version(task, version)
+        return _json(convert.task_info(service.system, task))
+
+    @app.delete("/munet/v1/tasks/{task}/versions/{version}", dependencies=[admin_auth, change])
+    def delete_version(task: str, version: int) -> dict[str, Any]:
+        d = service.delete_task_version(task, version)
+        return {"freed_components": d.freed_components, "params_freed": d.params_freed}
 
     @app.delete("/munet/v1/tasks/{task}", dependencies=[admin_auth, change])
     def delete(task: str) -> dict[str, Any]:
@@ -293,6 +332,15 @@ def create_app(
         )
 
     return app
+
+
+def _ref(task: str, version: str) -> str:
+    """An OIP model name and version ("" or a number) -> the engine's "task" or "task@N"."""
+    if not version:
+        return task
+    if not version.isdigit() or int(version) < 1:
+        raise InvalidArgument(f"model version {version!r} must be a number from 1")
+    return f"{task}@{int(version)}"
 
 
 def _mount_docs(app: FastAPI) -> None:

@@ -1,7 +1,8 @@
 """Token auth as a server interceptor. Two levels, and any token that is configured protects something:
 
-- admin RPCs (AddTask, Cancel, Delete, Snapshot, Restore) need the admin token, or the predict token
-  when that is the only one configured (a predict token alone must not leave the store open);
+- admin RPCs (AddTask, ImproveTask, Cancel, Delete, versions, Export, Snapshot, Restore) need the
+  admin token, or the predict token when that is the only one configured (a predict token alone must
+  not leave the store open);
 - every other munet RPC (Predict, ListTasks, DescribeTask, operations) needs the predict token when
   one is set; the admin token is accepted wherever the predict token is.
 Health and reflection stay open (load balancers and grpcurl probe them).
@@ -24,8 +25,11 @@ ADMIN_METHODS = frozenset(
     SERVICE + m
     for m in (
         "AddTask",
+        "ImproveTask",
         "CancelOperation",
         "DeleteTask",
+        "SetTaskVersion",
+        "DeleteTaskVersion",
         "ExportTask",
         "Snapshot",
         "StreamSnapshot",
@@ -79,7 +83,17 @@ class TokenAuth(grpc.ServerInterceptor):
 
 # What a read-only replica refuses: the calls that change the system.
 MUTATING_METHODS = frozenset(
-    SERVICE + m for m in ("AddTask", "CancelOperation", "DeleteTask", "Restore", "StreamRestore")
+    SERVICE + m
+    for m in (
+        "AddTask",
+        "ImproveTask",
+        "CancelOperation",
+        "DeleteTask",
+        "SetTaskVersion",
+        "DeleteTaskVersion",
+        "Restore",
+        "StreamRestore",
+    )
 )
 
 

@@ -7,18 +7,33 @@ from dataclasses import replace
 from typing import Any
 
 from munet_proto.v1 import munet_pb2 as pb
+from munet_server.errors import InvalidArgument
 from munet_server.evolve.budget import Budget
 from munet_server.serve.predictor import LabelScore, RawPixels
 from munet_server.spec import AddTaskSpec
-from munet_server.store.records import OperationRecord
+from munet_server.store.records import OperationRecord, TaskRecord
 from munet_server.system import DamagedTask, MunetSystem
 
 BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
 
 
+def budget_overrides(msg: pb.SearchBudget) -> dict[str, Any]:
+    """The budget fields a request set (the others keep the server's defaults)."""
+    return {k: getattr(msg, k) for k in BUDGET_FIELDS if msg.HasField(k)}
+
+
+def task_ref(task: str, version: int) -> str:
+    """PredictRequest.task plus its `version` field: "task@2" pins a stored version."""
+    if version < 0:
+        raise InvalidArgument(f"version={version} must be 0 (the served version) or a version number")
+    if version and "@" in task:
+        raise InvalidArgument(f"{task!r} already names a version; leave the version field at 0")
+    return f"{task}@{version}" if version else task
+
+
 def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
     """Unset fields keep the defaults of `AddTaskSpec` (and of the server's budget)."""
-    budget = {k: getattr(msg.budget, k) for k in BUDGET_FIELDS if msg.budget.HasField(k)}
+    budget = budget_overrides(msg.budget)
     optional = {k: getattr(msg, k) for k in ("scale_factor", "validation_fraction", "seed") if msg.HasField(k)}
     return AddTaskSpec(
         name=msg.name,
@@ -59,6 +74,8 @@ def operation(job: OperationRecord) -> pb.Operation:
         created_at=job.created_at,
         updated_at=job.updated_at,
         num_examples=int(p.get("examples", 0)),
+        result=str(p.get("result", "")) if job.state == "SUCCEEDED" else "",
+        task_version=int(p.get("task_version", 0)) if job.state == "SUCCEEDED" else 0,
     )
 
 
@@ -72,8 +89,11 @@ def task_info(system: MunetSystem, name: str, sharers: bool = True) -> pb.TaskIn
     only, which keeps it linear in the number of tasks."""
     if name in system.damaged:
         return damaged_task_info(system.damaged[name])
-    e = system.entry(name)
+    e = system.entry(name)  # "task@2": that stored version
     rec, m = e.record, e.record.metrics
+    name = rec.name
+    served = system.entry(name).record.version
+    versions = [version_info(v, served) for v in system.versions(name)] if sharers else []
     path = []
     for c in e.path.components:
         path.append(
@@ -111,6 +131,23 @@ def task_info(system: MunetSystem, name: str, sharers: bool = True) -> pb.TaskIn
         chance_accuracy=float(m.get("chance_accuracy", 0.0)),
         image_size=int(m.get("image_size", rec.hparams.get("ds_image_size", 0))),
         probe_cv_accuracy=float(m.get("probe_cv_accuracy", 0.0)),
+        version=rec.version,
+        versions=versions,
+        served_version=served,
+    )
+
+
+def version_info(rec: TaskRecord, served: int) -> pb.TaskVersion:
+    m = rec.metrics
+    return pb.TaskVersion(
+        version=rec.version,
+        served=rec.version == served,
+        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
+        params_added=int(m.get("params_added", 0)),
+        created_at=rec.created_at,
+        golden_digest=rec.golden_digest,
+        kind=str(m.get("kind", "")),
+        improved_from=int(m.get("improved_from") or 0),
     )
 
 

@@ -216,8 +216,9 @@ class MunetServicer(pb_grpc.MunetServicer):
             raise InvalidArgument("name the task to predict with (PredictRequest.task)")
         t0 = time.perf_counter()
         raw = convert.raw_pixels(request.raw_images)
+        task = convert.task_ref(request.task, request.version)
         preds = self.service.predictor.predict(
-            request.task,
+            task,
             list(request.images),
             raw,
             request.top_k,
@@ -272,7 +273,7 @@ class MunetServicer(pb_grpc.MunetServicer):
 
     @unary
     def VerifyTask(self, request: pb.VerifyTaskRequest, context: grpc.ServicerContext) -> pb.VerifyTaskResponse:
-        golden = self.system.entry(request.name).record.golden_digest
+        golden = self.system.entry(request.name).record.golden_digest  # "task@2": that version's
         digest, n = self.system.digest_now(request.name)
         return pb.VerifyTaskResponse(
             name=request.name, identical=digest == golden, golden_digest=golden, digest=digest, probe_images=n
@@ -283,6 +284,25 @@ class MunetServicer(pb_grpc.MunetServicer):
         with self.long_calls.hold("ExportTask"):
             for p in self.service.export_task(request.name):
                 yield pb.ExportChunk(file=p.file, data=p.data, last=p.last, sha256=p.sha256, size=p.size)
+
+    # ---- ImproveTask and versions ----------------------------------------------------------------
+    @unary
+    def ImproveTask(self, request: pb.ImproveTaskRequest, context: grpc.ServicerContext) -> pb.Operation:
+        budget = convert.budget_overrides(request.budget)
+        seed = request.seed if request.HasField("seed") else None
+        return convert.operation(self.service.improve_task(request.name, budget, seed))
+
+    @unary
+    def SetTaskVersion(self, request: pb.SetTaskVersionRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
+        self.service.set_task_version(request.name, request.version)
+        return convert.task_info(self.system, request.name)
+
+    @unary
+    def DeleteTaskVersion(
+        self, request: pb.DeleteTaskVersionRequest, context: grpc.ServicerContext
+    ) -> pb.DeleteTaskResponse:
+        d = self.service.delete_task_version(request.name, request.version)
+        return pb.DeleteTaskResponse(freed_components=d.freed_components, params_freed=d.params_freed)
 
     # ---- snapshot / restore --------------------------------------------------------------------
     @unary

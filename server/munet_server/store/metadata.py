@@ -26,7 +26,8 @@ from munet_server.store.records import (
     _Record,
 )
 
-DB_NAMES = ("system", "components", "tasks", "datasets", "examples", "jobs")
+# "tasks" holds each task's current version; "versions" every published version ("<task>/<version>").
+DB_NAMES = ("system", "components", "tasks", "datasets", "examples", "jobs", "versions")
 _SYSTEM_KEY = b"system"
 _MAX_KEY = 480  # LMDB's key limit is 511 bytes; examples add "/<9 digits>"
 _LABEL = struct.Struct("<I")
@@ -43,6 +44,12 @@ def _key(value: object, what: str, allow_slash: bool = True) -> bytes:
     if len(raw) > _MAX_KEY:
         raise InvalidArgument(f"{what} is {len(raw)} bytes long; the limit is {_MAX_KEY}")
     return raw
+
+
+def _version_key(name: str, version: int) -> bytes:
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version < 10**9:
+        raise InvalidArgument(f"task version {version!r} must be an int in [1, 1e9)")
+    return _key(name, "task name", allow_slash=False) + f"/{version:09d}".encode()
 
 
 def _example_key(dataset_id: str, index: int) -> bytes:
@@ -124,6 +131,25 @@ class MetaView:
     def list_tasks(self) -> list[TaskRecord]:
         return sorted(self._list("tasks", TaskRecord), key=lambda t: (t.created_at, t.name))
 
+    def get_version(self, name: str, version: int) -> TaskRecord | None:
+        return self._get("versions", _version_key(name, version), TaskRecord)
+
+    def list_versions(self, name: str) -> list[TaskRecord]:
+        """Every stored version of a task, oldest first (a task committed before versions existed
+        has none: its current record is its version 1)."""
+        prefix = _key(name, "task name", allow_slash=False) + b"/"
+        out = []
+        with self._txn.cursor(db=self._dbs["versions"]) as cur:
+            if cur.set_range(prefix):
+                for key, value in cur:
+                    if not key.startswith(prefix):
+                        break
+                    out.append(TaskRecord.from_json(bytes(value)))
+        return out
+
+    def list_all_versions(self) -> list[TaskRecord]:
+        return self._list("versions", TaskRecord)
+
     def get_component(self, id: str) -> ComponentRecord | None:
         return self._get("components", _key(id, "component id"), ComponentRecord)
 
@@ -176,6 +202,12 @@ class MetaWriter(MetaView):
 
     def delete_task(self, name: str) -> bool:
         return self._txn.delete(_key(name, "task name"), db=self._dbs["tasks"])
+
+    def put_version(self, rec: TaskRecord) -> None:
+        self._put("versions", _version_key(rec.name, rec.version), rec)
+
+    def delete_version(self, name: str, version: int) -> bool:
+        return self._txn.delete(_version_key(name, version), db=self._dbs["versions"])
 
     def put_component(self, rec: ComponentRecord) -> None:
         self._put("components", _key(rec.id, "component id"), rec)

@@ -120,6 +120,7 @@ class ComponentRecord(_Record):
     key_prefix: str  # its tensor keys inside the shard start with this
     owner: str  # task name, or "root"
     created_at: float
+    origin: str = ""  # the component it was cloned from ("" when fresh, or committed before 0.3)
     schema_version: int = SCHEMA_VERSION
 
 
@@ -137,6 +138,8 @@ class TaskRecord(_Record):
     dataset_id: str
     created_at: float
     state: str = "READY"
+    version: int = 1  # which published version of the task this record is
+    next_version: int = 2  # the number the task's next version gets (numbers are never reused)
     schema_version: int = SCHEMA_VERSION
 
     def component_ids(self) -> list[str]:

@@ -293,7 +293,7 @@ def verify_snapshot_dir(d: Path, map_size: int) -> dict[str, Any]:
             v.get_system()
             v.list_datasets()
             components = {c.id: c for c in v.list_components()}
-            tasks, jobs = v.list_tasks(), v.list_operations()
+            tasks, jobs = [*v.list_tasks(), *v.list_all_versions()], v.list_operations()
     except lmdb.Error as e:
         raise DataLoss(f"the snapshot's metadata database is damaged ({e})") from None
     finally:
@@ -304,9 +304,11 @@ def verify_snapshot_dir(d: Path, map_size: int) -> dict[str, Any]:
     for t in tasks:
         missing = [p for p in t.path if len(p) != 2 or p[1] not in components]
         if missing:
-            raise DataLoss(f"task {t.name!r} references components the snapshot lacks: {missing[:3]}")
+            raise DataLoss(
+                f"task {t.name!r} (version {t.version}) references components the snapshot lacks: {missing[:3]}"
+            )
         if any(s not in keys for s in t.shards):
-            raise DataLoss(f"task {t.name!r} references a shard the snapshot lacks")
+            raise DataLoss(f"task {t.name!r} (version {t.version}) references a shard the snapshot lacks")
     for j in jobs:
         if not j.terminal and any(s not in keys for s in j.checkpoint_shards()):
             log.warning("restore: operation %s lost its checkpoint; it will fail when resumed", j.id)

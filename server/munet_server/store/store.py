@@ -25,7 +25,7 @@ from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, Inv
 from munet_server.faults import crash_point
 from munet_server.store import layout, snapshot
 from munet_server.store.layout import GEN_PREFIX, META_DIR, SHARDS_DIR, STAGING_PREFIX
-from munet_server.store.metadata import DATA_FILE, MetadataStore, MetaView
+from munet_server.store.metadata import DATA_FILE, MetadataStore, MetaView, MetaWriter
 from munet_server.store.records import ComponentRecord, TaskRecord
 from munet_server.store.shards import SUFFIX, ShardStore, is_digest
 
@@ -204,28 +204,7 @@ class Store:
         Tensors go into ONE shard (component tensors under `key_prefix`, `extra_tensors` under
         TASK_TENSOR_PREFIX, read back with `load_task_tensors`); then ONE LMDB transaction.
         """
-        if not isinstance(task.name, str) or not task.name:
-            raise InvalidArgument("a task needs a non-empty name")
-        if not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in task.path
-        ):
-            raise InvalidArgument(
-                f"task {task.name!r}: path must be a list of [component_name, component_id]"
-            )
-        ids = [rec.id for rec, _ in new_components]
-        if len(set(ids)) != len(ids):
-            raise InvalidArgument(f"task {task.name!r}: new components repeat an id")
-        prefixes = sorted(rec.key_prefix for rec, _ in new_components)
-        if any(not p or p.startswith(TASK_TENSOR_PREFIX) for p in prefixes) or any(
-            b.startswith(a) for a, b in itertools.pairwise(prefixes)
-        ):  # a prefix inside another would hand one component's tensors to the other
-            raise InvalidArgument(
-                f"task {task.name!r}: component key prefixes must be non-empty and disjoint"
-            )
-        tensors: Tensors = {}
-        for rec, ts in new_components:
-            tensors.update({rec.key_prefix + k: v for k, v in ts.items()})
-        tensors.update({TASK_TENSOR_PREFIX + k: v for k, v in (extra_tensors or {}).items()})
+        tensors = _shard_tensors(task, new_components, extra_tensors)
         with self._lock:
             if self.meta.get_task(task.name) is not None:  # fail before writing anything
                 raise _task_exists(task.name)
@@ -236,50 +215,105 @@ class Store:
             with self.meta.write() as w:
                 if w.get_task(task.name) is not None:
                     raise _task_exists(task.name)
-                for c in comps:
-                    if w.get_component(c.id) is not None:
-                        raise AlreadyExists(
-                            f"component {c.id!r} is already in the store; reference it instead"
-                        )
-                new_ids = set(ids)
-                missing = [
-                    i for i in stored.component_ids() if i not in new_ids and w.get_component(i) is None
-                ]
-                if missing:
-                    raise FailedPrecondition(
-                        f"task {task.name!r} references unknown components {missing[:5]}"
-                    )
-                for c in comps:
-                    w.put_component(c)
+                stored = replace(stored, version=1, next_version=2)
+                _put_components(w, stored, comps)
+                w.put_version(stored)
                 w.put_task(stored)
             return stored
 
+    def commit_version(
+        self,
+        task: TaskRecord,
+        new_components: list[tuple[ComponentRecord, Tensors]],
+        extra_tensors: Tensors | None = None,
+    ) -> TaskRecord:
+        """Publish a new version of an existing task and make it current, atomically, like
+        `commit_task`; its number is the task's `next_version`. Earlier versions stay stored."""
+        tensors = _shard_tensors(task, new_components, extra_tensors)
+        with self._lock:
+            if self.meta.get_task(task.name) is None:  # fail before writing anything
+                raise NotFound(f"task {task.name!r} does not exist")
+            digest = self.shards.put(tensors, {"task": task.name}) if tensors or new_components else ""
+            _after_shard_written(digest)
+            comps = [replace(rec, shard=digest) for rec, _ in new_components]
+            with self.meta.write() as w:
+                current = w.get_task(task.name)
+                if current is None:
+                    raise NotFound(f"task {task.name!r} was deleted meanwhile")
+                if not w.list_versions(task.name):  # committed before versions existed
+                    w.put_version(current)
+                version = current.next_version
+                stored = replace(
+                    task, shards=[digest] if digest else [], version=version, next_version=version + 1
+                )
+                _put_components(w, stored, comps)
+                w.put_version(stored)
+                w.put_task(stored)
+            return stored
+
+    def versions(self, name: str) -> list[TaskRecord]:
+        """The task's published versions, oldest first."""
+        with self.meta.read() as v:
+            return _versions_of(v, name)
+
+    def set_current_version(self, name: str, version: int) -> TaskRecord:
+        """Make a stored version the one a task serves (a rollback, or forward again)."""
+        with self._lock, self.meta.write() as w:
+            current = w.get_task(name)
+            if current is None:
+                raise NotFound(f"task {name!r} does not exist")
+            rec = _version(w, current, version)
+            stored = replace(rec, next_version=current.next_version)
+            w.put_task(stored)
+            return stored
+
+    def delete_version(self, name: str, version: int) -> list[str]:
+        """Remove a version that is not current; its components that no other record (any version
+        of any task) uses are freed, and their shard files go. Returns the freed component ids."""
+        with self._lock:
+            with self.meta.write() as w:
+                current = w.get_task(name)
+                if current is None:
+                    raise NotFound(f"task {name!r} does not exist")
+                rec = _version(w, current, version)
+                if version == current.version:
+                    raise FailedPrecondition(
+                        f"version {version} is the one task {name!r} serves; make another version current "
+                        "first (SetTaskVersion), or delete the task"
+                    )
+                w.delete_version(name, version)
+                freed, shards = _free_unused(w, rec.component_ids())
+                shards |= set(rec.shards)
+            self._release_shards(shards)
+            return freed
+
     def delete_task(self, name: str) -> list[str]:
-        """Remove a task, its dataset and the components nothing else uses; returns their ids.
-        Their shard files go at once (not at the next start-up), once no record references them."""
+        """Remove a task with every version, its dataset and the components nothing else uses;
+        returns their ids. Their shard files go at once (not at the next start-up), once no record
+        references them."""
         with self._lock:
             with self.meta.write() as w:
                 task = w.get_task(name)
                 if task is None:
                     raise NotFound(f"task {name!r} does not exist")
-                others = [t for t in w.list_tasks() if t.name != name]
-                used = {cid for t in others for cid in t.component_ids()}
-                freed, shards = [], set(task.shards)
-                for cid in dict.fromkeys(task.component_ids()):
-                    rec = w.get_component(cid)
-                    if cid not in used and rec is not None and rec.owner != "root":
-                        w.delete_component(cid)
-                        freed.append(cid)
-                        shards.add(rec.shard)
+                versions = _versions_of(w, name)
+                for v in versions:
+                    w.delete_version(name, v.version)
                 w.delete_task(name)
+                ids = [cid for rec in (task, *versions) for cid in rec.component_ids()]
+                freed, shards = _free_unused(w, ids)
+                shards |= {s for rec in (task, *versions) for s in rec.shards}
                 ds = task.dataset_id
-                if ds and "/" not in ds and all(t.dataset_id != ds for t in others):
+                if ds and "/" not in ds and all(t.dataset_id != ds for t in w.list_tasks()):
                     w.delete_dataset(ds)
-            for digest in sorted(d for d in shards if is_digest(d)):
-                with self._cache_lock:
-                    self._cache.pop(digest, None)
-                self.release_shard(digest)  # kept if another record still references it
+            self._release_shards(shards)
             return freed
+
+    def _release_shards(self, shards: set[str]) -> None:
+        for digest in sorted(d for d in shards if is_digest(d)):
+            with self._cache_lock:
+                self._cache.pop(digest, None)
+            self.release_shard(digest)  # kept if another record still references it
 
     # ---- tensors -------------------------------------------------------------------------------
     def _load_shard(self, digest: str) -> Tensors:
@@ -317,7 +351,7 @@ class Store:
         """(required, optional): shards of components and tasks, and of live operations' checkpoints
         (a snapshot may lose a checkpoint whose operation moved on; gc must keep both)."""
         required = {c.shard for c in view.list_components() if c.shard}
-        required |= {s for t in view.list_tasks() for s in t.shards}
+        required |= {s for t in (*view.list_tasks(), *view.list_all_versions()) for s in t.shards}
         optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
         return required, optional - required
 
@@ -406,6 +440,74 @@ class Store:
 
     def restore_archive(self, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
         return snapshot.restore_from_archive(self, chunks, max_bytes)
+
+
+def _shard_tensors(
+    task: TaskRecord, new_components: list[tuple[ComponentRecord, Tensors]], extra: Tensors | None
+) -> Tensors:
+    """Check a commit's records, and lay out its one shard: each new component's tensors under its
+    key prefix, task-level tensors (probe inputs) under TASK_TENSOR_PREFIX."""
+    if not isinstance(task.name, str) or not task.name:
+        raise InvalidArgument("a task needs a non-empty name")
+    if not all(isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p) for p in task.path):
+        raise InvalidArgument(f"task {task.name!r}: path must be a list of [component_name, component_id]")
+    ids = [rec.id for rec, _ in new_components]
+    if len(set(ids)) != len(ids):
+        raise InvalidArgument(f"task {task.name!r}: new components repeat an id")
+    prefixes = sorted(rec.key_prefix for rec, _ in new_components)
+    if any(not p or p.startswith(TASK_TENSOR_PREFIX) for p in prefixes) or any(
+        b.startswith(a) for a, b in itertools.pairwise(prefixes)
+    ):  # a prefix inside another would hand one component's tensors to the other
+        raise InvalidArgument(f"task {task.name!r}: component key prefixes must be non-empty and disjoint")
+    tensors: Tensors = {}
+    for rec, ts in new_components:
+        tensors.update({rec.key_prefix + k: v for k, v in ts.items()})
+    tensors.update({TASK_TENSOR_PREFIX + k: v for k, v in (extra or {}).items()})
+    return tensors
+
+
+def _put_components(w: MetaWriter, task: TaskRecord, comps: list[ComponentRecord]) -> None:
+    """Write a commit's new components, after checking that everything its path names exists."""
+    for c in comps:
+        if w.get_component(c.id) is not None:
+            raise AlreadyExists(f"component {c.id!r} is already in the store; reference it instead")
+    new_ids = {c.id for c in comps}
+    missing = [i for i in task.component_ids() if i not in new_ids and w.get_component(i) is None]
+    if missing:
+        raise FailedPrecondition(f"task {task.name!r} references unknown components {missing[:5]}")
+    for c in comps:
+        w.put_component(c)
+
+
+def _versions_of(view: MetaView, name: str) -> list[TaskRecord]:
+    """A task's versions; one committed before versions existed is its own version 1."""
+    versions = view.list_versions(name)
+    if versions:
+        return versions
+    current = view.get_task(name)
+    return [current] if current is not None else []
+
+
+def _version(view: MetaView, current: TaskRecord, version: int) -> TaskRecord:
+    for rec in _versions_of(view, current.name):
+        if rec.version == version:
+            return rec
+    known = ", ".join(str(r.version) for r in _versions_of(view, current.name))
+    raise NotFound(f"task {current.name!r} has no version {version} (it has {known})")
+
+
+def _free_unused(w: MetaWriter, ids: list[str]) -> tuple[list[str], set[str]]:
+    """Delete those of the components `ids` that no task record (current or any version) still
+    references and that are not the root's; returns their ids and the shards they lived in."""
+    used = {cid for t in (*w.list_tasks(), *w.list_all_versions()) for cid in t.component_ids()}
+    freed, shards = [], set()
+    for cid in dict.fromkeys(ids):
+        rec = w.get_component(cid)
+        if cid not in used and rec is not None and rec.owner != "root":
+            w.delete_component(cid)
+            freed.append(cid)
+            shards.add(rec.shard)
+    return freed, shards
 
 
 def _task_exists(name: str) -> AlreadyExists:

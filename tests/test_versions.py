@@ -1,0 +1,215 @@
+"""A task's life after AddTask (issue 15): ImproveTask (muNet's next task iteration) publishes a new
+version only when it beats the served one; versions stay stored, can be pinned, served again and
+deleted; nothing done to one task changes another task's outputs (golden digests)."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import random
+
+import pytest
+import torch
+
+from munet_server.errors import FailedPrecondition, NotFound
+from munet_server.evolve.budget import Budget
+from munet_server.evolve.features import FeatureCache, View
+from munet_server.evolve.mutations import MutationConfig, Mutator
+from munet_server.evolve.train import fit_probe_head, probe_features
+from munet_server.learn import improve_task
+from munet_server.model.path import TaskPath
+from munet_server.spec import AddTaskSpec
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
+from tests.conftest import digits_dataset
+from tests.helpers import learn
+
+PROBE_ONLY = dict(generations=0, seconds=60.0)
+WD = 30.0  # a weight decay that starves the head: measured 0.30 vs 0.66 for what ImproveTask finds
+
+
+def poor_path(system: MunetSystem, name: str, ds) -> TaskPath:
+    """A legitimate but weak recipe for `name`: an over-regularised head on the root's first block
+    alone, at the smallest image size the system searches."""
+    rp = system.root_path
+    mut = Mutator(system.arch, system.space, MutationConfig(), random.Random(0))
+    hp = {**copy.deepcopy(rp.hparams), "num_layers": 1, "ds_image_size": system.space.sizes[0], "head_wd": WD}
+    path = mut.make_child(rp, name, ds.num_classes, mut.fix_architecture(hp), mutate=False)
+    feats = probe_features(path, system.arch, FeatureCache(ds.images, system.device), [View(system.space.sizes[0])])
+    fit_probe_head(path, feats, ds.labels, torch.arange(len(ds)), ds.num_classes, WD)
+    return path
+
+
+def commit_poor_version(system: MunetSystem, name: str, ds) -> int:
+    metrics = {"kind": "probe", "validation_accuracy": 0.0, "scale_factor": 0.95, "recipe_epochs": 0}
+    return system.commit_version(name, poor_path(system, name, ds), metrics).version
+
+
+def improve(system: MunetSystem, name: str, ds, seed: int = 0, **budget):
+    spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=Budget(**{**PROBE_ONLY, **budget}), seed=seed)
+    return improve_task(system, spec, ds)
+
+
+@pytest.fixture()
+def two_tasks(tmp_path, tiny_vit):
+    system = MunetSystem.open(Store(tmp_path / "s"), tiny_vit, device="cpu")
+    ds_a, ds_b = digits_dataset(classes=4, per_class=60), digits_dataset(classes=3, per_class=40)
+    learn(system, "a", ds_a, **PROBE_ONLY)
+    learn(system, "b", ds_b, **PROBE_ONLY)
+    yield system, ds_a, ds_b
+    system.store.close()
+
+
+def test_improve_keeps_the_served_version_when_nothing_beats_it(two_tasks):
+    system, ds_a, _ = two_tasks
+    before = system.entry("a").record
+    improved = improve(system, "a", ds_a, seed=0)  # the same probe search as AddTask's: a tie
+    assert improved.record is None and improved.served_version == 1
+    assert improved.result.current is not None and not improved.result.publish
+    assert system.entry("a").record == before and [v.version for v in system.versions("a")] == [1]
+
+
+def test_versions_publish_pin_roll_back_and_delete(two_tasks, tmp_path, tiny_vit):
+    system, ds_a, _ = two_tasks
+    x = ds_a.images[:24]
+    v1 = system.logits("a", x)
+    b_digest, b_out = system.entry("b").record.golden_digest, system.logits("b", x)
+
+    assert commit_poor_version(system, "a", ds_a) == 2
+    v2 = system.logits("a", x)
+    assert not torch.equal(v1, v2) and system.entry("a").record.version == 2
+
+    # ImproveTask on the weak served version: the search beats its recipe and publishes version 3.
+    improved = improve(system, "a", ds_a, seed=0)
+    rec, vs = improved.record, improved.result.versus_current
+    assert rec is not None and rec.version == 3 and improved.served_version == 3
+    assert vs is not None and vs.kept and vs.trained_accuracy > vs.probe_accuracy
+    assert rec.metrics["improved_from"] == 2 and rec.metrics["validation_accuracy"] == vs.trained_accuracy
+    assert system.entry("a").record.version == 3 and system.verify_task("a")
+
+    # Other tasks never change; earlier versions answer exactly as they did, pinned by number.
+    assert system.verify_task("b") and torch.equal(system.logits("b", x), b_out)
+    assert system.entry("b").record.golden_digest == b_digest
+    assert torch.equal(system.logits("a@1", x), v1) and torch.equal(system.logits("a@2", x), v2)
+    assert system.verify_task("a@1") and system.verify_task("a@2")
+
+    # Roll back: version 1 serves again, bit-identically.
+    system.set_version("a", 1)
+    assert torch.equal(system.logits("a", x), v1) and system.verify_task("a")
+    with pytest.raises(FailedPrecondition, match="serves"):
+        system.delete_version("a", 1)
+    with pytest.raises(NotFound, match="no version 7"):
+        system.set_version("a", 7)
+
+    # Deleting version 2 frees what only it used (its head); version 3 keeps its own.
+    v2_only = {c for _, c in system.versions("a")[1].path} - {c for v in (1, 3) for _, c in system.versions("a")[v - 1].path}
+    freed = system.delete_version("a", 2)
+    assert set(freed) == v2_only and all(c not in system.pool for c in freed)
+    with pytest.raises(NotFound):
+        system.logits("a@2", x)
+    assert [v.version for v in system.versions("a")] == [1, 3]
+    assert torch.equal(system.logits("a@3", x), system.logits("a@3", x)) and system.verify_task("a@3")
+
+    # A restart finds every version and the one served; version numbers are never given twice.
+    system.store.close()
+    again = MunetSystem.open(Store(tmp_path / "s"), tiny_vit, device="cpu")
+    try:
+        assert [v.version for v in again.versions("a")] == [1, 3] and again.entry("a").record.version == 1
+        assert torch.equal(again.logits("a", x), v1) and again.verify_task("a@3") and again.verify_task("b")
+        assert commit_poor_version(again, "a", ds_a) == 4
+        freed = again.delete_task("a")  # every version goes, and what only they used
+        assert "a" not in again.tasks and again.verify_task("b")
+        with again.store.meta.read() as v:
+            assert v.list_versions("a") == [] and all(c not in {r.id for r in v.list_components()} for c in freed)
+    finally:
+        again.store.close()
+
+
+# ---- over a real server: gRPC, the CLI and HTTP --------------------------------------------------
+def test_improve_and_versions_over_grpc_cli_and_http(tmp_path, tiny_vit, capsys):
+    import httpx
+
+    from munet_client import MunetClient, MunetError
+    from munet_client.cli import main as cli
+    from munet_server.data.dataset import build_dataset
+    from tests.conftest import image_folder, make_app
+
+    app = make_app(tmp_path / "store", tiny_vit, http_port=0)
+    target = f"127.0.0.1:{app.port}"
+    client = MunetClient(target, timeout=120)
+    http = httpx.Client(base_url=f"http://127.0.0.1:{app.http_port}", timeout=300)
+    try:
+        folder_a, test_a = image_folder(tmp_path, classes=10, per_class=20, name="a")
+        folder_b, _ = image_folder(tmp_path, classes=3, per_class=10, seed=1, name="b")
+        for name, folder in (("a", folder_a), ("b", folder_b)):
+            op = client.add_task_from_folder(name, folder, budget={"generations": 0}, seed=0)
+            assert client.wait(op.name, timeout=600).state == "SUCCEEDED"
+        images = [f for f in sorted(folder_a.rglob("*.png"))][:12]
+        v1 = client.predict("a", images, top_k=2)
+        b_before = client.predict("b", images, top_k=2)
+
+        # Nothing beats the served version (the same probe search): kept, and said so.
+        op = client.wait(client.improve_task("a", budget={"generations": 0}, seed=0).name, timeout=600)
+        assert op.state == "SUCCEEDED" and op.kind == "improve_task" and op.task_version == 1
+        assert op.result.startswith("kept version 1")
+        assert [v.version for v in client.describe_task("a").versions] == [1]
+
+        # A weak version 2 served (committed in-process: the path a worse search would have found) ...
+        system = app.ref.system
+        ds = build_dataset(system.store.meta.iter_examples(system.entry("a").record.dataset_id),
+                           system.entry("a").record.class_names, system.storage_size)  # fmt: skip
+        assert commit_poor_version(system, "a", ds) == 2
+        v2 = client.predict("a", images, top_k=2)
+        assert v2 != v1
+
+        # ... which `munet improve` beats: version 3 is published and served.
+        assert cli(["--target", target, "improve", "a", "--generations", "0", "--seed", "0", "-q"]) == 0
+        assert "published version 3 (was 2)" in capsys.readouterr().out
+        info = client.describe_task("a")
+        assert info.served_version == 3 and [v.version for v in info.versions] == [1, 2, 3]
+        assert [v.served for v in info.versions] == [False, False, True] and info.versions[2].improved_from == 2
+        assert client.predict("b", images, top_k=2) == b_before and client.verify_task("b").identical
+
+        # Pinned versions answer as they did: "a@1", the version field, OIP's versioned route.
+        assert client.predict("a@1", images, top_k=2) == v1 and client.predict("a", images, top_k=2, version=2) == v2
+        assert client.verify_task("a@1").identical and client.verify_task("a@2").identical
+        assert client.describe_task("a@1").version == 1
+        with pytest.raises(MunetError) as e:
+            client.predict("a@9", images)
+        assert e.value.code == "NOT_FOUND" and "has no version 9" in e.value.message
+        from munet_server.data.images import encode_png
+
+        png = base64.b64encode(encode_png(test_a.images[0])).decode()
+        body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [png]}], "parameters": {"top_k": 2}}
+        r1 = http.post("/v2/models/a/versions/1/infer", json=body).json()
+        assert r1["model_version"] == "1" and r1["outputs"][0]["data"] == [lb.name for lb in client.predict("a@1", [encode_png(test_a.images[0])], top_k=2)[0]]
+        assert http.post("/v2/models/a/infer", json=body).json()["model_version"] == "3"
+        assert http.get("/v2/models/a").json()["versions"] == ["1", "2", "3"]
+
+        # Roll back over the CLI; `munet versions` shows it; the outputs are version 1's, bit for bit.
+        assert cli(["--target", target, "set-version", "a", "1"]) == 0
+        assert "now serves version 1" in capsys.readouterr().out
+        assert client.predict("a", images, top_k=2) == v1 and client.verify_task("a").identical
+        assert cli(["--target", target, "versions", "a", "--json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [(v["version"], v["served"]) for v in listed] == [(1, True), (2, False), (3, False)]
+
+        # Delete versions: the served one is refused; another goes with what only it used (HTTP here).
+        with pytest.raises(MunetError) as e:
+            client.delete_task_version("a", 1)
+        assert e.value.code == "FAILED_PRECONDITION"
+        r = http.delete("/munet/v1/tasks/a/versions/2")
+        assert r.status_code == 200 and r.json()["freed_components"]
+        assert http.get("/munet/v1/tasks/a/versions").json()["served_version"] == 1
+        assert [v["version"] for v in http.get("/munet/v1/tasks/a/versions").json()["versions"]] == [1, 3]
+        assert http.post("/munet/v1/tasks/a/versions/3:serve").json()["served_version"] == 3
+        r = http.post("/munet/v1/tasks/b:improve", json={"generations": 0, "seed": 0})
+        assert r.status_code == 202 and r.json()["kind"] == "improve_task"
+        assert client.wait(r.json()["name"], timeout=600).state == "SUCCEEDED"
+        assert http.post("/munet/v1/tasks/b:improve", json={"bogus": 1}).status_code == 400
+        assert client.predict("b", images, top_k=2) == b_before  # kept or not, b answers as before
+    finally:
+        http.close()
+        client.close()
+        app.stop(0)
