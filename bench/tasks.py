@@ -35,6 +35,12 @@ TASKS = {
         TaskSpec("fmnist_shirts100", "fmnist_0_6", 100, 500),  # the same task, 200 train
         TaskSpec("animals10", "animals", 10, 100),  # 10 silhouette classes, 100 train
         TaskSpec("animals100", "animals", 100, 100),  # 1,000 train
+        # Related Split-Fashion-MNIST pairs of upper-body garments, for the improvement round
+        # (bench/improve.py): what a later task learns may help an earlier one.
+        TaskSpec("tshirt_shirt", "fmnist_0_6", 50, 500),
+        TaskSpec("pullover_coat", "fmnist_2_4", 50, 500),
+        TaskSpec("pullover_shirt", "fmnist_2_6", 50, 500),
+        TaskSpec("coat_shirt", "fmnist_4_6", 50, 500),
     )
 }
 

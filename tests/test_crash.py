@@ -98,6 +98,28 @@ def test_kill_during_evolution_resumes(world):
     _check_no_leftovers(store)
 
 
+def test_kill_during_improve_resumes(world):
+    """ImproveTask checkpoints like AddTask: killed after a generation, it resumes and ends with the
+    served version or a new one, and version 1 still answers exactly as it did."""
+    store, weights, _, images, golden = world
+    s = ServerProcess(store, weights, crash_at="after_checkpoint")
+    op = s.client.improve_task("a", budget={"generations": 2})
+    s.wait_dead()
+    s2 = ServerProcess(store, weights)
+    assert s2.client.predict("a@1", images, top_k=3) == golden
+    final = s2.client.wait(op.name, timeout=300)
+    assert final.state == "SUCCEEDED" and final.kind == "improve_task", final
+    info = s2.client.describe_task("a")
+    assert info.served_version == final.task_version and [v.version for v in info.versions][-1] == final.task_version
+    if final.task_version == 1:
+        _check_committed(s2, images, golden)
+    assert s2.client.predict("a@1", images, top_k=3) == golden and s2.client.verify_task("a@1").identical
+    again = s2.client.wait(s2.client.improve_task("a", budget={"generations": 0}).name, timeout=300)
+    assert again.state == "SUCCEEDED"  # the task's images outlived both operations
+    s2.stop()
+    _check_no_leftovers(store)
+
+
 def test_kill_between_shard_write_and_publish(world):
     store, weights, folder, images, golden = world
     s = ServerProcess(store, weights, crash_at="after_shard_written")

@@ -61,9 +61,11 @@ def test_replicas_follow_the_primarys_snapshots(tmp_path, tiny_vit):
         assert resp.status_code == 412 and "read-only replica" in resp.json()["error"]
         assert http.get("/v2/models/digits/ready").json()["ready"]
         # A damaged newer snapshot is refused; the replicas keep serving the last good one.
-        p.snapshot(server_dir=str(snaps / "snap-9"))
-        victim = next((snaps / "snap-9" / "shards").iterdir())
+        # Damaged before it appears (a hidden dir is unfinished), so no replica can take it first.
+        p.snapshot(server_dir=str(snaps / ".snap-9"))
+        victim = next((snaps / ".snap-9" / "shards").iterdir())
         victim.write_bytes(b"\0" * victim.stat().st_size)
+        (snaps / ".snap-9").rename(snaps / "snap-9")
         assert newest_snapshot(snaps)[0].name == "snap-9"
         _until(lambda: all(a.follower.refused for a in replicas))
         for c in rs:

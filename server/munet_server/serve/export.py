@@ -146,9 +146,9 @@ class Piece:
 def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[Piece]:
     """Write the task's bundle into a private temporary directory and stream it, file by file. The
     task's entry is taken once: a concurrent delete or restore does not change what is exported."""
-    e = system.entry(task)
-    meta = describe(task, e.record.class_names, e.path.hparams, system.root.config, e.path.components,
-                    e.record.golden_digest)  # fmt: skip
+    e = system.entry(task)  # "task@2": that stored version
+    meta = describe(e.record.name, e.record.class_names, e.path.hparams, system.root.config, e.path.components,
+                    e.record.golden_digest, e.record.version)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="munet-export-"))
     try:
         write_bundle(tmp, meta, e.path.components, system.arch)

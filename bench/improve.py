@@ -1,0 +1,159 @@
+"""Improvement benchmark (issue 15): does muNet's next task iteration (ImproveTask) use what later
+tasks added, and what does it cost?
+
+For each seed, a stream of related Split-Fashion-MNIST tasks (upper-body garments, 100 training images
+each) is learned into one system with AddTask's default budget; then every task is visited once more
+with ImproveTask (muNet's outer loop, `munet improve --all`), earliest first, with the same budget.
+Reported per task position: test accuracy before and after the round, whether a new version was
+published, the parameters it added, and how many of its layers came from tasks added after it (the
+knowledge that flowed backwards). Every task's served version and every stored version are verified
+against their golden digests after the round (no forgetting).
+
+    .venv/bin/python -m bench.improve --seeds 0-2      # ~13 min per seed on 2 CPU cores
+    .venv/bin/python -m bench.improve --report
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import machine
+from bench.quality import _ci95, _seeds, append, done_rows, test_accuracy
+from bench.tasks import load_task
+from munet_server.data.dataset import ImageDataset
+from munet_server.evolve.budget import Budget
+from munet_server.learn import improve_task, learn_task
+from munet_server.model.root import RootConfig
+from munet_server.spec import AddTaskSpec
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out" / "improve.jsonl"
+STREAM = ("tshirt_shirt", "pullover_coat", "pullover_shirt", "coat_shirt")
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def run_seed(seed: int, budget: Budget, root: RootConfig, workdir: Path) -> list[dict[str, Any]]:
+    stream = [load_task(t, seed) for t in STREAM]
+    system = MunetSystem.open(Store(workdir / "store"), root, device="cpu")
+    rows: list[dict[str, Any]] = []
+    data: dict[str, ImageDataset] = {}
+    for i, d in enumerate(stream):
+        spec = AddTaskSpec(name=d.name, class_names=d.class_names, budget=budget, seed=seed)
+        learned = learn_task(system, spec, d.train)
+        data[d.name] = d.train
+        acc = test_accuracy(system, d.name, d)
+        rows.append({"task": d.name, "position": i, "before": acc, "params_v1": learned.record.metrics["params_added"]})
+        log(f"  seed {seed} add {d.name}: test {acc:.3f}")
+    order = {d.name: i for i, d in enumerate(stream)}
+    for row, d in zip(rows, stream):
+        t0 = time.perf_counter()
+        spec = AddTaskSpec(name=d.name, class_names=d.class_names, budget=budget, seed=seed + 1000)
+        improved = improve_task(system, spec, d.train)
+        e = system.entry(d.name)
+        later = [c for c in e.path.components if c.owner in order and order[c.owner] > order[d.name]]
+        vs = improved.result.versus_current
+        row.update(
+            after=test_accuracy(system, d.name, d),
+            published=improved.record is not None,
+            params_added=improved.record.metrics["params_added"] if improved.record else 0,
+            layers_from_later_tasks=len(later),
+            params_from_later_tasks=sum(c.num_params for c in later),
+            versus=None if vs is None else {"new": vs.trained_accuracy, "current": vs.probe_accuracy, "size": vs.size},
+            seconds=time.perf_counter() - t0,
+        )
+        log(f"  seed {seed} improve {d.name}: {row['before']:.3f} -> {row['after']:.3f} "
+            f"({'published' if row['published'] else 'kept'}; {len(later)} layers from later tasks)")  # fmt: skip
+    verified = all(
+        system.verify_task(f"{n}@{v.version}") for n in system.tasks for v in system.versions(n)
+    ) and all(system.verify_task(n) for n in system.tasks)
+    for row in rows:
+        row["all_verified"] = verified
+    system.store.close()
+    return rows
+
+
+def run(seeds: list[int], budget: Budget, out: Path, root: RootConfig) -> None:
+    torch.set_num_threads(os.cpu_count() or 1)
+    env = {"machine": machine.describe(), "budget_seconds": budget.seconds}
+    have = {r["seed"] for r in done_rows(out)}
+    for seed in seeds:
+        if seed in have:
+            continue
+        log(f"seed {seed}: {', '.join(STREAM)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_seed(seed, budget, root, Path(tmp))
+        append(out, [{**r, "seed": seed, **env} for r in rows])
+
+
+def report(out: Path, results_md: Path) -> str:
+    rows = done_rows(out)
+    if not rows:
+        return "no rows yet"
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [
+        f"Machine: {rows[-1]['machine']}. {len(seeds)} seeds; each seed draws its own 100 training and 1,000 "
+        f"test images per task; budget {rows[-1]['budget_seconds']:.0f} s per AddTask and per ImproveTask. "
+        "Test accuracy in %, mean over seeds (95 % CI of the paired change).",
+        "",
+        "| position | task | before | after | change | published | params added by the new version | layers from later tasks |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for pos, name in enumerate(STREAM):
+        rs = [r for r in rows if r["task"] == name]
+        if not rs:
+            continue
+        before = np.array([r["before"] for r in rs]) * 100
+        after = np.array([r["after"] for r in rs]) * 100
+        d = after - before
+        pub = sum(r["published"] for r in rs)
+        params = np.mean([r["params_added"] for r in rs if r["published"]]) if pub else 0.0
+        later = np.mean([r["layers_from_later_tasks"] for r in rs])
+        ci = _ci95(d) if len(d) > 1 else math.nan
+        lines.append(f"| {pos + 1} | {name} | {before.mean():.1f} | {after.mean():.1f} | {d.mean():+.1f} ± {ci:.1f} | "
+                     f"{pub}/{len(rs)} | {params / 1e3:,.0f} K | {later:.1f} |")  # fmt: skip
+    all_d = np.array([(r["after"] - r["before"]) * 100 for r in rows])
+    early = np.array([(r["after"] - r["before"]) * 100 for r in rows if r["position"] < len(STREAM) - 1])
+    ok = all(r["all_verified"] for r in rows)
+    lines += [
+        "",
+        f"Mean change over every task: {all_d.mean():+.1f} pt; over the tasks that had later tasks to learn from "
+        f"(positions 1-{len(STREAM) - 1}): {early.mean():+.1f} pt. Golden digests of every served and stored "
+        f"version verified after the round: {'all' if ok else 'NOT ALL'}.",
+    ]
+    body = "\n".join(lines)
+    machine.update_section(str(results_md), "improve", "## Improvement round (ImproveTask)\n\n" + body + "\n")
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0-2")
+    p.add_argument("--seconds", type=float, default=Budget().seconds, help="budget of each AddTask and ImproveTask")
+    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--report", action="store_true", help="only write the table from --out")
+    a = p.parse_args(argv)
+    if not a.report:
+        run(_seeds(a.seeds), Budget(seconds=a.seconds), a.out, RootConfig())
+    print(report(a.out, BENCH / "RESULTS.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
