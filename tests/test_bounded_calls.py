@@ -188,6 +188,36 @@ def test_work_of_a_caller_who_left_is_dropped():
         assert fwd.seen == [4, 1]  # the 3 abandoned images were never computed
 
 
+def test_a_lone_caller_never_lingers_and_announced_callers_share_a_pass():
+    """The batch linger (here 500 ms) is spent only on callers of the task still decoding."""
+    seen: list[int] = []
+
+    def fwd(task: str, images: torch.Tensor) -> torch.Tensor:
+        seen.append(len(images))
+        return images.flatten(1)[:, :2].float()
+
+    b = Batcher(fwd, max_batch=8, wait_ms=500)
+    try:
+        t0 = time.monotonic()
+        with b.announce("t") as a:
+            assert b("t", torch.zeros(1, 3, 2, 2), announced=a).shape == (1, 2)
+        assert time.monotonic() - t0 < 0.25 and seen == [1]  # nobody else coming: no wait
+        with b.announce("t") as slow:  # a second caller still decoding ...
+            with b.announce("t") as a:
+                first = b.submit("t", torch.zeros(2, 3, 2, 2), a)
+            time.sleep(0.05)
+            second = b.submit("t", torch.zeros(3, 3, 2, 2), slow)  # ... arrives within the linger
+        assert first.result(5).shape == (2, 2) and second.result(5).shape == (3, 2)
+        assert seen == [1, 5]  # one pass for both
+        with b.announce("t"):  # a caller that fails before submitting is not waited for
+            pass
+        t0 = time.monotonic()
+        assert b.submit("t", torch.zeros(1, 3, 2, 2)).result(5).shape == (1, 2)
+        assert time.monotonic() - t0 < 0.25
+    finally:
+        b.stop()
+
+
 def test_stopping_fails_queued_work_with_unavailable():
     fwd = HeldForward()
     b = Batcher(fwd, max_batch=4, wait_ms=0)

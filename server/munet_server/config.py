@@ -131,7 +131,8 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-batch", type=int, default=64, help="Predict: images per forward pass")
     p.add_argument(
-        "--batch-wait-ms", type=float, default=2.0, help="Predict: how long a batch waits for more requests"
+        "--batch-wait-ms", type=float, default=2.0,
+        help="Predict: how long a batch waits for callers of the same task still decoding (a lone caller never waits)",
     )
     p.add_argument(
         "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"

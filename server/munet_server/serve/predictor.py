@@ -112,8 +112,9 @@ class Predictor:
         k = top_k or 1
         if not 1 <= k <= len(names):
             raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(names)} classes")
-        images = self.decode(encoded, raw)
-        return _top_k(self.batcher(task, images, timeout, on_abandon), names, k)
+        with self.batcher.announce(task) as coming:
+            images = self.decode(encoded, raw)
+            return _top_k(self.batcher(task, images, timeout, on_abandon, coming), names, k)
 
     def predict_many(
         self,
@@ -135,8 +136,10 @@ class Predictor:
         if top_k < 0:
             raise InvalidArgument(f"top_k={top_k} must be 0 (one label) or more")
         names = {t: self.ref.system.entry(t).record.class_names for t in tasks}  # NotFound first
-        images = self.decode(encoded, raw)
-        logits = self.batcher(TASKS_SEP.join(tasks), images, timeout, on_abandon)
+        key = TASKS_SEP.join(tasks)
+        with self.batcher.announce(key) as coming:
+            images = self.decode(encoded, raw)
+            logits = self.batcher(key, images, timeout, on_abandon, coming)
         widths = [len(names[t]) for t in tasks]
         if logits.shape[1] != sum(widths):  # a task was deleted and re-added meanwhile
             raise Aborted("a task was deleted and added again during the call; retry it")
