@@ -75,6 +75,8 @@ def test_dashboard_in_a_real_browser(served, tmp_path):
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail circle.candidate"))
         assert "Task more-digits" in driver.find_element(By.ID, "detail-title").text
         assert "head" in driver.find_element(By.ID, "detail-body").text
+        versions = driver.find_elements(By.CSS_SELECTOR, "#detail tr.version")  # one: AddTask's
+        assert len(versions) == 1 and "(served)" in versions[0].text
         # Every resource came from the server itself (it must work offline).
         urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(f"http://127.0.0.1:{app.http_port}/") for u in urls), urls

@@ -27,7 +27,7 @@ PAGE = """<!doctype html>
 <header><h1>munet-server</h1><span id="system">connecting…</span></header>
 <main>
  <section><h2>System: the root's layers, each task's path, the layers tasks share</h2><div id="graph" class="muted">loading…</div></section>
- <section><h2>Tasks</h2><table id="tasks"><thead><tr><th>task</th><th>state</th><th>validation acc.</th><th>linear probe</th><th>gain</th>
+ <section><h2>Tasks</h2><table id="tasks"><thead><tr><th>task</th><th>version</th><th>state</th><th>validation acc.</th><th>linear probe</th><th>gain</th>
   <th>params added</th><th>params accounted</th><th>image size</th><th>examples</th><th>created</th></tr></thead><tbody></tbody></table></section>
  <section><h2>Operations</h2><table id="ops"><thead><tr><th>operation</th><th>task</th><th>state</th><th>phase</th><th>progress</th>
   <th>best acc.</th><th>error</th></tr></thead><tbody></tbody></table></section>
@@ -57,7 +57,7 @@ async function refresh() {
     document.getElementById("graph").innerHTML = await get("/munet/v1/graph.svg", "text");
     const tasks = (await get("/munet/v1/tasks")).tasks;
     document.querySelector("#tasks tbody").innerHTML = tasks.map(t => `<tr class="task" data-task="${esc(t.name)}">
-      <td><b>${esc(t.name)}</b></td><td>${esc(t.state || "")}</td><td>${pct(t.validation_accuracy)}</td>
+      <td><b>${esc(t.name)}</b></td><td>${t.served_version || ""}</td><td>${esc(t.state || "")}</td><td>${pct(t.validation_accuracy)}</td>
       <td>${pct(t.probe_validation_accuracy)}</td><td>${t.state === "DAMAGED" ? "" : ((t.gain_over_probe || 0) >= 0 ? "+" : "") + (100 * (t.gain_over_probe || 0)).toFixed(1) + " pt"}</td>
       <td>${num(t.params_added)}</td><td>${num(t.params_accounted)}</td><td>${t.image_size || ""}</td>
       <td>${t.num_examples || ""}</td><td>${t.created_at ? new Date(t.created_at * 1000).toLocaleString() : ""}</td></tr>`).join("");
@@ -78,10 +78,14 @@ async function detail(name) {
   document.getElementById("detail-title").textContent = "Task " + name;
   const path = (t.path || []).map(c => `<tr><td>${esc(c.name)}</td><td>${esc(c.kind)}</td><td>${num(c.num_params)}</td>
     <td>${c.created_by_task ? "<b>its own</b>" : "reused from " + esc(c.owner || "root")}</td><td>${esc((c.shared_with || []).join(", "))}</td></tr>`).join("");
+  const versions = (t.versions || []).map(v => `<tr class="version"><td>${v.version}${v.served ? " <b>(served)</b>" : ""}</td>
+    <td>${pct(v.validation_accuracy)}</td><td>${esc(v.kind || "")}</td><td>${num(v.params_added)}</td>
+    <td>${v.improved_from ? "beat " + v.improved_from : ""}</td><td>${new Date(v.created_at * 1000).toLocaleString()}</td></tr>`).join("");
   const hp = Object.entries(t.hparams || {}).map(([k, v]) => `<tr><td>${esc(k)}</td><td><code>${esc(JSON.stringify(v))}</code></td></tr>`).join("");
   document.getElementById("detail-body").innerHTML = `<div style="display:flex;gap:24px;flex-wrap:wrap">
     <div><h2>Path</h2><table><tr><th>layer</th><th>kind</th><th>params</th><th>origin</th><th>shared with</th></tr>${path}</table></div>
     <div><h2>Candidates: validation accuracy vs parameters added</h2>${scatter(cands)}</div>
+    <div><h2>Versions</h2><table><tr><th>version</th><th>validation acc.</th><th>kind</th><th>params added</th><th></th><th>published</th></tr>${versions}</table></div>
     <div><h2>Hyperparameters</h2><table>${hp}</table></div></div>`;
 }
 function scatter(c) {
