@@ -69,6 +69,9 @@ class MunetSystem:
         # delete is the user's call), refused by Predict with DATA_LOSS while every other task serves.
         self.damaged: dict[str, DamagedTask] = {}
         self._pinned: dict[tuple[str, int], TaskEntry] = {}  # versions asked for by number, built once
+        # What the last commit took (freeze, golden digest, shard + LMDB write): a search keeps this
+        # much of its budget for it, so that AddTask as a whole ends within the budget.
+        self.commit_seconds = 1.0
         self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------------------
@@ -238,6 +241,7 @@ class MunetSystem:
         probe_images: torch.Tensor,
         new_version: bool,
     ) -> TaskRecord:
+        t0 = time.monotonic()
         with self._lock:
             comps, new = [], []
             for c in path.components:
@@ -279,6 +283,7 @@ class MunetSystem:
             for c in new:
                 self.pool[c.id] = c
             self._set_tasks({**self.tasks, task: TaskEntry(record, path, model)})
+            self.commit_seconds = time.monotonic() - t0
             return record
 
     # ---- versions ------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ class SearchContext(Protocol):
     device: torch.device
     pool: dict[str, Component]
     root: Any  # .config.to_dict(): how a remote worker rebuilds the architecture
+    commit_seconds: float  # what committing the result will take (the last commit's time)
 
     @property
     def root_path(self) -> TaskPath: ...
@@ -227,6 +228,7 @@ class TrainContext:
     cancel: threading.Event | None
     deadline: float | None  # time.monotonic() at which training stops
     refit_scale: float = 0.0  # training stops so that a refit on all images (this x its time) still fits
+    typical_seconds: float = 0.0  # a candidate's training so far in this search (0: none yet)
     root: dict[str, Any] | None = None  # RootConfig.to_dict(), for remote executors
     shared_ids: frozenset[str] = frozenset()  # committed components (shippable once, by id)
 
@@ -249,7 +251,7 @@ class LocalExecutor:
         durations: list[float] = []
         for i, cand in enumerate(candidates):
             left = math.inf if ctx.deadline is None else ctx.deadline - time.monotonic()
-            typical = sum(durations) / len(durations) if durations else 0.0
+            typical = sum(durations) / len(durations) if durations else ctx.typical_seconds
             if left <= 0.5 * typical or left <= 0:  # too little time to train it usefully
                 results.append(None)
                 continue
@@ -383,8 +385,14 @@ class EvolutionSearch:
 
     def _deadline(self) -> float:
         """time.monotonic() at which candidate training must stop."""
-        left = self.budget.seconds - self.elapsed() - self._refit_reserve()
+        commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
+        left = self.budget.seconds - self.elapsed() - self._refit_reserve() - commit
         return time.monotonic() + left
+
+    def _typical_seconds(self) -> float:
+        """A trained candidate's time in this search so far (its set-up included; 0: none yet)."""
+        times = [h.seconds for h in self.history if h.kind == "trained"]
+        return sum(times) / len(times) if times else 0.0
 
     # ---- population ----------------------------------------------------------------------------
     def best(self) -> Member | None:
@@ -489,7 +497,9 @@ class EvolutionSearch:
             return False
         if self.generation > 1 and not self.policy.evolve:
             return False
-        return self._deadline() - time.monotonic() > 0
+        # A candidate started with less than half its usual time left would overrun: its set-up
+        # (a new prefix's cache, the head's warm start) does not stop at the deadline.
+        return self._deadline() - time.monotonic() > 0.5 * self._typical_seconds()
 
     def _end_generation(self) -> None:
         self.generation += 1
@@ -660,6 +670,7 @@ class EvolutionSearch:
             cancel=self.cancel,
             deadline=self._deadline(),
             refit_scale=self._finish_scale() * FINISH_MARGIN,
+            typical_seconds=self._typical_seconds(),
             root=self.ctx.root.config.to_dict(),
             shared_ids=frozenset(self.ctx.pool),
         )
