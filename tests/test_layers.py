@@ -13,7 +13,7 @@ RANK = {
     "__init__": 0, "errors": 0, "faults": 0, "metrics": 0, "logs": 0, "tokens": 0,
     "data": 1,
     "store": 2, "model": 2,
-    "ingest": 3, "evolve": 3,
+    "ingest": 3, "evolve": 3, "residency": 3,
     "spec": 4, "system": 4, "config": 4,
     "learn": 5, "serve": 5,
     "operations": 6,

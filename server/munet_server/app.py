@@ -60,6 +60,7 @@ class MunetApp:
         self.service = MunetService(config, self.metrics, executor_factory or executor_from_config(config))
         self.service.on_tasks_changed = self.on_tasks_changed
         self.service.on_operation = self._on_progress
+        self.metrics.watch_residency(lambda: self.service.system.residency.stats())
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
         self.servicer: MunetServicer | None = None

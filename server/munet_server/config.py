@@ -35,6 +35,7 @@ class ServerConfig:
     max_predict_images: int = 256  # Predict: images in one request
     max_queued_images: int = 1024  # Predict: images waiting for a forward pass; more: RESOURCE_EXHAUSTED
     predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
+    max_resident_mb: float = 0.0  # committed layers beyond the root's kept in memory; 0: all (residency.py)
     rpc_workers: int = 16
     max_long_calls: int = 12  # uploads, restores, snapshots, waits, watches; the rest stay for short calls
     max_pending_operations: int = 8
@@ -138,6 +139,10 @@ def parser() -> argparse.ArgumentParser:
         "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
     )
     p.add_argument(
+        "--max-resident-mb", type=float, default=0.0,
+        help="tasks' own layers kept in memory (least recently used go back to disk); 0: all",
+    )
+    p.add_argument(
         "--max-queued-images", type=int, default=1024, help="Predict images waiting; more: RESOURCE_EXHAUSTED"
     )
     p.add_argument(
@@ -239,6 +244,7 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         predict_threads=args.predict_threads,
+        max_resident_mb=args.max_resident_mb,
         max_queued_images=args.max_queued_images,
         max_long_calls=args.max_long_calls,
         upload=UploadLimits(idle_seconds=args.upload_idle_seconds),

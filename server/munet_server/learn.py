@@ -51,6 +51,23 @@ def learn_task(
     before_commit: Callable[[], None] | None = None,
 ) -> Learned:
     """Search a path for `spec.name` on `dataset`, refit it on every image, and commit it."""
+    with system.residency.hold_all():  # the search probes every task's path
+        return _learn(system, spec, dataset, dataset_id, progress, cancel, executor, resume, on_generation,
+                      before_commit)  # fmt: skip
+
+
+def _learn(
+    system: MunetSystem,
+    spec: AddTaskSpec,
+    dataset: ImageDataset,
+    dataset_id: str,
+    progress: Callable[[SearchProgress], None] | None,
+    cancel: threading.Event | None,
+    executor: Executor | None,
+    resume: Checkpoint | None,
+    on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None,
+    before_commit: Callable[[], None] | None,
+) -> Learned:
     floor, stem = system.clone_floor()
     search = EvolutionSearch(
         system,
@@ -99,6 +116,21 @@ def improve_task(
     recipe; publish a new version only if the new path beats that recipe on the same images.
     Nothing committed changes: other tasks' outputs stay bit-identical, and so do this task's
     earlier versions."""
+    with system.residency.hold_all():  # the search probes every task's path
+        return _improve(system, spec, dataset, progress, cancel, executor, resume, on_generation, before_commit)
+
+
+def _improve(
+    system: MunetSystem,
+    spec: AddTaskSpec,
+    dataset: ImageDataset,
+    progress: Callable[[SearchProgress], None] | None,
+    cancel: threading.Event | None,
+    executor: Executor | None,
+    resume: Checkpoint | None,
+    on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None,
+    before_commit: Callable[[], None] | None,
+) -> Improved:
     current = system.entry(spec.name).record
     floor, stem = system.clone_floor()
     search = EvolutionSearch(

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -45,6 +49,10 @@ class Metrics:
         self.tasks = Gauge("munet_tasks", "Committed tasks", registry=r)
         self.system_params = Gauge("munet_system_params", "Parameters of all distinct components", registry=r)
 
+    def watch_residency(self, stats: Callable[[], Any]) -> None:
+        """Report the residency (residency.ResidencyStats) of whatever system `stats` reads now."""
+        self.registry.register(_ResidencyCollector(stats))
+
     def forget_task(self, task: str) -> None:
         """Drop a deleted task's series, so scrapes do not report it (or grow) forever."""
         for family in (self.predict_latency, self.predict_images, self.evolution_generation,
@@ -54,3 +62,21 @@ class Metrics:
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)
+
+
+class _ResidencyCollector(Collector):
+    """Read at scrape time: the system behind the server changes on restore."""
+
+    def __init__(self, stats: Callable[[], Any]) -> None:
+        self.stats = stats
+
+    def collect(self) -> Iterator[Any]:
+        s = self.stats()
+        yield GaugeMetricFamily("munet_resident_components", "Committed layers in memory (root's not counted)",
+                                value=s.resident)  # fmt: skip
+        yield GaugeMetricFamily("munet_resident_bytes", "Bytes of the committed layers in memory", value=s.resident_bytes)
+        yield GaugeMetricFamily("munet_evicted_components", "Committed layers on disk only", value=s.evicted)
+        yield GaugeMetricFamily("munet_resident_max_bytes", "--max-resident-mb in bytes (0: no bound)", value=s.max_bytes)
+        yield CounterMetricFamily("munet_layer_loads", "Layers brought back from disk", value=s.loads)
+        yield CounterMetricFamily("munet_layer_evictions", "Layers sent back to disk", value=s.evictions)
+        yield CounterMetricFamily("munet_layer_load_seconds", "Time spent bringing layers back", value=s.load_seconds)

@@ -54,7 +54,7 @@ class MunetService:
         self.store = Store(config.store)
         try:
             root = config.root if config.root_explicit or self.store.meta.get_system() is None else None
-            self.ref = SystemRef(MunetSystem.open(self.store, root, config.device))
+            self.ref = SystemRef(MunetSystem.open(self.store, root, config.device, config.max_resident_mb))
         except BaseException:
             self.store.close()
             raise
@@ -240,7 +240,9 @@ class MunetService:
                 try:
                     manifest = publish_staged(self.store, staging)  # verified first: on error nothing changed
                 finally:
-                    self.ref.system = MunetSystem.open(self.store, None, self.config.device)
+                    self.ref.system = MunetSystem.open(
+                        self.store, None, self.config.device, self.config.max_resident_mb
+                    )
                     self.operations = self._make_operations()
                     self.operations.start(resume=False)
                 now = set(self.system.tasks) | set(self.system.damaged)

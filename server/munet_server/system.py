@@ -28,6 +28,7 @@ from munet_server.model.hparams import SearchSpace
 from munet_server.model.path import PathModel, TaskPath
 from munet_server.model.root import Root, RootConfig, load_root
 from munet_server.model.shared_forward import forward_shared
+from munet_server.residency import Residency
 from munet_server.store.records import ComponentRecord, SystemRecord, TaskRecord
 from munet_server.store.store import Store
 
@@ -51,7 +52,7 @@ class TaskEntry:
 class MunetSystem:
     """Open with `MunetSystem.open(store, root_config)`; the store decides the root once created."""
 
-    def __init__(self, store: Store, root: Root, device: torch.device) -> None:
+    def __init__(self, store: Store, root: Root, device: torch.device, max_resident_bytes: int = 0) -> None:
         self.store = store
         self.root = root
         self.arch = root.arch
@@ -72,16 +73,22 @@ class MunetSystem:
         # What the last commit took (freeze, golden digest, shard + LMDB write): a search keeps this
         # much of its budget for it, so that AddTask as a whole ends within the budget.
         self.commit_seconds = 1.0
+        # Committed layers beyond the root's: in memory or on disk, least recently used go first.
+        self.residency = Residency(max_resident_bytes, self._stored_tensors, device)
         self._lock = threading.RLock()
 
     # ---- opening -------------------------------------------------------------------------------
     @classmethod
-    def open(cls, store: Store, root_config: RootConfig | None = None, device: str = "auto") -> MunetSystem:
+    def open(
+        cls, store: Store, root_config: RootConfig | None = None, device: str = "auto", max_resident_mb: float = 0
+    ) -> MunetSystem:
+        """max_resident_mb: bound on the committed layers kept in memory beyond the root's (0: none)."""
         dev = resolve_device(device)
+        resident = int(max_resident_mb * 2**20)
         rec = store.meta.get_system()
         if rec is None:
             root = load_root(root_config or RootConfig())
-            system = cls(store, root, dev)
+            system = cls(store, root, dev, resident)
             system._create_root()
         else:
             stored = RootConfig.from_dict(rec.root)
@@ -95,7 +102,7 @@ class MunetSystem:
             root = load_root(skeleton)
             root.weights_sha256 = rec.root.get("weights_sha256", "")
             root.config = stored
-            system = cls(store, root, dev)
+            system = cls(store, root, dev, resident)
             system._load()
         return system
 
@@ -137,6 +144,8 @@ class MunetSystem:
             c = Component(spec, module.to(self.device), frozen=True, id=rec.id, owner=rec.owner, origin=rec.origin)
             c.num_params = rec.num_params
             self.pool[rec.id] = c
+            if rec.owner != "root":
+                self.residency.add(c)  # beyond the bound, the oldest go back to disk at once
         self._root_path = self._make_root_path()
         tasks, damaged = {}, {}
         for t in self.store.meta.list_tasks():
@@ -257,7 +266,8 @@ class MunetSystem:
             path.parent = None
             model = path.build(self.arch).eval()
             probe = probe_images[:PROBE_EXAMPLES].contiguous()
-            golden = self.golden_digest(model, path.hparams, probe)
+            with self.residency.use(comps):  # shared layers of other tasks may be on disk
+                golden = self.golden_digest(model, path.hparams, probe)
             now = time.time()
             metrics = {
                 **metrics,
@@ -282,6 +292,7 @@ class MunetSystem:
             record = write(record, recs, extra_tensors={"probe/images": probe})
             for c in new:
                 self.pool[c.id] = c
+                self.residency.add(c)
             self._set_tasks({**self.tasks, task: TaskEntry(record, path, model)})
             self.commit_seconds = time.monotonic() - t0
             return record
@@ -310,6 +321,7 @@ class MunetSystem:
             self._pinned = {k: e for k, e in self._pinned.items() if k != (task, version)}
             for cid in freed:
                 self.pool.pop(cid, None)
+                self.residency.forget(cid)
             return freed
 
     def _version_entry(self, record: TaskRecord) -> TaskEntry:
@@ -332,6 +344,7 @@ class MunetSystem:
             self.damaged = {n: d for n, d in self.damaged.items() if n != task}
             for cid in freed:
                 self.pool.pop(cid, None)
+                self.residency.forget(cid)
             return freed
 
     # ---- predictions ---------------------------------------------------------------------------
@@ -364,7 +377,8 @@ class MunetSystem:
         """images: (B, 3, S, S) uint8 at storage size -> (B, classes) float32 logits on the CPU."""
         e = self.entry(task)
         x = preprocess(images, int(e.path.hparams["ds_image_size"])).to(self.device)
-        return e.model(x).float().cpu()
+        with self.residency.use(e.path.components):
+            return e.model(x).float().cpu()
 
     @torch.no_grad()
     def logits_many(self, tasks: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -379,8 +393,9 @@ class MunetSystem:
             if size not in resized:
                 resized[size] = preprocess(images, size).to(self.device)
             inputs[t] = resized[size]
-        chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}
-        return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
+        with self.residency.use(c for e in entries.values() for c in e.path.components):
+            chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}
+            return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
 
     @torch.no_grad()
     def golden_digest(self, model: PathModel, hp: dict[str, Any], probe: torch.Tensor) -> str:
@@ -399,7 +414,15 @@ class MunetSystem:
         """(the golden digest of the task's outputs computed now, how many probe images it covers)."""
         e = self.entry(task)
         probe = self.probe_images(task)
-        return self.golden_digest(e.model, e.path.hparams, probe), len(probe)
+        with self.residency.use(e.path.components):
+            return self.golden_digest(e.model, e.path.hparams, probe), len(probe)
+
+    def _stored_tensors(self, cid: str) -> dict[str, torch.Tensor]:
+        """A committed component's tensors from its shard (to bring it back into memory)."""
+        rec = self.store.meta.get_component(cid)
+        if rec is None:
+            raise DataLoss(f"component {cid} has no record in the store")
+        return self.store.load_component_tensors(rec)
 
 
 def _component_record(c: Component, shard: str, now: float) -> ComponentRecord:

@@ -229,6 +229,10 @@ class TrainContext:
     deadline: float | None  # time.monotonic() at which training stops
     refit_scale: float = 0.0  # training stops so that a refit on all images (this x its time) still fits
     typical_seconds: float = 0.0  # a candidate's training so far in this search (0: none yet)
+    # A candidate better than this on the holdout may become the finalist: the candidates after it in
+    # the generation leave time to finish it, beyond the `reserved` seconds the deadline already keeps.
+    bar_accuracy: float = math.inf
+    reserved: float = 0.0
     root: dict[str, Any] | None = None  # RootConfig.to_dict(), for remote executors
     shared_ids: frozenset[str] = frozenset()  # committed components (shippable once, by id)
 
@@ -249,8 +253,10 @@ class LocalExecutor:
     ) -> list[TrainResult | None]:
         results: list[TrainResult | None] = []
         durations: list[float] = []
+        extra = 0.0  # finishing a possible finalist trained earlier in this generation
         for i, cand in enumerate(candidates):
-            left = math.inf if ctx.deadline is None else ctx.deadline - time.monotonic()
+            deadline = None if ctx.deadline is None else ctx.deadline - extra
+            left = math.inf if deadline is None else deadline - time.monotonic()
             typical = sum(durations) / len(durations) if durations else ctx.typical_seconds
             if left <= 0.5 * typical or left <= 0:  # too little time to train it usefully
                 results.append(None)
@@ -264,7 +270,7 @@ class LocalExecutor:
                 head_wd=cand.head_wd,
                 fit_head_first=cand.fit_head_first,
                 cancel=ctx.cancel,
-                deadline=ctx.deadline,
+                deadline=deadline,
                 refit_scale=ctx.refit_scale,
                 prior_epochs=cand.prior_epochs,
                 on_step=lambda f, i=i: report(i, f),
@@ -272,6 +278,8 @@ class LocalExecutor:
             result = trainer.run()
             durations.append(result.seconds)
             results.append(result)
+            if result.evaluation is not None and result.evaluation.accuracy > ctx.bar_accuracy:
+                extra = max(extra, result.finish_seconds - ctx.reserved)
         return results
 
 
@@ -671,6 +679,8 @@ class EvolutionSearch:
             deadline=self._deadline(),
             refit_scale=self._finish_scale() * FINISH_MARGIN,
             typical_seconds=self._typical_seconds(),
+            bar_accuracy=max(m.evaluation.accuracy for m in self.probes) if self.probes else -math.inf,
+            reserved=self._refit_reserve(),
             root=self.ctx.root.config.to_dict(),
             shared_ids=frozenset(self.ctx.pool),
         )

@@ -69,6 +69,7 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
+    finish_seconds: float = 0.0  # what confirming and refitting its recipe would take (refit_scale)
 
 
 # ---- the path as prefix + suffix -------------------------------------------------------------------
@@ -324,7 +325,10 @@ class CandidateTrainer:
             best_epoch = best[1]
         else:
             evaluation, best_epoch = None, epoch
-        return TrainResult(evaluation, best_epoch, epoch, step, time.monotonic() - t0, history)
+        seconds = time.monotonic() - t0
+        done = step / per_epoch
+        finish = self.refit_scale * seconds * ((self.prior_epochs + done) / done if done else 1.0)
+        return TrainResult(evaluation, best_epoch, epoch, step, seconds, history, finish)
 
 
 # ---- head-only candidates --------------------------------------------------------------------------

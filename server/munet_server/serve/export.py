@@ -151,7 +151,8 @@ def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[P
                     e.record.golden_digest, e.record.version)  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix="munet-export-"))
     try:
-        write_bundle(tmp, meta, e.path.components, system.arch)
+        with system.residency.use(e.path.components):  # layers on disk come back for the export
+            write_bundle(tmp, meta, e.path.components, system.arch)
         for name in FILES:
             digest, size = hashlib.sha256(), 0
             with open(tmp / name, "rb") as f:
