@@ -4,6 +4,7 @@ bit-identically, never from under a call that runs through them."""
 from __future__ import annotations
 
 import io
+import json
 import random
 import threading
 import urllib.request
@@ -117,7 +118,7 @@ def test_the_server_serves_within_the_bound_and_reports_it(tmp_path, store_dir):
     finally:
         app.stop()
     port = free_port()
-    app = make_app(store_dir, ROOT, root_explicit=False, max_resident_mb=0.001, metrics_port=port)
+    app = make_app(store_dir, ROOT, root_explicit=False, max_resident_mb=0.001, metrics_port=port, http_port=0)
     try:
         client = MunetClient(f"127.0.0.1:{app.port}", timeout=60)
         for t in TASKS * 2:
@@ -128,5 +129,7 @@ def test_the_server_serves_within_the_bound_and_reports_it(tmp_path, store_dir):
         assert float(lines["munet_layer_loads_total"]) >= len(TASKS) * 2
         assert float(lines["munet_evicted_components"]) > 0
         assert float(lines["munet_resident_max_bytes"]) == int(0.001 * 2**20)
+        system = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{app.http_port}/munet/v1/system").read())
+        assert system["residency"]["evicted"] > 0 and system["residency"]["loads"] >= len(TASKS) * 2
     finally:
         app.stop()

@@ -212,6 +212,7 @@ def create_app(
             "tasks": len(s.tasks),
             "components": len(s.pool),
             "params": sum(c.num_params for c in s.pool.values()),
+            "residency": dataclasses.asdict(s.residency.stats()),  # --max-resident-mb: layers in memory and on disk
         }
 
     @app.get("/munet/v1/tasks", dependencies=[predict_auth])
