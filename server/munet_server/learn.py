@@ -11,10 +11,11 @@ measures is exactly what the server does.
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -29,6 +30,19 @@ from munet_server.store.records import TaskRecord
 from munet_server.system import PROBE_EXAMPLES, MunetSystem
 
 Checkpoint = tuple[dict[str, Any], dict[str, torch.Tensor]]
+T = TypeVar("T")
+
+
+def _every_layer_resident(fn: Callable[..., T]) -> Callable[..., T]:
+    """A search probes every task's path and may clone any layer: none goes to disk while it runs
+    (--max-resident-mb)."""
+
+    @functools.wraps(fn)
+    def wrapper(system: MunetSystem, *args: Any, **kwargs: Any) -> T:
+        with system.residency.hold_all():
+            return fn(system, *args, **kwargs)
+
+    return wrapper
 
 
 @dataclass
@@ -37,6 +51,7 @@ class Learned:
     result: SearchResult
 
 
+@_every_layer_resident
 def learn_task(
     system: MunetSystem,
     spec: AddTaskSpec,
@@ -51,23 +66,6 @@ def learn_task(
     before_commit: Callable[[], None] | None = None,
 ) -> Learned:
     """Search a path for `spec.name` on `dataset`, refit it on every image, and commit it."""
-    with system.residency.hold_all():  # the search probes every task's path
-        return _learn(system, spec, dataset, dataset_id, progress, cancel, executor, resume, on_generation,
-                      before_commit)  # fmt: skip
-
-
-def _learn(
-    system: MunetSystem,
-    spec: AddTaskSpec,
-    dataset: ImageDataset,
-    dataset_id: str,
-    progress: Callable[[SearchProgress], None] | None,
-    cancel: threading.Event | None,
-    executor: Executor | None,
-    resume: Checkpoint | None,
-    on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None,
-    before_commit: Callable[[], None] | None,
-) -> Learned:
     floor, stem = system.clone_floor()
     search = EvolutionSearch(
         system,
@@ -99,6 +97,7 @@ class Improved:
     result: SearchResult
 
 
+@_every_layer_resident
 def improve_task(
     system: MunetSystem,
     spec: AddTaskSpec,
@@ -116,21 +115,6 @@ def improve_task(
     recipe; publish a new version only if the new path beats that recipe on the same images.
     Nothing committed changes: other tasks' outputs stay bit-identical, and so do this task's
     earlier versions."""
-    with system.residency.hold_all():  # the search probes every task's path
-        return _improve(system, spec, dataset, progress, cancel, executor, resume, on_generation, before_commit)
-
-
-def _improve(
-    system: MunetSystem,
-    spec: AddTaskSpec,
-    dataset: ImageDataset,
-    progress: Callable[[SearchProgress], None] | None,
-    cancel: threading.Event | None,
-    executor: Executor | None,
-    resume: Checkpoint | None,
-    on_generation: Callable[[dict[str, Any], dict[str, torch.Tensor]], None] | None,
-    before_commit: Callable[[], None] | None,
-) -> Improved:
     current = system.entry(spec.name).record
     floor, stem = system.clone_floor()
     search = EvolutionSearch(

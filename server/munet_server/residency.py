@@ -82,9 +82,6 @@ class Residency:
                 load_seconds=self.load_seconds,
             )
 
-    def is_resident(self, cid: str) -> bool:
-        return cid not in self._evicted
-
     # ---- use -------------------------------------------------------------------------------------
     @contextlib.contextmanager
     def use(self, components: Iterable[Component]) -> Iterator[None]:

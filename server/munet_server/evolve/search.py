@@ -391,10 +391,11 @@ class EvolutionSearch:
         epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
         return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
 
-    def _deadline(self) -> float:
-        """time.monotonic() at which candidate training must stop."""
+    def _deadline(self, reserve: float | None = None) -> float:
+        """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
         commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
-        left = self.budget.seconds - self.elapsed() - self._refit_reserve() - commit
+        reserve = self._refit_reserve() if reserve is None else reserve
+        left = self.budget.seconds - self.elapsed() - reserve - commit
         return time.monotonic() + left
 
     def _typical_seconds(self) -> float:
@@ -671,16 +672,17 @@ class EvolutionSearch:
 
     def _train_generation(self, candidates: list[Candidate]) -> None:
         # A generation shares its data hyperparameters (muNet): the views come from the first child.
+        reserve = self._refit_reserve()
         ctx = TrainContext(
             arch=self.ctx.arch,
             batches=self._batches(self.train_idx, self.holdout_idx, candidates[0].path.hparams),
             config=self.train_cfg,
             cancel=self.cancel,
-            deadline=self._deadline(),
+            deadline=self._deadline(reserve),
             refit_scale=self._finish_scale() * FINISH_MARGIN,
             typical_seconds=self._typical_seconds(),
             bar_accuracy=max(m.evaluation.accuracy for m in self.probes) if self.probes else -math.inf,
-            reserved=self._refit_reserve(),
+            reserved=reserve,
             root=self.ctx.root.config.to_dict(),
             shared_ids=frozenset(self.ctx.pool),
         )
