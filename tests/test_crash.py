@@ -8,6 +8,7 @@ resumed or reported failed (never half-applied), and no leftover files survive s
 
 from __future__ import annotations
 
+import shutil
 import signal
 from pathlib import Path
 
@@ -21,18 +22,27 @@ from tests.helpers import ServerProcess
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
-def world(tmp_path, tiny_vit_weights):
-    """A store with one committed task and its recorded predictions."""
-    store = tmp_path / "store"
-    folder, test = image_folder(tmp_path, classes=3, per_class=20)
+@pytest.fixture(scope="module")
+def _template(tmp_path_factory, tiny_vit_weights):
+    """Learned once: a stopped server's store with one committed task, and its recorded predictions."""
+    tmp = tmp_path_factory.mktemp("crash-world")
+    store = tmp / "store"
+    folder, test = image_folder(tmp, classes=3, per_class=20)
     images = [encode_png(i) for i in test.images]
     s = ServerProcess(store, tiny_vit_weights)
     op = s.client.add_task_from_folder("a", folder, budget={"generations": 1})
     assert s.client.wait(op.name, timeout=300).state == "SUCCEEDED"
     golden = s.client.predict("a", images, top_k=3)
     s.stop()
-    return store, tiny_vit_weights, folder, images, golden
+    return store, folder, images, golden
+
+
+@pytest.fixture
+def world(_template, tmp_path, tiny_vit_weights):
+    """Each scenario gets its own copy of the template's store (files copied while no server runs)."""
+    store, folder, images, golden = _template
+    shutil.copytree(store, tmp_path / "store")
+    return tmp_path / "store", tiny_vit_weights, folder, images, golden
 
 
 def _check_committed(s: ServerProcess, images, golden) -> None:

@@ -216,9 +216,10 @@ def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
     monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
     monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
     monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
-    learned = learn(vit_system, "estimated", digits_dataset(classes=5), seed=2)
+    ds = digits_dataset(classes=5, per_class=60)
+    learned = learn(vit_system, "estimated", ds, seed=2)
     conf, m = learned.result.confirmation, learned.record.metrics
-    assert conf is not None and conf.size == len(digits_dataset(classes=5)) - len(learned.result.holdout_idx)
+    assert conf is not None and conf.size == len(ds) - len(learned.result.holdout_idx)
     assert m["holdout_size"] == conf.size and m["confirmation"]["kept"] == conf.kept
     assert m["validation_accuracy"] == (conf.trained_accuracy if conf.kept else conf.probe_accuracy)
     assert m["kind"] == ("trained" if conf.kept else "probe")
