@@ -1,17 +1,20 @@
 """Serving benchmark: Predict over gRPC on loopback against an in-process forward pass of the same path.
 
-    .venv/bin/python -m bench.serving            # ~4 minutes on 2 CPU cores; writes bench/RESULTS.md
+    .venv/bin/python -m bench.serving            # ~6 minutes on 2 CPU cores; writes bench/RESULTS.md
+    .venv/bin/python -m bench.serving --store DIR   # reuse the 3-task store of an earlier run
 
 All in one run, on one store:
 1. Build a system on the offline default root (ImageNet-pretrained EfficientNet-Lite0) with three
    Split-Fashion-MNIST tasks, each evolved briefly (their paths are real muNet paths).
-2. In-process baseline: `system.logits` on already-decoded images (forward only) and on encoded
-   PNGs (decode + forward: what the server must also do), batch 1 and 32.
-3. The real `munet-server` process on that store; the real client over loopback: latency p50/p99 and
-   throughput at batch 1 and 32, sequential and with concurrent clients. Ratios against step 2.
-4. Several tasks on the same images: separate per-task passes versus `MunetSystem.logits_many`,
-   which runs the components the paths share once, in process and over gRPC (`PredictMany`).
-5. Predict latency while another task evolves in the background, against idle.
+2. Several tasks on the same images: separate per-task passes versus `MunetSystem.logits_many`,
+   which runs the components the paths share once.
+3. The baseline a user would run instead (decode + resize + forward in their own process, on a copy
+   of the store) and the real `munet-server` process through the real client over loopback, measured
+   in alternating rounds; where the server's time goes, from its own stage histograms; concurrent
+   clients.
+4. The same images for every task over gRPC: Predict per task vs PredictMany.
+5. Predict latency while another task evolves in the background, against idle, with the search
+   yielding to Predict and without.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import statistics
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,7 +60,8 @@ RESULTS = Path(__file__).parent / "RESULTS.md"
 class ServingConfig:
     tasks: int = 3
     per_class: int = 60  # training images per class of each task (the search is not what we measure)
-    requests: int = 60  # timed calls per measurement
+    requests: int = 20  # timed calls per measurement and round
+    rounds: int = 5  # in-process and gRPC measurements alternate this many times
     clients: int = 4  # concurrent clients for the throughput rows
     threads: int = 2
 
@@ -95,32 +102,105 @@ def build_system(store_dir: Path, cfg: ServingConfig) -> list[str]:
     return names
 
 
-# ---- 2 + 4. in process -----------------------------------------------------------------------------
-def in_process(store_dir: Path, tasks: list[str], pngs: list[bytes], cfg: ServingConfig) -> dict:
-    system = MunetSystem.open(Store(store_dir), device="cpu")
-    task = tasks[0]
-    out: dict = {}
-    for b in (1, 32):
-        batch = pngs[:b]
-        decoded = torch.stack([decode_to_storage(p, system.storage_size) for p in batch])
-        fwd = timed(lambda d=decoded: system.logits(task, d), cfg.requests)
-        full = timed(
-            lambda bt=batch: system.logits(
-                task, torch.stack([decode_to_storage(p, system.storage_size) for p in bt])
-            ),
-            cfg.requests,
-        )
-        out[f"forward_b{b}"] = {
-            "p50": percentile(fwd, 50),
-            "p99": percentile(fwd, 99),
-            "ips": b / statistics.mean(fwd),
-        }
-        out[f"decode_forward_b{b}"] = {
-            "p50": percentile(full, 50), "p99": percentile(full, 99), "ips": b / statistics.mean(full),
-        }  # fmt: skip
-    out["multitask"] = multitask(system, tasks, pngs[:32], cfg)
-    system.store.close()
+# ---- 2 + 3. in process and over gRPC, side by side --------------------------------------------------
+class InProcess:
+    """What a user would do instead of calling the server: decode + resize + forward in their own
+    process (channels-last for CNN roots, as `MunetSystem.logits` does), with the CPU threads that are
+    fastest for the batch size (measured here, not assumed). Opened on a copy of the server's store."""
+
+    def __init__(self, store_dir: Path, task: str) -> None:
+        self.system = MunetSystem.open(Store(store_dir), device="cpu")
+        self.task = task
+        self.threads: dict[int, int] = {}
+
+    def decode(self, pngs: list[bytes]) -> torch.Tensor:
+        return torch.stack([decode_to_storage(p, self.system.storage_size) for p in pngs])
+
+    def tune(self, b: int, pngs: list[bytes], cfg: ServingConfig) -> int:
+        decoded = self.decode(pngs[:b])
+        best = {}
+        for n in (1, cfg.threads):
+            torch.set_num_threads(n)
+            best[n] = statistics.median(timed(lambda: self.system.logits(self.task, decoded), 10))
+        self.threads[b] = min(best, key=best.get)
+        torch.set_num_threads(self.threads[b])
+        return self.threads[b]
+
+    def forward(self, decoded: torch.Tensor) -> None:
+        self.system.logits(self.task, decoded)
+
+    def decode_forward(self, pngs: list[bytes]) -> None:
+        self.system.logits(self.task, self.decode(pngs))
+
+
+def stage_seconds(metrics_url: str) -> dict[str, float]:
+    """Sums of the server's Predict histograms (munet_predict_stage_seconds, handler latency)."""
+    text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^munet_predict_stage_seconds_sum\{stage="(\w+)"\} (\S+)', text, re.M):
+        out[m.group(1)] = float(m.group(2))
+    out["handler"] = sum(
+        float(m.group(1)) for m in re.finditer(r"^munet_predict_latency_seconds_sum\{[^}]*\} (\S+)", text, re.M)
+    )
     return out
+
+
+def side_by_side(
+    inproc: InProcess, target: str, metrics_url: str, task: str, pngs: list[bytes], cfg: ServingConfig
+) -> dict:
+    """For batch 1 and 32, `rounds` rounds of: in-process forward, in-process decode + forward, gRPC
+    Predict, `requests` calls each. Interleaving keeps a drifting machine (other tenants, clock
+    changes: the same forward measured 66 and 110 ms in two runs an hour apart) out of the ratios."""
+    out: dict = {}
+    with MunetClient(target, timeout=120) as c:
+        for b in (1, 32):
+            batch = pngs[:b]
+            decoded = inproc.decode(batch)
+            threads = inproc.tune(b, pngs, cfg)
+            fwd: list[float] = []
+            full: list[float] = []
+            grpc: list[float] = []
+            ratios = []
+            stages = {k: 0.0 for k in ("decode", "queue", "forward", "handler")}
+            for _ in range(cfg.rounds):
+                f = timed(lambda d=decoded: inproc.forward(d), cfg.requests)
+                d = timed(lambda bt=batch: inproc.decode_forward(bt), cfg.requests)
+                before = stage_seconds(metrics_url)
+                g = timed(lambda bt=batch: c.predict(task, bt), cfg.requests, warmup=1)
+                after = stage_seconds(metrics_url)
+                for k in stages:  # the warm-up call is in the sums too: per call below, over requests + 1
+                    stages[k] += after.get(k, 0.0) - before.get(k, 0.0)
+                fwd += f
+                full += d
+                grpc += g
+                ratios.append(statistics.mean(d) / statistics.mean(g))
+            calls = cfg.rounds * (cfg.requests + 1)
+            row = {
+                "threads_in_process": threads,
+                "forward": _lat(fwd, b),
+                "decode_forward": _lat(full, b),
+                "grpc": _lat(grpc, b),
+                "ratio_median": statistics.median(ratios),
+                "ratio_min": min(ratios),
+                "ratio_max": max(ratios),
+                "server_ms": {k: 1e3 * v / calls for k, v in stages.items()},
+            }
+            row["server_ms"]["rest"] = row["server_ms"]["handler"] - sum(
+                row["server_ms"][k] for k in ("decode", "queue", "forward")
+            )
+            row["client_minus_handler_ms"] = 1e3 * statistics.mean(grpc) - row["server_ms"]["handler"]
+            out[f"b{b}"] = row
+        for b in (1, 32):
+            torch.set_num_threads(inproc.threads[b])
+            base = timed(lambda bt=pngs[:b]: inproc.decode_forward(bt), cfg.requests)
+            out[f"b{b}_x{cfg.clients}"] = concurrent(target, [task], pngs[:b], cfg)
+            out[f"b{b}_x{cfg.clients}"]["in_process_ips"] = b / statistics.mean(base)
+    torch.set_num_threads(cfg.threads)
+    return out
+
+
+def _lat(xs: list[float], b: int) -> dict:
+    return {"p50": percentile(xs, 50), "p99": percentile(xs, 99), "ips": b / statistics.mean(xs)}
 
 
 @torch.no_grad()
@@ -162,38 +242,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(store_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "munet_server", "--store", str(store_dir), "--port", str(port), "--device", "cpu"]
-    with open(log, "w") as f:
+def start_server(store_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
+    """The server process; returns it, its gRPC target and its /metrics URL."""
+    port, mport = free_port(), free_port()
+    cmd = [sys.executable, "-m", "munet_server", "--store", str(store_dir), "--port", str(port), "--device", "cpu",
+           "--metrics-port", str(mport), *extra]  # fmt: skip
+    with open(log, "a") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
     for _ in range(600):
         try:
             with MunetClient(target, timeout=2) as c:
                 if c.health() == "SERVING":
-                    return proc, target
+                    return proc, target, f"http://127.0.0.1:{mport}/metrics"
         except Exception:
             time.sleep(0.2)
     proc.kill()
     raise SystemExit(f"server did not start; see {log}")
-
-
-def over_grpc(target: str, tasks: list[str], pngs: list[bytes], cfg: ServingConfig) -> dict:
-    out: dict = {}
-    with MunetClient(target, timeout=120) as c:
-        for b in (1, 32):
-            lat = timed(lambda bt=pngs[:b]: c.predict(tasks[0], bt), cfg.requests)
-            out[f"grpc_b{b}"] = {
-                "p50": percentile(lat, 50),
-                "p99": percentile(lat, 99),
-                "ips": b / statistics.mean(lat),
-            }
-    for b in (1, 32):
-        out[f"grpc_b{b}_x{cfg.clients}"] = concurrent(target, tasks, pngs[:b], cfg)
-    print("[4/5] the same images for every task: Predict per task vs PredictMany")
-    out["many_tasks"] = many_tasks(target, tasks, pngs, cfg)
-    return out
 
 
 def many_tasks(target: str, tasks: list[str], pngs: list[bytes], cfg: ServingConfig) -> dict:
@@ -239,15 +304,19 @@ def concurrent(target: str, tasks: list[str], batch: list[bytes], cfg: ServingCo
 
 
 def while_evolving(target: str, task: str, png: bytes, folder: Path, cfg: ServingConfig) -> dict:
+    """Predict batch 1, idle and while another task's search trains on the same cores (3x the calls:
+    p99 needs them)."""
+    n = 3 * cfg.requests * cfg.rounds // 2
     with MunetClient(target, timeout=120) as c:
-        idle = timed(lambda: c.predict(task, [png]), cfg.requests)
+        idle = timed(lambda: c.predict(task, [png]), n)
         op = c.add_task_from_folder("bench-evolving", folder, budget={"generations": 50}, seed=0)
         while c.operation(op.name).progress.phase != "searching":
             time.sleep(0.1)
-        busy = timed(lambda: c.predict(task, [png]), cfg.requests)
+        busy = timed(lambda: c.predict(task, [png]), n)
         still = c.operation(op.name).state
         c.cancel(op.name)
         c.wait(op.name, timeout=120)
+        c.delete_task("bench-evolving") if any(t.name == "bench-evolving" for t in c.list_tasks()) else None
     return {
         "idle": {"p50": percentile(idle, 50), "p99": percentile(idle, 99)},
         "evolving": {"p50": percentile(busy, 50), "p99": percentile(busy, 99)},
@@ -257,41 +326,67 @@ def while_evolving(target: str, task: str, png: bytes, folder: Path, cfg: Servin
 
 # ---- report ----------------------------------------------------------------------------------------
 def report(r: dict) -> str:
-    ip, gr = r["in_process"], r["grpc"]
+    sb, cfg = r["side_by_side"], r["config"]
     ms = lambda s: f"{s * 1e3:.1f}"  # noqa: E731
-    rows = []
+    rows, where, conc = [], [], []
     for b in (1, 32):
-        f, d, g = ip[f"forward_b{b}"], ip[f"decode_forward_b{b}"], gr[f"grpc_b{b}"]
+        x = sb[f"b{b}"]
+        f, d, g = x["forward"], x["decode_forward"], x["grpc"]
         rows.append(
-            f"| {b} | {ms(f['p50'])} / {ms(f['p99'])} | {ms(d['p50'])} / {ms(d['p99'])} | {ms(g['p50'])} / {ms(g['p99'])} "
-            f"| {f['ips']:.0f} | {d['ips']:.0f} | {g['ips']:.0f} | {g['ips'] / d['ips']:.2f} | {g['ips'] / f['ips']:.2f} |"
+            f"| {b} | {x['threads_in_process']} | {ms(f['p50'])} / {ms(f['p99'])} | {ms(d['p50'])} / {ms(d['p99'])} "
+            f"| {ms(g['p50'])} / {ms(g['p99'])} | {d['ips']:.0f} | {g['ips']:.0f} "
+            f"| **{x['ratio_median']:.2f}** ({x['ratio_min']:.2f}-{x['ratio_max']:.2f}) |"
         )
-    conc = []
-    for b in (1, 32):
-        g = gr[f"grpc_b{b}_x{r['config']['clients']}"]
-        conc.append(f"| {b} | {r['config']['clients']} | {ms(g['p50'])} / {ms(g['p99'])} | {g['ips']:.0f} | "
-                    f"{g['ips'] / ip[f'decode_forward_b{b}']['ips']:.2f} |")  # fmt: skip
+        sm = x["server_ms"]
+        where.append(
+            f"| {b} | {sm['decode']:.1f} | {sm['queue']:.1f} | {sm['forward']:.1f} | {sm['rest']:.1f} "
+            f"| {x['client_minus_handler_ms']:.1f} | {1e3 / d['ips'] * b:.1f} |"
+        )
+        c = sb[f"b{b}_x{cfg['clients']}"]
+        conc.append(f"| {b} | {cfg['clients']} | {ms(c['p50'])} / {ms(c['p99'])} | {c['ips']:.0f} | "
+                    f"{c['in_process_ips']:.0f} | {c['ips'] / c['in_process_ips']:.2f} |")  # fmt: skip
     many = []
     for b in (1, 32):
-        x = gr["many_tasks"][f"b{b}"]
+        x = r["many_tasks"][f"b{b}"]
         many.append(f"| {b} | {ms(x['separate_p50'])} | {ms(x['many_p50'])} | {x['speedup']:.2f}x |")
-    m, ev = r["multitask"], r["while_evolving"]
+    m = r["multitask"]
+    ev = [(label, r["while_evolving"][key]) for key, label in (("yield", "yields (default)"), ("no_yield", "never yields (`--training-yield-ms 0`)"))]
+    evrows = "\n".join(
+        f"| {label} | {ms(e['idle']['p50'])} / {ms(e['idle']['p99'])} | {ms(e['evolving']['p50'])} / "
+        f"{ms(e['evolving']['p99'])} | {e['evolving']['p99'] / e['idle']['p99']:.2f} | {e['evolution_was_running']} |"
+        for label, e in ev
+    )
     return f"""## Serving
 
 Produced by `.venv/bin/python -m bench.serving` on **{r["machine"]}**, {r["date"]}.
-Root: {r["root"]}; {m["tasks"]} Split-Fashion-MNIST tasks evolved briefly; images are 28x28 PNGs,
-served at each task's image size. Baselines are measured in the same run on the same store.
+Root: {r["root"]}; {m["tasks"]} Split-Fashion-MNIST tasks evolved briefly; images are 28x28 PNGs sent by the
+real client over loopback, served at the task's image size. **Baseline**: what a user would do instead,
+in their own process on the same machine: decode + resize + forward of the same path (channels-last,
+CPU threads chosen by measuring 1 and {cfg["threads"]}). Baseline and server are measured **side by side**:
+{cfg["rounds"]} rounds of {cfg["requests"]} calls each, alternating, so that a drifting machine moves both.
+Ratio = server images/s / baseline images/s, median of the rounds (min-max).
 
-Latency p50 / p99 in ms and throughput in images/s, one client, sequential calls:
+Latency p50 / p99 in ms, one client, sequential calls:
 
-| batch | in-process forward | in-process decode + forward | gRPC Predict | fwd img/s | decode+fwd img/s | gRPC img/s | gRPC / decode+fwd | gRPC / fwd |
-|---|---|---|---|---|---|---|---|---|
+| batch | baseline threads | in-process forward | in-process decode + forward | gRPC Predict | baseline img/s | gRPC img/s | gRPC / baseline |
+|---|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
-Concurrent clients (each its own channel, spread over the tasks; the server batches them):
+Where a Predict's time goes, ms per call (the server's own histograms, `munet_predict_stage_seconds`,
+read from its /metrics around the gRPC calls): decode on the RPC thread, waiting for the batcher, the
+forward pass on the batcher thread, the rest of the handler (top-k, protobuf), and what the client saw
+beyond the handler (gRPC transport, serialisation, the client itself); last column, the baseline's
+decode + forward per call:
 
-| batch | clients | p50 / p99 ms | img/s | vs in-process decode+fwd |
-|---|---|---|---|---|
+| batch | decode | queue | forward | rest of handler | transport + client | baseline |
+|---|---|---|---|---|---|---|
+{chr(10).join(where)}
+
+Concurrent clients (each its own channel, the same task: the server batches them), against the
+baseline's sequential throughput measured just before:
+
+| batch | clients | p50 / p99 ms | img/s | baseline img/s | ratio |
+|---|---|---|---|---|---|
 {chr(10).join(conc)}
 
 Several tasks, the same images (`PredictMany`, `munet predict a,b,c IMAGES`): the {m["tasks"]} tasks' paths begin
@@ -304,54 +399,65 @@ bit-identical: {m["bit_identical"]}. Over gRPC, p50 of one Predict per task vs o
 |---|---|---|---|
 {chr(10).join(many)}
 
-Answers equal to per-task Predict: {gr["many_tasks"]["same_answers"]}. Requests for *different* images are
-not merged across tasks: they share no work, and a bigger batch is not cheaper per image on this
-CPU (tried: 0.88x throughput at batch 32 with 4 clients over 3 tasks, 1.07x at batch 1).
+Answers equal to per-task Predict: {r["many_tasks"]["same_answers"]}.
 
-Predict (batch 1) while another task evolves in the same server, against idle: p50 {ms(ev["idle"]["p50"])} ->
-{ms(ev["evolving"]["p50"])} ms, p99 {ms(ev["idle"]["p99"])} -> {ms(ev["evolving"]["p99"])} ms (the search was running
-throughout: {ev["evolution_was_running"]}). On 2 cores, training and serving compete for the same CPU; Predict
-never waits on the search (no shared lock), so what remains is CPU contention.
+Predict (batch 1, p50 / p99 ms) while another task's search trains on the same 2 cores, against idle,
+with the search yielding to Predict between its steps (`priority.py`: a step waits, at most
+`--training-yield-ms`, while Predict work is in flight) and without:
 
-Why gRPC costs what it costs here: every Predict decodes its PNGs on the RPC thread, waits up to
-`--batch-wait-ms` (2 ms) for company, and runs the forward pass on the batcher thread. On 2 cores the
-batcher thread's OpenMP team contends with the others (measured: a batch-1 forward on a second
-thread took 3x longer until small batches were made single-threaded, which halved batch-1 latency);
-at batch 32 the in-process baseline has both cores to itself while the server shares them between
-decoding, gRPC and the forward pass. With 4 concurrent clients dynamic batching recovers most of
-the difference at batch 1. On a GPU the forward pass leaves the CPU free and these ratios change;
-not measured here (no GPU was lent).
+| search | idle | while evolving | p99 evolving / idle | search running throughout |
+|---|---|---|---|---|
+{evrows}
 """
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=ServingConfig.requests)
+    ap.add_argument("--rounds", type=int, default=ServingConfig.rounds)
     ap.add_argument("--clients", type=int, default=ServingConfig.clients)
+    ap.add_argument("--store", type=Path, help="reuse a store built by an earlier run (its 3 tasks)")
     ap.add_argument("--no-report", action="store_true", help="do not touch bench/RESULTS.md")
     args = ap.parse_args()
-    cfg = ServingConfig(requests=args.requests, clients=args.clients)
+    cfg = ServingConfig(requests=args.requests, rounds=args.rounds, clients=args.clients)
     torch.set_num_threads(cfg.threads)
     if not offline.available()["fashion_mnist"]:
         raise SystemExit("needs Fashion-MNIST: apt-get install dataset-fashion-mnist (scripts/setup.sh does)")
     OUT.mkdir(exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="munet-serving-"))
     store = work / "store"
-    print(f"[1/5] building a 3-task system in {store}")
-    tasks = build_system(store, cfg)
+    if args.store:
+        shutil.copytree(args.store, store)
+        s = MunetSystem.open(Store(store), device="cpu")
+        tasks = sorted(t for t in s.tasks if t.startswith("fmnist-"))
+        s.store.close()
+    else:
+        print(f"[1/5] building a 3-task system in {store}")
+        tasks = build_system(store, cfg)
+    shutil.copytree(store, work / "store-in-process")  # the baseline's own copy: the server locks its store
     test = offline.sample_per_class(offline.split_fashion_mnist(((0, 2),), split="test")[0], 32, 1)
     pngs = [encode_png(i) for i in test.images]
-    print("[2/5] in-process forward passes (+ 4: shared prefixes)")
-    ip = in_process(store, tasks, pngs, cfg)
-    print("[3/5] gRPC over loopback against the munet-server process")
-    proc, target = start_server(store, work / "server.log")
+    inproc = InProcess(work / "store-in-process", tasks[0])
+    print("[2/5] shared prefixes in process")
+    mt = multitask(inproc.system, tasks, pngs[:32], cfg)
+    folder = offline.write_image_folder(
+        offline.sample_per_class(offline.split_fashion_mnist(((4, 6),))[0], 60, 0), work / "evolve"
+    )
+    evolving = {}
+    print("[3/5] gRPC over loopback against the in-process baseline, side by side")
+    proc, target, metrics_url = start_server(store, work / "server.log")
     try:
-        gr = over_grpc(target, tasks, pngs, cfg)
-        print("[5/5] Predict while a task evolves")
-        folder = offline.write_image_folder(
-            offline.sample_per_class(offline.split_fashion_mnist(((4, 6),))[0], 60, 0), work / "evolve"
-        )
-        ev = while_evolving(target, tasks[0], pngs[0], folder, cfg)
+        sb = side_by_side(inproc, target, metrics_url, tasks[0], pngs, cfg)
+        print("[4/5] the same images for every task: Predict per task vs PredictMany")
+        many = many_tasks(target, tasks, pngs, cfg)
+        print("[5/5] Predict while a task evolves (the search yields; then a server where it does not)")
+        evolving["yield"] = while_evolving(target, tasks[0], pngs[0], folder, cfg)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    proc, target, _ = start_server(store, work / "server.log", "--training-yield-ms", "0")
+    try:
+        evolving["no_yield"] = while_evolving(target, tasks[0], pngs[0], folder, cfg)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
@@ -361,10 +467,10 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "root": "tf_efficientnet_lite0 (ImageNet-pretrained, offline), CPU",
         "config": asdict(cfg),
-        "in_process": {k: v for k, v in ip.items() if k != "multitask"},
-        "multitask": ip["multitask"],
-        "grpc": gr,
-        "while_evolving": ev,
+        "side_by_side": sb,
+        "multitask": mt,
+        "many_tasks": many,
+        "while_evolving": evolving,
     }
     (OUT / "serving.json").write_text(json.dumps(result, indent=1))
     text = report(result)

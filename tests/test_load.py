@@ -11,6 +11,7 @@ import pytest
 
 from munet_client import MunetClient, MunetError
 from munet_server.data.images import encode_png
+from munet_server.priority import GATE, ServingGate
 from tests.conftest import image_folder, make_app
 
 pytestmark = pytest.mark.slow
@@ -39,9 +40,11 @@ def test_predict_load_while_a_task_evolves(tmp_path, tiny_vit):
             while c.operation(op.name).state != "RUNNING":
                 time.sleep(0.05)
             rss0 = _rss_mb()
+            yields0 = GATE.yields
             busy = _hammer(target, images, golden, clients=16, seconds=6)
             rss1 = _rss_mb()
             assert c.operation(op.name).state == "RUNNING"  # it really was learning the whole time
+            assert GATE.yields > yields0  # and paused its steps while Predict ran
             c.cancel(op.name)
             assert c.wait(op.name, timeout=60).state == "CANCELLED"
         for stats in (idle, busy):
@@ -56,6 +59,32 @@ def test_predict_load_while_a_task_evolves(tmp_path, tiny_vit):
         )
     finally:
         app.stop(0)
+
+
+def test_the_serving_gate_bounds_each_pause():
+    gate = ServingGate(max_wait=0.05)
+    t0 = time.monotonic()
+    gate.yield_to_serving()  # nothing served: no pause
+    assert time.monotonic() - t0 < 0.01 and gate.yields == 0
+    with gate.serving():
+        t0 = time.monotonic()
+        gate.yield_to_serving()  # Predict never ends here: the step waits max_wait, then runs
+        assert 0.04 < time.monotonic() - t0 < 1.0 and gate.yields == 1
+    entered = threading.Event()
+
+    def serve() -> None:
+        with gate.serving():
+            entered.set()
+            time.sleep(0.02)
+
+    gate.max_wait = 5.0
+    t = threading.Thread(target=serve)
+    t.start()
+    entered.wait()
+    t0 = time.monotonic()
+    gate.yield_to_serving()  # returns when the pass ends, long before max_wait
+    t.join()
+    assert time.monotonic() - t0 < 2.0 and gate.yields == 2
 
 
 def _same_predictions(got, golden) -> bool:

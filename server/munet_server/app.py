@@ -22,6 +22,7 @@ from munet_server.config import ServerConfig
 from munet_server.errors import FailedPrecondition
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
+from munet_server.priority import GATE
 from munet_server.rpc.auth import ReadOnly, TokenAuth
 from munet_server.rpc.servicer import MunetServicer
 from munet_server.serve.predictor import SystemRef
@@ -61,6 +62,7 @@ class MunetApp:
         self.service.on_tasks_changed = self.on_tasks_changed
         self.service.on_operation = self._on_progress
         self.metrics.watch_residency(lambda: self.service.system.residency.stats())
+        self.metrics.watch_gate(GATE)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         self.server: grpc.Server | None = None
         self.servicer: MunetServicer | None = None

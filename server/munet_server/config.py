@@ -36,6 +36,7 @@ class ServerConfig:
     max_queued_images: int = 1024  # Predict: images waiting for a forward pass; more: RESOURCE_EXHAUSTED
     predict_threads: int = 0  # CPU threads for large Predict batches; 0: all (see serve/predictor.py)
     max_resident_mb: float = 0.0  # committed layers beyond the root's kept in memory; 0: all (residency.py)
+    training_yield_ms: float = 100.0  # a search waits at most this long per step while Predict runs (priority.py)
     rpc_workers: int = 16
     max_long_calls: int = 12  # uploads, restores, snapshots, waits, watches; the rest stay for short calls
     max_pending_operations: int = 8
@@ -58,6 +59,8 @@ class ServerConfig:
                 f"max_long_calls={self.max_long_calls} must be between 1 and rpc_workers-1 "
                 f"({self.rpc_workers - 1}): some threads must stay free for health checks and Predict"
             )
+        if self.training_yield_ms < 0:
+            raise ValueError(f"training_yield_ms={self.training_yield_ms} must be 0 (never yield) or more")
         if self.max_queued_images < self.max_predict_images:
             raise ValueError(
                 f"max_queued_images={self.max_queued_images} must be at least max_predict_images="
@@ -141,6 +144,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-resident-mb", type=float, default=0.0,
         help="tasks' own layers kept in memory (least recently used go back to disk); 0: all",
+    )
+    p.add_argument(
+        "--training-yield-ms", type=float, default=100.0,
+        help="a search on this server pauses up to this long per training step while Predict runs; 0: never",
     )
     p.add_argument(
         "--max-queued-images", type=int, default=1024, help="Predict images waiting; more: RESOURCE_EXHAUSTED"
@@ -245,6 +252,7 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         batch_wait_ms=args.batch_wait_ms,
         predict_threads=args.predict_threads,
         max_resident_mb=args.max_resident_mb,
+        training_yield_ms=args.training_yield_ms,
         max_queued_images=args.max_queued_images,
         max_long_calls=args.max_long_calls,
         upload=UploadLimits(idle_seconds=args.upload_idle_seconds),

@@ -28,6 +28,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.predict_stage = Histogram(
+            "munet_predict_stage_seconds",
+            "Where Predict's time goes: decode (RPC thread), queue (waiting for the batcher), forward",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.predict_images = Counter("munet_predict_images", "Images predicted", ["task"], registry=r)
         self.predict_passes = Counter(
             "munet_predict_passes",
@@ -52,6 +59,10 @@ class Metrics:
     def watch_residency(self, stats: Callable[[], Any]) -> None:
         """Report the residency (residency.ResidencyStats) of whatever system `stats` reads now."""
         self.registry.register(_ResidencyCollector(stats))
+
+    def watch_gate(self, gate: Any) -> None:
+        """How often and how long searches paused for Predict (priority.ServingGate)."""
+        self.registry.register(_GateCollector(gate))
 
     def forget_task(self, task: str) -> None:
         """Drop a deleted task's series, so scrapes do not report it (or grow) forever."""
@@ -80,3 +91,13 @@ class _ResidencyCollector(Collector):
         yield CounterMetricFamily("munet_layer_loads", "Layers brought back from disk", value=s.loads)
         yield CounterMetricFamily("munet_layer_evictions", "Layers sent back to disk", value=s.evictions)
         yield CounterMetricFamily("munet_layer_load_seconds", "Time spent bringing layers back", value=s.load_seconds)
+
+
+class _GateCollector(Collector):
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily("munet_training_yields", "Training steps that paused for Predict", value=self.gate.yields)
+        yield CounterMetricFamily("munet_training_yield_seconds", "Time searches paused for Predict",
+                                  value=self.gate.yielded_seconds)  # fmt: skip

@@ -24,6 +24,7 @@ from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
 from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
+from munet_server.priority import GATE
 from munet_server.serve.export import Piece, export_task
 from munet_server.serve.predictor import Predictor, SystemRef
 from munet_server.spec import AddTaskSpec
@@ -51,6 +52,7 @@ class MunetService:
     ) -> None:
         self.config = config
         self.metrics = metrics
+        GATE.max_wait = config.training_yield_ms / 1000.0  # the process's one gate (priority.py)
         self.store = Store(config.store)
         try:
             root = config.root if config.root_explicit or self.store.meta.get_system() is None else None
@@ -70,6 +72,7 @@ class MunetService:
             config.predict_threads,
             on_pass=lambda tasks: metrics.predict_passes.labels("1" if tasks == 1 else "2+").inc(),
             max_queued=config.max_queued_images,
+            observe=lambda stage, s: metrics.predict_stage.labels(stage).observe(s),
         )
         self._state = threading.Lock()  # guards the two counters below
         self._uploads = 0

@@ -62,6 +62,11 @@ class MunetSystem:
             self.arch.num_blocks, self.arch.patch_multiple, cfg.min_image_size, cfg.max_image_size
         )
         self.storage_size = cfg.max_image_size  # datasets are kept decoded at this size
+        # Predict feeds CNN roots on a CPU channels-last inputs: oneDNN's NHWC kernels ran a batch-1
+        # EfficientNet-Lite0 forward 1.7x and a batch-32 one 1.2x faster here (bench/serving.py). Golden
+        # digests keep the contiguous layout they were first computed in (the two differ by float
+        # rounding, ~1e-6), so that every store written before still verifies.
+        self.channels_last = self.arch.family == "cnn" and device.type == "cpu"
         self.pool: dict[str, Component] = {}
         self._root_path: TaskPath | None = None
         self.tasks: dict[str, TaskEntry] = {}
@@ -376,9 +381,13 @@ class MunetSystem:
     def logits(self, task: str, images: torch.Tensor) -> torch.Tensor:
         """images: (B, 3, S, S) uint8 at storage size -> (B, classes) float32 logits on the CPU."""
         e = self.entry(task)
-        x = preprocess(images, int(e.path.hparams["ds_image_size"])).to(self.device)
+        x = self._serving_input(preprocess(images, int(e.path.hparams["ds_image_size"])))
         with self.residency.use(e.path.components):
             return e.model(x).float().cpu()
+
+    def _serving_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @torch.no_grad()
     def logits_many(self, tasks: list[str], images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -391,7 +400,7 @@ class MunetSystem:
         for t, e in entries.items():
             size = int(e.path.hparams["ds_image_size"])
             if size not in resized:
-                resized[size] = preprocess(images, size).to(self.device)
+                resized[size] = self._serving_input(preprocess(images, size))
             inputs[t] = resized[size]
         with self.residency.use(c for e in entries.values() for c in e.path.components):
             chains = {t: self.arch.steps(list(e.model.parts)) for t, e in entries.items()}

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from munet_server.data.transforms import DataHParams, color_jitter, normalize, preprocess
 from munet_server.model.arch import Step
+from munet_server.priority import GATE
 
 EVAL_BATCH = 64  # images per forward pass when filling the cache
 
@@ -210,6 +211,7 @@ class FeatureCache:
         held = self._lookup((view.key, ids[:start])) if start else None
         n = len(self.images)
         for i in range(0, n, EVAL_BATCH):
+            GATE.yield_to_serving()
             if held is not None:
                 x = held[i : i + EVAL_BATCH].to(torch.float32)
             else:

@@ -37,6 +37,7 @@ from munet_server.evolve.heads import Evaluation, LinearHead, evaluate_logits, f
 from munet_server.model.arch import Architecture, Step
 from munet_server.model.components import Component
 from munet_server.model.path import TaskPath
+from munet_server.priority import GATE
 
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -291,6 +292,7 @@ class CandidateTrainer:
                 if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
                     stopped = True
                     break
+                GATE.yield_to_serving()
                 sel = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
                 idx, vs = order[sel], view_of[sel]
                 x = torch.cat([self.batch(data.views[v], idx[vs == v]) for v in vs.unique().tolist()])

@@ -24,6 +24,7 @@ import torch
 from munet_server.errors import Cancelled, DeadlineExceeded, ResourceExhausted, Unavailable
 
 Forward = Callable[[str, torch.Tensor], torch.Tensor]
+Observe = Callable[[str, float], None]  # (stage, seconds): "queue" per request, "forward" per pass
 OnAbandon = Callable[[Callable[[], object]], object]  # registers a callback for a caller gone away
 
 
@@ -73,8 +74,10 @@ class Batcher:
         wait_ms: float = 2.0,
         workers: int = 1,
         max_queued: int = 1024,
+        observe: Observe | None = None,
     ) -> None:
         self.forward = forward
+        self.observe = observe
         self.max_batch = max_batch
         self.max_queued = max_queued  # images waiting, all tasks together
         self._queued = 0
@@ -203,12 +206,17 @@ class Batcher:
         live = [r for r in batch if r.future.set_running_or_notify_cancel()]
         if not live:
             return
+        t0 = time.monotonic()
         try:
-            out = self.forward(task, torch.cat([r.images for r in live]))
+            out = self.forward(task, torch.cat([r.images for r in live]) if len(live) > 1 else live[0].images)
         except BaseException as e:  # every waiter gets the error, the worker lives on
             for r in live:
                 r.future.set_exception(e)
             return
+        if self.observe is not None:
+            for r in live:
+                self.observe("queue", t0 - r.enqueued)
+            self.observe("forward", time.monotonic() - t0)
         self.batches += 1
         self.batched_images += len(out)
         i = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +12,8 @@ from PIL import Image
 
 from munet_server.data.images import decode_to_storage, to_storage
 from munet_server.errors import Aborted, InvalidArgument, InvalidImage, ResourceExhausted
-from munet_server.serve.batcher import Batcher, OnAbandon
+from munet_server.priority import GATE
+from munet_server.serve.batcher import Batcher, Observe, OnAbandon
 from munet_server.system import MunetSystem
 
 SMALL_BATCH = 8  # below this, one CPU thread is faster than two contending OpenMP teams
@@ -44,8 +46,10 @@ class Predictor:
         threads: int = 1,
         on_pass: Callable[[int], None] | None = None,
         max_queued: int = 1024,
+        observe: Observe | None = None,
     ) -> None:
         self.ref = system_ref
+        self.observe = observe  # (stage, seconds) for "decode", "queue" and "forward": where time goes
         self.max_images = max_images
         self.on_pass = on_pass  # called with the number of tasks after every forward pass
         # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
@@ -57,7 +61,12 @@ class Predictor:
         # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
         workers = 1 if self.cpu else 4
         self.batcher = Batcher(
-            self._forward, max_batch=batcher_max, wait_ms=wait_ms, workers=workers, max_queued=max_queued
+            self._forward,
+            max_batch=batcher_max,
+            wait_ms=wait_ms,
+            workers=workers,
+            max_queued=max_queued,
+            observe=observe,
         )
 
     def _forward(self, key: str, images: torch.Tensor) -> torch.Tensor:
@@ -81,6 +90,13 @@ class Predictor:
         self.batcher.stop()
 
     def decode(self, encoded: list[bytes], raw: list[RawPixels]) -> torch.Tensor:
+        t0 = time.monotonic()
+        images = self._decode(encoded, raw)
+        if self.observe is not None:
+            self.observe("decode", time.monotonic() - t0)
+        return images
+
+    def _decode(self, encoded: list[bytes], raw: list[RawPixels]) -> torch.Tensor:
         size = self.ref.system.storage_size
         if encoded and raw:
             raise InvalidArgument("send either encoded images or raw images in one request, not both")
@@ -112,7 +128,7 @@ class Predictor:
         k = top_k or 1
         if not 1 <= k <= len(names):
             raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(names)} classes")
-        with self.batcher.announce(task) as coming:
+        with GATE.serving(), self.batcher.announce(task) as coming:  # a search on these cores waits
             images = self.decode(encoded, raw)
             return _top_k(self.batcher(task, images, timeout, on_abandon, coming), names, k)
 
@@ -137,7 +153,7 @@ class Predictor:
             raise InvalidArgument(f"top_k={top_k} must be 0 (one label) or more")
         names = {t: self.ref.system.entry(t).record.class_names for t in tasks}  # NotFound first
         key = TASKS_SEP.join(tasks)
-        with self.batcher.announce(key) as coming:
+        with GATE.serving(), self.batcher.announce(key) as coming:
             images = self.decode(encoded, raw)
             logits = self.batcher(key, images, timeout, on_abandon, coming)
         widths = [len(names[t]) for t in tasks]
