@@ -19,7 +19,6 @@ from munet_server.data.images import encode_png
 from munet_server.errors import Cancelled, ResourceExhausted, Unavailable
 from munet_server.ingest.upload import UploadLimits
 from munet_server.serve.batcher import Batcher
-from munet_server.serve.turns import Turns
 from tests.conftest import image_folder, make_app
 from tests.helpers import store_state
 
@@ -329,31 +328,3 @@ def test_memory_per_dataset_is_bounded_however_small_the_files(tmp_path, tiny_vi
     finally:
         app.stop(0)
 
-
-def test_decodes_and_forward_passes_take_turns():
-    """Many decoders and one pass-runner: no decode ever runs beside a pass, decodes run together,
-    and everyone finishes (no thread waits for ever)."""
-    turns = Turns()
-    log: list[tuple[str, float, float]] = []
-    lock = threading.Lock()
-
-    def work(kind: str, n: int, seconds: float) -> None:
-        for _ in range(n):
-            with turns.decoding() if kind == "decode" else turns.forward():
-                t0 = time.monotonic()
-                time.sleep(seconds)
-                with lock:
-                    log.append((kind, t0, time.monotonic()))
-
-    threads = [threading.Thread(target=work, args=("decode", 20, 0.002)) for _ in range(4)]
-    threads.append(threading.Thread(target=work, args=("forward", 10, 0.005)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not any(t.is_alive() for t in threads)
-    decodes = [(a, b) for k, a, b in log if k == "decode"]
-    passes = [(a, b) for k, a, b in log if k == "forward"]
-    assert len(decodes) == 80 and len(passes) == 10
-    assert not any(a < d and c < b for a, b in passes for c, d in decodes)  # never side by side
-    assert any(a < d and c < b for i, (a, b) in enumerate(decodes) for c, d in decodes[i + 1 :])  # together

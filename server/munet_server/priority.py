@@ -23,7 +23,6 @@ class ServingGate:
         self._active = 0
         self.yields = 0
         self.yielded_seconds = 0.0
-        self._last_training = float("-inf")  # when a search last asked (it asks before every step)
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -37,12 +36,7 @@ class ServingGate:
                 if not self._active:
                     self._cond.notify_all()
 
-    def training(self, within: float = 1.0) -> bool:
-        """Whether a search in this process trained in the last `within` seconds."""
-        return time.monotonic() - self._last_training < within
-
     def yield_to_serving(self) -> None:
-        self._last_training = time.monotonic()
         if not self._active or self.max_wait <= 0:  # an unlocked read: a hint, checked again below
             return
         t0 = time.monotonic()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,10 +14,9 @@ from munet_server.data.images import decode_to_storage, to_storage
 from munet_server.errors import Aborted, InvalidArgument, InvalidImage, ResourceExhausted
 from munet_server.priority import GATE
 from munet_server.serve.batcher import Batcher, Observe, OnAbandon
-from munet_server.serve.turns import Turns
 from munet_server.system import MunetSystem
 
-SMALL_BATCH = 8  # below this, while a search trains, one CPU thread beats two contending OpenMP teams
+SMALL_BATCH = 8  # below this, one CPU thread is faster in the server (measured: bench/serving.py)
 MAX_TASKS_PER_CALL = 64
 TASKS_SEP = "\x00"  # joins a PredictMany's tasks into one batcher key (task names cannot hold it)
 
@@ -54,13 +52,13 @@ class Predictor:
         self.observe = observe  # (stage, seconds) for "decode", "queue" and "forward": where time goes
         self.max_images = max_images
         self.on_pass = on_pass  # called with the number of tasks after every forward pass
-        # On a CPU, small batches run single-threaded while a search trains. Measured (bench/serving.py,
-        # 2 cores): once another thread (the search) owns an OpenMP team, two teams contend and a
-        # batch-1 forward takes 3x longer than single-threaded; with no search, every core helps.
+        # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
+        # another thread (the search) owns an OpenMP team, two teams contend and a batch-1 forward
+        # takes 3x longer than single-threaded; and even with no search, a batch-1 forward on two
+        # threads took 25 ms in the server against 10 ms on one (11 ms on two in a bare process).
         self.cpu = system_ref.system.device.type == "cpu"
         self.threads = threads or torch.get_num_threads()
         self._current = 0
-        self.turns = Turns() if self.cpu else None  # decoding and forward passes alternate (turns.py)
         # One worker on a CPU (tasks would only contend for the same cores); on a GPU, tasks overlap.
         workers = 1 if self.cpu else 4
         self.batcher = Batcher(
@@ -75,17 +73,16 @@ class Predictor:
     def _forward(self, key: str, images: torch.Tensor) -> torch.Tensor:
         """key: one task, or several joined by TASKS_SEP (PredictMany): their logits side by side."""
         if self.cpu:  # per-thread setting: only the batcher thread runs this
-            want = 1 if len(images) < SMALL_BATCH and GATE.training() else self.threads
+            want = 1 if len(images) < SMALL_BATCH else self.threads
             if want != self._current:
                 torch.set_num_threads(want)
                 self._current = want
         tasks = key.split(TASKS_SEP)
-        with self.turns.forward() if self.turns else contextlib.nullcontext():
-            if len(tasks) == 1:
-                out = self.ref.system.logits(key, images)
-            else:
-                many = self.ref.system.logits_many(tasks, images)
-                out = torch.cat([many[t] for t in tasks], dim=1)
+        if len(tasks) == 1:
+            out = self.ref.system.logits(key, images)
+        else:
+            many = self.ref.system.logits_many(tasks, images)
+            out = torch.cat([many[t] for t in tasks], dim=1)
         if self.on_pass is not None:
             self.on_pass(len(tasks))
         return out
@@ -94,9 +91,8 @@ class Predictor:
         self.batcher.stop()
 
     def decode(self, encoded: list[bytes], raw: list[RawPixels]) -> torch.Tensor:
-        with self.turns.decoding() if self.turns else contextlib.nullcontext():
-            t0 = time.monotonic()
-            images = self._decode(encoded, raw)
+        t0 = time.monotonic()
+        images = self._decode(encoded, raw)
         if self.observe is not None:
             self.observe("decode", time.monotonic() - t0)
         return images
