@@ -123,6 +123,21 @@ def test_training_a_child_never_changes_frozen_tensors(tiny_vit):
         for k, v in tensors_of(c.module).items():
             assert torch.equal(v, before[c.id][k]), f"{c.spec.name}.{k} changed"
         assert content_id(c.spec, tensors_of(c.module)) == c.id
+    # train() switched the drafts' every module and left every frozen module in eval mode
+    frozen = [c for c in child.components if c.frozen]
+    assert frozen and all(not m.training for c in frozen for m in c.module.modules())
+    assert all(m.training for c in child.trainable() for m in c.module.modules())
+    model.eval()
+    assert not any(m.training for c in child.components for m in c.module.modules())
+
+
+def test_a_path_over_modules_left_in_train_mode_puts_them_in_eval(tiny_vit):
+    """Frozen modules already in eval are skipped (start-up with 1,000 tasks); one that is not, is switched."""
+    root, _space, rp = _setup(tiny_vit)
+    for c in rp.components:
+        c.module.train()
+    rp.build(root.arch)
+    assert not any(m.training for c in rp.components for m in c.module.modules())
 
 
 def test_posembed_interpolation(tiny_vit):
