@@ -63,7 +63,7 @@ class MunetSystem:
         )
         self.storage_size = cfg.max_image_size  # datasets are kept decoded at this size
         # Predict feeds CNN roots on a CPU channels-last inputs: oneDNN's NHWC kernels ran a batch-1
-        # EfficientNet-Lite0 forward 1.7x and a batch-32 one 1.2x faster here (bench/serving.py). Golden
+        # EfficientNet-Lite0 forward 1.7x and a batch-32 one 1.2x faster in process on a 2-core CPU. Golden
         # digests keep the contiguous layout they were first computed in (the two differ by float
         # rounding, ~1e-6), so that every store written before still verifies.
         self.channels_last = self.arch.family == "cnn" and device.type == "cpu"

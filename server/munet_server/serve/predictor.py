@@ -55,7 +55,7 @@ class Predictor:
         # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
         # another thread (the search) owns an OpenMP team, two teams contend and a batch-1 forward
         # takes 3x longer than single-threaded; and even with no search, a batch-1 forward on two
-        # threads took 25 ms in the server against 10 ms on one (11 ms on two in a bare process).
+        # threads took 25 ms in the server against 12.5 ms on one (11 ms on two in a bare process).
         self.cpu = system_ref.system.device.type == "cpu"
         self.threads = threads or torch.get_num_threads()
         self._current = 0
