@@ -70,7 +70,8 @@ from munet_server.model.path import TaskPath
 
 log = logging.getLogger(__name__)
 PROBE_SHARE = 0.4  # of the budget, at most, for probing seeds beyond the root's first size
-FEATURE_PASS = 0.7  # a forward pass over every view of the images, in epochs of training (2 views)
+FEATURE_PASS = 0.7  # a forward pass over every view of the images, in epochs of training (2 views);
+# the set-up of members from checkpoints that did not record theirs
 FINISH_MARGIN = 1.15  # finishing ran 2-3 s past a 90 s budget without it (retrainings vary in speed)
 
 
@@ -152,6 +153,8 @@ class Member:
     best_epoch: int = 0
     seconds: float = 0.0
     epochs_run: int = 0  # trained: epochs its `seconds` paid for
+    setup_seconds: float = 0.0  # trained: of `seconds`, its set-up and its epochs (TrainResult);
+    train_seconds: float = 0.0  # 0 in checkpoints written before they were kept
     cv: Evaluation | None = None
     offsprings: int = 0
     generation: int = 0
@@ -384,10 +387,15 @@ class EvolutionSearch:
         best = self._finalist()
         if best is None:
             return current
-        per_epoch = best.seconds / max(1, best.epochs_run or self.train_cfg.epochs)
+        epochs_run = max(1, best.epochs_run or self.train_cfg.epochs)
+        if best.train_seconds:  # the prefix pass is cached for every retraining: not counted
+            per_epoch, setup = best.train_seconds / epochs_run, best.setup_seconds
+        else:
+            per_epoch = best.seconds / epochs_run
+            setup = per_epoch * FEATURE_PASS
         retrainings = self.cfg.confirm_folds + 1
         head_fits = retrainings + self.cfg.confirm_folds
-        warm_starts = retrainings * per_epoch * FEATURE_PASS
+        warm_starts = retrainings * setup
         epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
         return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
 
@@ -711,6 +719,8 @@ class EvolutionSearch:
                 best_epoch=result.best_epoch,
                 seconds=result.seconds,
                 epochs_run=result.epochs,
+                setup_seconds=result.setup_seconds,
+                train_seconds=result.train_seconds,
                 generation=self.generation,
             )
             bar = cand.parent_member
@@ -930,6 +940,8 @@ class EvolutionSearch:
                     "best_epoch": m.best_epoch,
                     "seconds": m.seconds,
                     "epochs_run": m.epochs_run,
+                    "setup_seconds": m.setup_seconds,
+                    "train_seconds": m.train_seconds,
                     "offsprings": m.offsprings,
                     "generation": m.generation,
                     "probe": any(m is p for p in self.probes),
@@ -984,6 +996,8 @@ class EvolutionSearch:
                 best_epoch=int(md["best_epoch"]),
                 seconds=float(md["seconds"]),
                 epochs_run=int(md.get("epochs_run", 0)),
+                setup_seconds=float(md.get("setup_seconds", 0.0)),
+                train_seconds=float(md.get("train_seconds", 0.0)),
                 cv=Evaluation(**md["cv"]) if md["cv"] else None,
                 offsprings=int(md["offsprings"]),
                 generation=int(md["generation"]),
