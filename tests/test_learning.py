@@ -177,7 +177,7 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     fits, judged = [], []
     real_fit, real_correct = EvolutionSearch._fit, EvolutionSearch._correct
     monkeypatch.setattr(
-        EvolutionSearch, "_fit", lambda self, m, idx: fits.append((m.kind, idx)) or real_fit(self, m, idx)
+        EvolutionSearch, "_fit", lambda self, m, idx, *a: fits.append((m.kind, idx)) or real_fit(self, m, idx, *a)
     )
     monkeypatch.setattr(
         EvolutionSearch,
@@ -227,13 +227,39 @@ def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
     assert m["selection_holdout_accuracy"] == learned.result.member.evaluation.accuracy
 
 
+def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeypatch):
+    """A trained path is committed only when confirmed: when the budget has no time left to confirm it
+    (here: the clock by which judging must end has just passed), the probe is committed, in time."""
+    real_train, real_best = EvolutionSearch._train_generation, EvolutionSearch.best
+
+    def accept_all(self, candidates):
+        for c in candidates:
+            c.parent_member = None
+        return real_train(self, candidates)
+
+    def prefer_trained(self):
+        trained = [m for m in self.population if m.kind == "trained"]
+        return max(trained, key=Member.key) if trained else real_best(self)
+
+    monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
+    monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
+    monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
+    monkeypatch.setattr(EvolutionSearch, "_confirm_by", lambda self, m: time.monotonic() + 0.01)
+    learned = learn(vit_system, "late", digits_dataset(classes=4, per_class=40), seed=2, generations=1, epochs=2)
+    m = learned.record.metrics
+    assert m["out_of_time"] == "confirmation" and m["confirmation"] is None
+    assert m["kind"] == "probe" and learned.result.member is learned.result.probe
+    assert m["validation_accuracy"] == learned.result.probe.evaluation.accuracy
+
+
 def test_the_time_budget_is_honoured(vit_system):
     ds = digits_dataset()
     t0 = time.monotonic()
     learned = learn(vit_system, "timed", ds, seconds=8.0, generations=1000, candidates_per_generation=4, epochs=30)
     took = time.monotonic() - t0
     m = learned.record.metrics
-    # The probes run to the end, then candidates stop on the clock and the refit fits in what was kept.
+    # The root's first probe runs to the end, then candidates stop on the clock, a winner is confirmed
+    # only if that fits, and the refit fits in what was kept.
     assert m["search_seconds"] < 8.0 * 1.5 + 2.0, m["search_seconds"]
     assert took < 8.0 * 1.5 + 10.0  # commit included
     assert np.isfinite(m["validation_accuracy"]) and m["candidates"] >= 1

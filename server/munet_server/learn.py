@@ -200,6 +200,8 @@ def _metrics(
         "gain_over_probe": estimate - probe_estimate,
         "selection_holdout_accuracy": m.evaluation.accuracy,
         "confirmation": asdict(conf) if conf is not None else None,
+        # The judgement the budget left no time for (a trained path then gives way to the probe).
+        "out_of_time": result.out_of_time,
         "chance_accuracy": float(torch.bincount(dataset.labels).max()) / len(dataset),
         "kind": m.kind,
         "recipe_epochs": search.recipe_epochs(m),

@@ -57,6 +57,7 @@ from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR, ScoreConfig, score
 from munet_server.evolve.train import (
     Batches,
     CandidateTrainer,
+    OutOfTime,
     TrainConfig,
     TrainResult,
     fit_probe_head,
@@ -215,6 +216,7 @@ class SearchResult:
     versus_current: Confirmation | None = None  # the new winner ("trained") against it ("probe")
     publish: bool = True  # False: the served version stays (the search found nothing better)
     probe_versus: float | None = None  # the probe's accuracy on the images `versus_current` judged
+    out_of_time: str | None = None  # the judgement ("confirmation", "versus_current") the budget cut short
 
     @property
     def holdout_size(self) -> int:
@@ -387,17 +389,20 @@ class EvolutionSearch:
         best = self._finalist()
         if best is None:
             return current
-        epochs_run = max(1, best.epochs_run or self.train_cfg.epochs)
-        if best.train_seconds:  # the prefix pass is cached for every retraining: not counted
-            per_epoch, setup = best.train_seconds / epochs_run, best.setup_seconds
-        else:
-            per_epoch = best.seconds / epochs_run
-            setup = per_epoch * FEATURE_PASS
+        per_epoch, setup = self._epoch_and_setup(best)
         retrainings = self.cfg.confirm_folds + 1
         head_fits = retrainings + self.cfg.confirm_folds
         warm_starts = retrainings * setup
         epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
         return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
+
+    def _epoch_and_setup(self, m: Member) -> tuple[float, float]:
+        """A trained member's seconds per epoch and the set-up a retraining of it repeats."""
+        epochs_run = max(1, m.epochs_run or self.train_cfg.epochs)
+        if m.train_seconds:  # the prefix pass is cached for every retraining: not counted
+            return m.train_seconds / epochs_run, m.setup_seconds
+        per_epoch = m.seconds / epochs_run  # a checkpoint from before the split was kept
+        return per_epoch, per_epoch * FEATURE_PASS
 
     def _deadline(self, reserve: float | None = None) -> float:
         """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
@@ -405,6 +410,16 @@ class EvolutionSearch:
         reserve = self._refit_reserve() if reserve is None else reserve
         left = self.budget.seconds - self.elapsed() - reserve - commit
         return time.monotonic() + left
+
+    def _confirm_by(self, m: Member) -> float:
+        """time.monotonic() by which judging `m` must end for its refit and the commit to fit the budget."""
+        commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
+        refit = FINISH_MARGIN * self._head_fit_seconds
+        if m.kind == "trained":
+            per_epoch, setup = self._epoch_and_setup(m)
+            epochs = max(1, self._lineage_epochs(m)) * len(self.all_idx) / max(1, len(self.train_idx))
+            refit += FINISH_MARGIN * (per_epoch * epochs + setup)
+        return time.monotonic() + self.budget.seconds - self.elapsed() - commit - refit
 
     def _typical_seconds(self) -> float:
         """A trained candidate's time in this search so far (its set-up included; 0: none yet)."""
@@ -465,28 +480,41 @@ class EvolutionSearch:
             best = probe
         elif finalist is not None:
             best = finalist
+        out_of_time: str | None = None
         if finalist is not None and self.cfg.confirm_folds > 0:
             self._report("confirming")
-            confirmation = self._confirm(best, probe)
-            log.info(
-                "task %s: on %d images the search did not select on, trained %.3f vs probe %.3f: keeping the %s",
-                self.task, confirmation.size, confirmation.trained_accuracy, confirmation.probe_accuracy,
-                "trained path" if confirmation.kept else "probe",
-            )  # fmt: skip
-            if not confirmation.kept:
-                best = probe
+            try:
+                confirmation = self._confirm(best, probe, stop_at=self._confirm_by(best))
+            except OutOfTime:
+                # A trained path is committed only when confirmed; one found too late to confirm
+                # within the budget gives way to the probe rather than overrun it.
+                log.warning("task %s: no time left to confirm the trained path; keeping the probe", self.task)
+                out_of_time, best = "confirmation", probe
+            else:
+                log.info(
+                    "task %s: on %d images the search did not select on, trained %.3f vs probe %.3f: keeping the %s",
+                    self.task, confirmation.size, confirmation.trained_accuracy, confirmation.probe_accuracy,
+                    "trained path" if confirmation.kept else "probe",
+                )  # fmt: skip
+                if not confirmation.kept:
+                    best = probe
         versus, publish, probe_versus = None, True, None
         if self.current is not None:  # ImproveTask: the served version's recipe is the bar
             if best is self.current:
                 publish = False
             else:
                 self._report("confirming")
-                versus = self._confirm(best, self.current)
-                publish = versus.kept
-                probe_versus = float(self._judge(probe).float().mean())  # before the refit changes it
-                log.info("task %s: new path %.3f vs the served version's recipe %.3f on %d images: %s",
-                         self.task, versus.trained_accuracy, versus.probe_accuracy, versus.size,
-                         "publishing a new version" if publish else "keeping the served version")  # fmt: skip
+                try:
+                    versus = self._confirm(best, self.current, stop_at=self._confirm_by(best))
+                except OutOfTime:
+                    log.warning("task %s: no time left to judge the new path; keeping the served version", self.task)
+                    out_of_time, publish = "versus_current", False
+                else:
+                    publish = versus.kept
+                    probe_versus = float(self._judge(probe).float().mean())  # before the refit changes it
+                    log.info("task %s: new path %.3f vs the served version's recipe %.3f on %d images: %s",
+                             self.task, versus.trained_accuracy, versus.probe_accuracy, versus.size,
+                             "publishing a new version" if publish else "keeping the served version")  # fmt: skip
         if publish:
             self._report("refitting")
             self._refit(best)
@@ -503,6 +531,7 @@ class EvolutionSearch:
             versus_current=versus,
             publish=publish,
             probe_versus=probe_versus,
+            out_of_time=out_of_time,
         )
 
     def _another_generation(self) -> bool:
@@ -544,6 +573,7 @@ class EvolutionSearch:
         default = int(self.ctx.root_path.hparams["ds_image_size"])
         sizes = sorted(probe_sizes(self.ctx.space, default), reverse=True)  # ImageNet features like large
         found: dict[int, tuple[Any, ...]] = {}  # seed index -> (cv, size, path, features, seconds)
+        last = 0.0  # the last probe's seconds
         # The root at every probed size (the image size is chosen here), then the other seeds at that
         # size while the probes have used less than PROBE_SHARE of the budget.
         plan = [(size, [len(others)]) for size in sizes]
@@ -561,14 +591,17 @@ class EvolutionSearch:
                     raise Cancelled("the operation was cancelled")
                 # Past PROBE_SHARE of the budget only the root's first (largest) size still runs:
                 # one converged probe is the least a search returns, however large the upload.
+                # A probe is not started if it would end past the share (the last one's time as its
+                # estimate: sizes run largest first, so later ones are no slower).
                 root_has_one = len(others) in found
-                if (i != len(others) or root_has_one) and self.elapsed() > PROBE_SHARE * self.budget.seconds:
+                if (i != len(others) or root_has_one) and self.elapsed() + last > PROBE_SHARE * self.budget.seconds:
                     break
                 t0 = time.monotonic()
                 feats = probe_features(path, self.ctx.arch, self.cache, self._views(path.hparams), keep)
                 cv = cross_validate(feats, y, self.num_classes, folds)
+                last = time.monotonic() - t0
                 if i not in found or cv.evaluation.key() > found[i][0].evaluation.key():
-                    found[i] = (cv, size, path, feats, time.monotonic() - t0)
+                    found[i] = (cv, size, path, feats, last)
                 self.candidates_done += 1
         train = self.train_idx
         seeds = [seeds[i] for i in sorted(found)]
@@ -761,13 +794,13 @@ class EvolutionSearch:
         wins, losses = int((a & ~b).sum()), int((~a & b).sum())
         return wins - losses >= max(1.0, math.sqrt(wins + losses))
 
-    def _confirm(self, trained: Member, probe: Member) -> Confirmation:
+    def _confirm(self, trained: Member, probe: Member, stop_at: float | None = None) -> Confirmation:
         """Judge the trained winner's recipe against the probe on the training part, k-fold: each fold
         is classified by both retrained on every other labelled image (the holdout included), so no
         image is judged by a model that trained on it or by the comparison that chose the winner. The
         trained path is kept if its score (accuracy discounted by its parameters) is higher there."""
         t0 = time.monotonic()
-        ca, cb = self._judge(trained), self._judge(probe)
+        ca, cb = self._judge(trained, stop_at), self._judge(probe, stop_at)
         acc_t, acc_p = float(ca.float().mean()), float(cb.float().mean())
         return Confirmation(
             size=len(ca),
@@ -779,7 +812,7 @@ class EvolutionSearch:
             seconds=time.monotonic() - t0,
         )
 
-    def _judge(self, m: Member) -> torch.Tensor:
+    def _judge(self, m: Member, stop_at: float | None = None) -> torch.Tensor:
         """Right or wrong on each training-part image, fold by fold, by the member's recipe retrained
         on every other labelled image. Deterministic, so kept per member: a winner judged against
         the probe and then against the served version (ImproveTask) is retrained once."""
@@ -788,8 +821,10 @@ class EvolutionSearch:
             parts = stratified_folds(self.labels[self.train_idx], folds, self.cfg.seed + 1)
             out = []
             for part in parts:
+                if stop_at is not None and time.monotonic() > stop_at:
+                    raise OutOfTime(f"{self.task}: judging passed its time")
                 fold = self.train_idx[part]
-                self._fit(m, self.all_idx[~torch.isin(self.all_idx, fold)])
+                self._fit(m, self.all_idx[~torch.isin(self.all_idx, fold)], stop_at)
                 out.append(self._correct(m, fold))
             self._judged[id(m)] = torch.cat(out)
         return self._judged[id(m)]
@@ -827,7 +862,7 @@ class EvolutionSearch:
         hyperparameters and epochs the holdout chose."""
         self._fit(m, self.all_idx)
 
-    def _fit(self, m: Member, index: torch.Tensor) -> None:
+    def _fit(self, m: Member, index: torch.Tensor, stop_at: float | None = None) -> None:
         """Train the member's recipe on the images `index`, in place, from weights no training on this
         task's images has touched: each draft as the committed component it was cloned from (or as
         freshly initialised: adapters are the identity), a new head fitted by L-BFGS first (LP-FT),
@@ -851,6 +886,7 @@ class EvolutionSearch:
             head_wd=m.head_wd,
             fit_head_first=True,
             cancel=self.cancel,
+            stop_at=stop_at,
         )
         result = trainer.run(epochs=max(1, self._lineage_epochs(m)))
         self.steps += result.steps

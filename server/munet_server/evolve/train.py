@@ -62,6 +62,10 @@ class Batches:
     views: list[View]  # training views; views[0] is the clean view, the one validated on
 
 
+class OutOfTime(Exception):
+    """A retraining with a `stop_at` passed it: its result would come too late to use."""
+
+
 @dataclass
 class TrainResult:
     evaluation: Evaluation | None  # on the holdout, at the kept checkpoint; None when refitting
@@ -175,6 +179,7 @@ class CandidateTrainer:
         deadline: float | None = None,
         refit_scale: float = 0.0,
         prior_epochs: int = 0,
+        stop_at: float | None = None,
         on_step: Callable[[float], None] | None = None,
     ) -> None:
         self.path = path
@@ -191,6 +196,9 @@ class CandidateTrainer:
         # same-task ancestors trained, which the recipe repeats) still ends before the deadline.
         self.refit_scale = refit_scale
         self.prior_epochs = prior_epochs
+        # A retraining whose whole result is needed by a time (a confirmation fold): past it, raise
+        # OutOfTime rather than return a model trained for less than its recipe says.
+        self.stop_at = stop_at
         self.on_step = on_step
         self.device = data.cache.device
         self._inputs: dict[str, torch.Tensor] = {}
@@ -253,6 +261,10 @@ class CandidateTrainer:
         fit = fit_head(torch.cat(feats), labels, self.data.num_classes, self.head_wd)
         fit.load_into(head.module.fc)
 
+    def _check_time(self) -> None:
+        if self.stop_at is not None and time.monotonic() > self.stop_at:
+            raise OutOfTime(f"{self.path.task}: retraining passed its time")
+
     # -- evaluation --
     @torch.no_grad()
     def evaluate(self) -> Evaluation:
@@ -272,6 +284,7 @@ class CandidateTrainer:
             self.inputs(view)
         t_setup = time.monotonic()
         self.calibrate_adapters()
+        self._check_time()
         self.warm_start_head()
         t_loop = time.monotonic()
         setup = t_loop - t_setup
@@ -295,6 +308,7 @@ class CandidateTrainer:
             for b in range(per_epoch):
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
+                self._check_time()
                 now = time.monotonic()
                 if self.deadline is not None and step > 0 and now + self._finish(now - t_loop, step / per_epoch, setup) > self.deadline:
                     stopped = True
