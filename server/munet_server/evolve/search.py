@@ -71,8 +71,7 @@ from munet_server.model.path import TaskPath
 
 log = logging.getLogger(__name__)
 PROBE_SHARE = 0.4  # of the budget, at most, for probing seeds beyond the root's first size
-FEATURE_PASS = 0.7  # a forward pass over every view of the images, in epochs of training (2 views);
-# the set-up of members from checkpoints that did not record theirs
+FEATURE_PASS = 0.7  # a forward pass over every view of the images, in epochs of training (2 views)
 FINISH_MARGIN = 1.15  # finishing ran 2-3 s past a 90 s budget without it (retrainings vary in speed)
 
 
@@ -154,8 +153,6 @@ class Member:
     best_epoch: int = 0
     seconds: float = 0.0
     epochs_run: int = 0  # trained: epochs its `seconds` paid for
-    setup_seconds: float = 0.0  # trained: of `seconds`, its set-up and its epochs (TrainResult);
-    train_seconds: float = 0.0  # 0 in checkpoints written before they were kept
     cv: Evaluation | None = None
     offsprings: int = 0
     generation: int = 0
@@ -389,20 +386,12 @@ class EvolutionSearch:
         best = self._finalist()
         if best is None:
             return current
-        per_epoch, setup = self._epoch_and_setup(best)
+        per_epoch = best.seconds / max(1, best.epochs_run or self.train_cfg.epochs)
         retrainings = self.cfg.confirm_folds + 1
         head_fits = retrainings + self.cfg.confirm_folds
-        warm_starts = retrainings * setup
+        warm_starts = retrainings * per_epoch * FEATURE_PASS
         epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
         return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
-
-    def _epoch_and_setup(self, m: Member) -> tuple[float, float]:
-        """A trained member's seconds per epoch and the set-up a retraining of it repeats."""
-        epochs_run = max(1, m.epochs_run or self.train_cfg.epochs)
-        if m.train_seconds:  # the prefix pass is cached for every retraining: not counted
-            return m.train_seconds / epochs_run, m.setup_seconds
-        per_epoch = m.seconds / epochs_run  # a checkpoint from before the split was kept
-        return per_epoch, per_epoch * FEATURE_PASS
 
     def _deadline(self, reserve: float | None = None) -> float:
         """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
@@ -416,9 +405,9 @@ class EvolutionSearch:
         commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
         refit = FINISH_MARGIN * self._head_fit_seconds
         if m.kind == "trained":
-            per_epoch, setup = self._epoch_and_setup(m)
+            per_epoch = m.seconds / max(1, m.epochs_run or self.train_cfg.epochs)
             epochs = max(1, self._lineage_epochs(m)) * len(self.all_idx) / max(1, len(self.train_idx))
-            refit += FINISH_MARGIN * (per_epoch * epochs + setup)
+            refit += FINISH_MARGIN * per_epoch * (epochs + FEATURE_PASS)
         return time.monotonic() + self.budget.seconds - self.elapsed() - commit - refit
 
     def _typical_seconds(self) -> float:
@@ -752,8 +741,6 @@ class EvolutionSearch:
                 best_epoch=result.best_epoch,
                 seconds=result.seconds,
                 epochs_run=result.epochs,
-                setup_seconds=result.setup_seconds,
-                train_seconds=result.train_seconds,
                 generation=self.generation,
             )
             bar = cand.parent_member
@@ -976,8 +963,6 @@ class EvolutionSearch:
                     "best_epoch": m.best_epoch,
                     "seconds": m.seconds,
                     "epochs_run": m.epochs_run,
-                    "setup_seconds": m.setup_seconds,
-                    "train_seconds": m.train_seconds,
                     "offsprings": m.offsprings,
                     "generation": m.generation,
                     "probe": any(m is p for p in self.probes),
@@ -1032,8 +1017,6 @@ class EvolutionSearch:
                 best_epoch=int(md["best_epoch"]),
                 seconds=float(md["seconds"]),
                 epochs_run=int(md.get("epochs_run", 0)),
-                setup_seconds=float(md.get("setup_seconds", 0.0)),
-                train_seconds=float(md.get("train_seconds", 0.0)),
                 cv=Evaluation(**md["cv"]) if md["cv"] else None,
                 offsprings=int(md["offsprings"]),
                 generation=int(md["generation"]),

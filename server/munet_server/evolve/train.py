@@ -75,10 +75,6 @@ class TrainResult:
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
     finish_seconds: float = 0.0  # what confirming and refitting its recipe would take (refit_scale)
-    # `seconds` in parts: a retraining repeats the set-up (adapter calibration, LP-FT head) and the
-    # epochs, not the prefix pass (its outputs are cached for the whole search)
-    setup_seconds: float = 0.0
-    train_seconds: float = 0.0  # the epochs
 
 
 # ---- the path as prefix + suffix -------------------------------------------------------------------
@@ -280,14 +276,9 @@ class CandidateTrainer:
         t0 = time.monotonic()
         cfg, data = self.cfg, self.data
         epochs = cfg.epochs if epochs is None else epochs
-        for view in data.views:  # the frozen prefix's outputs: computed once, then cached
-            self.inputs(view)
-        t_setup = time.monotonic()
         self.calibrate_adapters()
         self._check_time()
         self.warm_start_head()
-        t_loop = time.monotonic()
-        setup = t_loop - t_setup
         head = self.path.components[-1]
         head_params = list(head.module.parameters()) if not head.frozen else []
         body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
@@ -310,7 +301,9 @@ class CandidateTrainer:
                     raise Cancelled("the operation was cancelled")
                 self._check_time()
                 now = time.monotonic()
-                if self.deadline is not None and step > 0 and now + self._finish(now - t_loop, step / per_epoch, setup) > self.deadline:
+                done = step / per_epoch  # epochs so far
+                lineage = (self.prior_epochs + done) / done if step else 1.0
+                if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
                     stopped = True
                     break
                 GATE.yield_to_serving()
@@ -348,17 +341,10 @@ class CandidateTrainer:
             best_epoch = best[1]
         else:
             evaluation, best_epoch = None, epoch
-        end = time.monotonic()
-        finish = self._finish(end - t_loop, step / per_epoch, setup)
-        return TrainResult(
-            evaluation, best_epoch, epoch, step, end - t0, history, finish, setup, end - t_loop
-        )
-
-    def _finish(self, trained: float, done: float, setup: float) -> float:
-        """Seconds to confirm and refit this recipe if it stopped now: refit_scale retrainings, each
-        repeating the set-up and the lineage's epochs (its same-task ancestors' `prior_epochs` too)."""
-        lineage = (self.prior_epochs + done) / done if done else 1.0
-        return self.refit_scale * (trained * lineage + setup)
+        seconds = time.monotonic() - t0
+        done = step / per_epoch
+        finish = self.refit_scale * seconds * ((self.prior_epochs + done) / done if done else 1.0)
+        return TrainResult(evaluation, best_epoch, epoch, step, seconds, history, finish)
 
 
 # ---- head-only candidates --------------------------------------------------------------------------
