@@ -34,7 +34,7 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -71,6 +71,7 @@ from munet_server.model.path import TaskPath
 
 log = logging.getLogger(__name__)
 PROBE_SHARE = 0.4  # of the budget, at most, for probing seeds beyond the root's first size
+PROBE_CHUNK = 8  # seed probe paths built at a time (their shared prefixes are cached within one)
 FEATURE_PASS = 0.7  # a forward pass over every view of the images, in epochs of training (2 views)
 FINISH_MARGIN = 1.15  # finishing ran 2-3 s past a 90 s budget without it (retrainings vary in speed)
 
@@ -566,16 +567,24 @@ class EvolutionSearch:
         # The root at every probed size (the image size is chosen here), then the other seeds at that
         # size while the probes have used less than PROBE_SHARE of the budget.
         plan = [(size, [len(others)]) for size in sizes]
+
+        def children(size: int, which: list[int]) -> Iterator[tuple[int, TaskPath, tuple[int, ...]]]:
+            """Each seed's probe path at `size`, with the prefix depths worth keeping cached; built a
+            few at a time, so that probes the share stops cost nothing (with a thousand committed
+            tasks, building them all first took seconds)."""
+            for at in range(0, len(which), PROBE_CHUNK):
+                chunk, paths = which[at : at + PROBE_CHUNK], []
+                for i in chunk:
+                    seed = seeds[i]
+                    hp = self.mutator.fix_architecture({**copy.deepcopy(seed.hparams), "ds_image_size": size})
+                    paths.append(self.mutator.make_child(seed, self.task, self.num_classes, hp, mutate=False))
+                keys = [tuple(split_path(p, self.ctx.arch).prefix_ids) for p in paths]
+                yield from zip(chunk, paths, branch_points(keys))
+
         for size, which in [*plan, (None, list(range(len(others))))]:
             if size is None:
                 size = found[len(others)][1]
-            paths = []
-            for i in which:
-                seed = seeds[i]
-                hp = self.mutator.fix_architecture({**copy.deepcopy(seed.hparams), "ds_image_size": size})
-                paths.append(self.mutator.make_child(seed, self.task, self.num_classes, hp, mutate=False))
-            keys = [tuple(split_path(p, self.ctx.arch).prefix_ids) for p in paths]
-            for i, path, keep in zip(which, paths, branch_points(keys)):
+            for i, path, keep in children(size, which):
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
                 # Past PROBE_SHARE of the budget only the root's first (largest) size still runs:
