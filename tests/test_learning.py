@@ -174,6 +174,9 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     search._train_generation(candidates)
     trained = max((m for m in search.population if m.kind == "trained"), key=lambda m: m.key())
     probe = max(search.probes, key=lambda m: m.key())
+    # A trained parent's children repeat its epochs when confirmed: with no time left they are not drawn.
+    assert search._finishable(trained, left=1e6) and not search._finishable(trained, left=0.0)
+    assert search._finishable(probe, left=0.0)
     fits, judged = [], []
     real_fit, real_correct = EvolutionSearch._fit, EvolutionSearch._correct
     monkeypatch.setattr(
@@ -244,7 +247,7 @@ def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeyp
     monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
     monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
     monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
-    monkeypatch.setattr(EvolutionSearch, "_confirm_by", lambda self, m: time.monotonic() + 0.01)
+    monkeypatch.setattr(EvolutionSearch, "_budget_end", lambda self: time.monotonic() + 0.01)
     learned = learn(vit_system, "late", digits_dataset(classes=4, per_class=40), seed=2, generations=1, epochs=2)
     m = learned.record.metrics
     assert m["out_of_time"] == "confirmation" and m["confirmation"] is None

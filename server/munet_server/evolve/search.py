@@ -365,6 +365,7 @@ class EvolutionSearch:
         self._head_fit_seconds = 0.0  # the slowest probe head fit on the training part (L-BFGS)
         self._clear: dict[int, bool] = {}  # id(member) -> clearly better than the best probe
         self._judged: dict[int, torch.Tensor] = {}  # id(member) -> right or wrong on each confirmation image
+        self._refit_seconds: dict[int, float] = {}  # id(member) -> its refit on every image, by its folds' times
 
     # ---- time ----------------------------------------------------------------------------------
     def elapsed(self) -> float:
@@ -401,15 +402,10 @@ class EvolutionSearch:
         left = self.budget.seconds - self.elapsed() - reserve - commit
         return time.monotonic() + left
 
-    def _confirm_by(self, m: Member) -> float:
-        """time.monotonic() by which judging `m` must end for its refit and the commit to fit the budget."""
+    def _budget_end(self) -> float:
+        """time.monotonic() at which the budget ends, less the commit's time."""
         commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
-        refit = FINISH_MARGIN * self._head_fit_seconds
-        if m.kind == "trained":
-            per_epoch = m.seconds / max(1, m.epochs_run or self.train_cfg.epochs)
-            epochs = max(1, self._lineage_epochs(m)) * len(self.all_idx) / max(1, len(self.train_idx))
-            refit += FINISH_MARGIN * per_epoch * (epochs + FEATURE_PASS)
-        return time.monotonic() + self.budget.seconds - self.elapsed() - commit - refit
+        return time.monotonic() + self.budget.seconds - self.elapsed() - commit
 
     def _typical_seconds(self) -> float:
         """A trained candidate's time in this search so far (its set-up included; 0: none yet)."""
@@ -474,7 +470,7 @@ class EvolutionSearch:
         if finalist is not None and self.cfg.confirm_folds > 0:
             self._report("confirming")
             try:
-                confirmation = self._confirm(best, probe, stop_at=self._confirm_by(best))
+                confirmation = self._confirm(best, probe, ends_by=self._budget_end())
             except OutOfTime:
                 # A trained path is committed only when confirmed; one found too late to confirm
                 # within the budget gives way to the probe rather than overrun it.
@@ -495,7 +491,7 @@ class EvolutionSearch:
             else:
                 self._report("confirming")
                 try:
-                    versus = self._confirm(best, self.current, stop_at=self._confirm_by(best))
+                    versus = self._confirm(best, self.current, ends_by=self._budget_end())
                 except OutOfTime:
                     log.warning("task %s: no time left to judge the new path; keeping the served version", self.task)
                     out_of_time, publish = "versus_current", False
@@ -672,10 +668,13 @@ class EvolutionSearch:
         ds = self.mutator.sample_data_hparams(best.path.hparams)
         cands: list[Candidate] = []
         seen: set[str] = set()
+        left = self._deadline() - time.monotonic()
         for _ in range(self.budget.candidates_per_generation * 5):  # redraw children identical to a sibling
             if len(cands) == self.budget.candidates_per_generation:
                 break
             parent, member = self._pick_parent()
+            if member is not None and not self._finishable(member, left):
+                continue
             hp = self.mutator.mutate_hparams(parent.hparams, ds)
             hp.setdefault("head_wd", best.head_wd)
             child = self.mutator.make_child(parent, self.task, self.num_classes, hp, True)
@@ -686,6 +685,18 @@ class EvolutionSearch:
             cands.append(self._candidate(child, parent, member, mutated=True))
         cands.sort(key=lambda c: len(split_path(c.path, self.ctx.arch).prefix))
         return cands
+
+    def _finishable(self, parent: Member, left: float) -> bool:
+        """Whether a child of this same-task parent could train one epoch in the `left` seconds and
+        still be confirmed and refitted: its recipe repeats the parent lineage's epochs. A child that
+        cannot stops after a step or two (the trainer's deadline) yet joins the lineage as a whole
+        epoch: measured, 60 such fragments in the last 40 s of a 90 s search, the recipe grown to 24
+        epochs that its confirmation could no longer finish."""
+        prior = self._lineage_epochs(parent) if parent.kind == "trained" else 0
+        if not prior:
+            return True
+        per_epoch = parent.seconds / max(1, parent.epochs_run or self.train_cfg.epochs)
+        return self._finish_scale() * FINISH_MARGIN * per_epoch * (prior + 1) < left
 
     def _candidate(self, child: TaskPath, parent: TaskPath, member: Member | None, mutated: bool) -> Candidate:
         same_task = member is not None and parent.task == self.task
@@ -790,13 +801,18 @@ class EvolutionSearch:
         wins, losses = int((a & ~b).sum()), int((~a & b).sum())
         return wins - losses >= max(1.0, math.sqrt(wins + losses))
 
-    def _confirm(self, trained: Member, probe: Member, stop_at: float | None = None) -> Confirmation:
+    def _confirm(self, trained: Member, probe: Member, ends_by: float | None = None) -> Confirmation:
         """Judge the trained winner's recipe against the probe on the training part, k-fold: each fold
         is classified by both retrained on every other labelled image (the holdout included), so no
         image is judged by a model that trained on it or by the comparison that chose the winner. The
-        trained path is kept if its score (accuracy discounted by its parameters) is higher there."""
+        trained path is kept if its score (accuracy discounted by its parameters) is higher there.
+
+        `ends_by`: the judgement and the winner's refit end by then, or OutOfTime is raised. Judged
+        on measured times, not the reserve's estimate: no fold runs past `ends_by`, and a fold is
+        not started when the last fold's time says that it and the refit would not fit."""
         t0 = time.monotonic()
-        ca, cb = self._judge(trained, stop_at), self._judge(probe, stop_at)
+        ca = self._judge(trained, ends_by, refit_after=True)
+        cb = self._judge(probe, ends_by, then=self._refit_seconds.get(id(trained), 0.0))
         acc_t, acc_p = float(ca.float().mean()), float(cb.float().mean())
         return Confirmation(
             size=len(ca),
@@ -808,21 +824,31 @@ class EvolutionSearch:
             seconds=time.monotonic() - t0,
         )
 
-    def _judge(self, m: Member, stop_at: float | None = None) -> torch.Tensor:
+    def _judge(
+        self, m: Member, ends_by: float | None = None, then: float = 0.0, refit_after: bool = False
+    ) -> torch.Tensor:
         """Right or wrong on each training-part image, fold by fold, by the member's recipe retrained
         on every other labelled image. Deterministic, so kept per member: a winner judged against
-        the probe and then against the served version (ImproveTask) is retrained once."""
+        the probe and then against the served version (ImproveTask) is retrained once. With
+        `ends_by`, it ends `then` seconds before it (and before its own refit on every image, measured
+        by its folds, when `refit_after`), or raises OutOfTime."""
         if id(m) not in self._judged:
             folds = self.cfg.confirm_folds or 2
             parts = stratified_folds(self.labels[self.train_idx], folds, self.cfg.seed + 1)
-            out = []
+            out, last = [], 0.0
             for part in parts:
-                if stop_at is not None and time.monotonic() > stop_at:
-                    raise OutOfTime(f"{self.task}: judging passed its time")
                 fold = self.train_idx[part]
-                self._fit(m, self.all_idx[~torch.isin(self.all_idx, fold)], stop_at)
+                index = self.all_idx[~torch.isin(self.all_idx, fold)]
+                if ends_by is not None:
+                    refit = last * len(self.all_idx) / len(index) if refit_after else 0.0
+                    if time.monotonic() + last + refit + then > ends_by:
+                        raise OutOfTime(f"{self.task}: no time left to judge the recipe")
+                t0 = time.monotonic()
+                self._fit(m, index, None if ends_by is None else ends_by - then)
+                last = time.monotonic() - t0
                 out.append(self._correct(m, fold))
             self._judged[id(m)] = torch.cat(out)
+            self._refit_seconds[id(m)] = last * len(self.all_idx) / max(1, len(index))
         return self._judged[id(m)]
 
     # ---- ImproveTask: the served version --------------------------------------------------------
