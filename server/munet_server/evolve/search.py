@@ -690,8 +690,8 @@ class EvolutionSearch:
         """Whether a child of this same-task parent could train one epoch in the `left` seconds and
         still be confirmed and refitted: its recipe repeats the parent lineage's epochs. A child that
         cannot stops after a step or two (the trainer's deadline) yet joins the lineage as a whole
-        epoch: measured, 60 such fragments in the last 40 s of a 90 s search, the recipe grown to 24
-        epochs that its confirmation could no longer finish."""
+        epoch: seen on photos (seed 0, 90 s, with a smaller reserve), 60 generations of such fragments
+        from 33 to 76 s, the recipe grown to 24 epochs that its confirmation could not finish."""
         prior = self._lineage_epochs(parent) if parent.kind == "trained" else 0
         if not prior:
             return True
