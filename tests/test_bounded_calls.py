@@ -327,4 +327,3 @@ def test_memory_per_dataset_is_bounded_however_small_the_files(tmp_path, tiny_vi
         assert store_state(app) == before
     finally:
         app.stop(0)
-

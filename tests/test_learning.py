@@ -247,7 +247,10 @@ def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeyp
     monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
     monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
     monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
-    monkeypatch.setattr(EvolutionSearch, "_budget_end", lambda self: time.monotonic() + 0.01)
+    real_confirm = EvolutionSearch._confirm
+    monkeypatch.setattr(  # the judgement must end 10 ms from when it starts: too soon for a retraining
+        EvolutionSearch, "_confirm", lambda self, t, p, ends_by=None: real_confirm(self, t, p, time.monotonic() + 0.01)
+    )
     learned = learn(vit_system, "late", digits_dataset(classes=4, per_class=40), seed=2, generations=1, epochs=2)
     m = learned.record.metrics
     assert m["out_of_time"] == "confirmation" and m["confirmation"] is None

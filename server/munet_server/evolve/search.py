@@ -388,7 +388,7 @@ class EvolutionSearch:
         best = self._finalist()
         if best is None:
             return current
-        per_epoch = best.seconds / max(1, best.epochs_run or self.train_cfg.epochs)
+        per_epoch = self._epoch_seconds(best)
         retrainings = self.cfg.confirm_folds + 1
         head_fits = retrainings + self.cfg.confirm_folds
         warm_starts = retrainings * per_epoch * FEATURE_PASS
@@ -397,15 +397,16 @@ class EvolutionSearch:
 
     def _deadline(self, reserve: float | None = None) -> float:
         """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
-        commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
-        reserve = self._refit_reserve() if reserve is None else reserve
-        left = self.budget.seconds - self.elapsed() - reserve - commit
-        return time.monotonic() + left
+        return self._budget_end() - (self._refit_reserve() if reserve is None else reserve)
 
     def _budget_end(self) -> float:
         """time.monotonic() at which the budget ends, less the commit's time."""
         commit = FINISH_MARGIN * min(self.ctx.commit_seconds, 0.05 * self.budget.seconds)
         return time.monotonic() + self.budget.seconds - self.elapsed() - commit
+
+    def _epoch_seconds(self, m: Member) -> float:
+        """A trained member's seconds per epoch of its own training (its set-up included)."""
+        return m.seconds / max(1, m.epochs_run or self.train_cfg.epochs)
 
     def _typical_seconds(self) -> float:
         """A trained candidate's time in this search so far (its set-up included; 0: none yet)."""
@@ -695,8 +696,7 @@ class EvolutionSearch:
         prior = self._lineage_epochs(parent) if parent.kind == "trained" else 0
         if not prior:
             return True
-        per_epoch = parent.seconds / max(1, parent.epochs_run or self.train_cfg.epochs)
-        return self._finish_scale() * FINISH_MARGIN * per_epoch * (prior + 1) < left
+        return self._finish_scale() * FINISH_MARGIN * self._epoch_seconds(parent) * (prior + 1) < left
 
     def _candidate(self, child: TaskPath, parent: TaskPath, member: Member | None, mutated: bool) -> Candidate:
         same_task = member is not None and parent.task == self.task
