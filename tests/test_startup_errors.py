@@ -10,10 +10,17 @@ import pytest
 from tests.helpers import server_command
 
 
-def _start(cmd: list[str]) -> subprocess.CompletedProcess:
+def _start(cmd: list[str], before_torch: bool = True) -> subprocess.CompletedProcess:
+    """Run a server that must fail; `before_torch`: it says so before importing torch (preflight)."""
+    if before_torch:
+        cmd = [cmd[0], "-X", "importtime", *cmd[1:]]  # every import is listed on stderr
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert r.returncode != 0
     assert "Traceback" not in r.stderr, r.stderr
+    if before_torch:
+        imported = {line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+        assert "munet_server.preflight" in imported and "torch" not in imported
+        r.stderr = "\n".join(line for line in r.stderr.splitlines() if not line.startswith("import time:"))
     return r
 
 
@@ -53,9 +60,18 @@ def test_metrics_port_in_use(tmp_path, tiny_vit_weights):
     assert f"could not serve metrics on 127.0.0.1:{port}" in r.stderr
 
 
+def test_http_port_in_use(tmp_path, tiny_vit_weights):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = _start([*server_command(tmp_path / "store", 0, tiny_vit_weights), "--http-port", str(port)])
+    assert f"munet-server: FAILED_PRECONDITION: could not serve HTTP on 127.0.0.1:{port}" in r.stderr
+
+
 def test_unsupported_root(tmp_path):
     cmd = server_command(tmp_path / "store", 0, "random")
     cmd[cmd.index("--root") + 1] = "resnet18"
     cmd[cmd.index("--root-kwargs") + 1] = "{}"
-    r = _start(cmd)
+    r = _start(cmd, before_torch=False)  # building the root is how it is found out
     assert "munet-server: INVALID_ARGUMENT: root 'resnet18': ResNet is not supported" in r.stderr

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 
-from munet_server import logs
+from munet_server import logs, preflight
 from munet_server.config import from_args, parser
 from munet_server.errors import MunetError
 
@@ -16,9 +16,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     config = from_args(args, dict(os.environ))
-    from munet_server.app import MunetApp  # after logging is set up: importing torch/timm takes a moment
-
     try:
+        preflight.check(config)  # the common mistakes, before seconds of importing torch and timm
+        from munet_server.app import MunetApp  # after logging is set up: importing torch/timm takes a moment
+
         app = MunetApp(config)
         port = app.start()
     except MunetError as e:
