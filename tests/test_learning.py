@@ -177,10 +177,6 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     # A trained parent's children repeat its epochs when confirmed: with no time left they are not drawn.
     assert search._finishable(trained, left=1e6) and not search._finishable(trained, left=0.0)
     assert search._finishable(probe, left=0.0)
-    # ... and the draw passes over them to probes, other parents and seeds instead of giving up.
-    late = [search._pick_parent(left=0.0)[1] for _ in range(50)]
-    assert all(m is None or m.kind == "probe" for m in late) and any(m is not None for m in late)
-    assert any(m is not None and m.kind == "trained" for m in (search._pick_parent(left=1e6)[1] for _ in range(50)))
     fits, judged = [], []
     real_fit, real_correct = EvolutionSearch._fit, EvolutionSearch._correct
     monkeypatch.setattr(

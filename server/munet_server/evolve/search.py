@@ -652,20 +652,15 @@ class EvolutionSearch:
         return cands
 
     # ---- later generations: muNet ---------------------------------------------------------------
-    def _pick_parent(self, left: float) -> tuple[TaskPath, Member | None]:
-        """muNet's parent draw (best first, each taken with probability 0.5^offsprings, else uniform
-        over seeds and population) among the parents whose children could still be finished in the
-        `left` seconds: an unfinishable parent is passed over rather than redrawn, so late in the
-        budget the draw falls to probes, shorter lineages and seeds instead of ending the search."""
-        population = [m for m in self.population if self._finishable(m, left)]
-        for m in sorted(population, key=Member.key, reverse=True):
+    def _pick_parent(self) -> tuple[TaskPath, Member | None]:
+        for m in sorted(self.population, key=Member.key, reverse=True):
             if self.rng.random() < 0.5**m.offsprings:
                 return m.path, m
         seeds = self._seeds()
-        choice = self.rng.randrange(len(seeds) + len(population))
+        choice = self.rng.randrange(len(seeds) + len(self.population))
         if choice < len(seeds):
             return seeds[choice], None
-        m = population[choice - len(seeds)]
+        m = self.population[choice - len(seeds)]
         return m.path, m
 
     def _evolved_generation(self) -> list[Candidate]:
@@ -678,7 +673,9 @@ class EvolutionSearch:
         for _ in range(self.budget.candidates_per_generation * 5):  # redraw children identical to a sibling
             if len(cands) == self.budget.candidates_per_generation:
                 break
-            parent, member = self._pick_parent(left)
+            parent, member = self._pick_parent()
+            if member is not None and not self._finishable(member, left):
+                continue
             hp = self.mutator.mutate_hparams(parent.hparams, ds)
             hp.setdefault("head_wd", best.head_wd)
             child = self.mutator.make_child(parent, self.task, self.num_classes, hp, True)
