@@ -24,6 +24,7 @@ class TaskSpec:
     source: str  # photos | mnist5k | fmnist_A_B | animals | digits
     train_per_class: int  # photos: the test fraction's complement is used instead
     test_per_class: int
+    half: int | None = None  # 0 or 1: only the source's even or odd images (two tasks, disjoint images)
 
 
 TASKS = {
@@ -41,6 +42,11 @@ TASKS = {
         TaskSpec("pullover_coat", "fmnist_2_4", 50, 500),
         TaskSpec("pullover_shirt", "fmnist_2_6", 50, 500),
         TaskSpec("coat_shirt", "fmnist_4_6", 50, 500),
+        # A stream where a later, larger task can teach an earlier, smaller one (bench/improve.py
+        # --stream digits): the ten digits from ten images each, then from 50 each, on disjoint
+        # halves of MNIST-5k so that no test image of one is a training image of the other.
+        TaskSpec("digits_few", "mnist5k", 10, 100, half=0),
+        TaskSpec("digits_many", "mnist5k", 50, 100, half=1),
     )
 }
 
@@ -85,6 +91,8 @@ def load_task(name: str, seed: int) -> TaskData:
     else:
         loader = {"mnist5k": offline.mnist5k, "animals": offline.animal_shapes, "digits": offline.digits}
         raw = loader[spec.source]()
+        if spec.half is not None:
+            raw = raw.take(np.arange(len(raw))[spec.half :: 2])
         n = spec.train_per_class + spec.test_per_class
         raw = offline.sample_per_class(raw, n, seed)
         train_raw, test_raw = offline.train_test_split(raw, spec.test_per_class / n, seed)
