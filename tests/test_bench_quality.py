@@ -38,7 +38,7 @@ def test_quality_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
             assert ft.params_added > lp["params_added"] > 0
             rows.append({**lp, "seed": seed})
             rows.append({**lp, "method": "finetune", "test_accuracy": ft.test_accuracy, "params_added": ft.params_added, "seed": seed})
-        learned = run_learned("munet30", stream, seed, tiny_vit, tmp_path / f"s{seed}", Budget(seconds=20, generations=1, epochs=2))
+        learned = run_learned("munet30", stream, seed, tiny_vit, tmp_path / f"s{seed}", Budget(seconds=10, generations=1, epochs=2))
         for r in learned:
             # A later task never changes an earlier one: bit-identical outputs, same accuracy.
             assert r["verified"] and r["test_accuracy_end"] == r["test_accuracy"]

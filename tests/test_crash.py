@@ -133,7 +133,7 @@ def test_kill_during_improve_resumes(world):
 def test_kill_between_shard_write_and_publish(world):
     store, weights, folder, images, golden = world
     s = ServerProcess(store, weights, crash_at="after_shard_written")
-    op = s.client.add_task_from_folder("b", folder, budget={"generations": 1})
+    op = s.client.add_task_from_folder("b", folder, budget={"generations": 0})
     s.wait_dead()
     s2 = ServerProcess(store, weights, crash_at="")
     _check_committed(s2, images, golden)
@@ -169,7 +169,7 @@ def test_kill_during_restore(world, tmp_path):
     s = ServerProcess(store, weights)
     archive = tmp_path / "before-b.tar"
     s.client.snapshot(archive)  # a system with "a" only
-    op = s.client.add_task_from_folder("b", folder, budget={"generations": 1})
+    op = s.client.add_task_from_folder("b", folder, budget={"generations": 0})
     assert s.client.wait(op.name, timeout=300).state == "SUCCEEDED"
     s.stop()
     # (1) killed while the archive streams in; (2) killed with the new generation complete but not live.
@@ -251,7 +251,7 @@ def test_disk_full_is_resource_exhausted_and_loses_nothing(world):
     _check_committed(s, images, golden)
     s.stop()
     s = ServerProcess(store, weights, disk_full_at="shard_write")
-    op = s.client.wait(s.client.add_task_from_folder("b", folder, budget={"generations": 1}).name, 300)
+    op = s.client.wait(s.client.add_task_from_folder("b", folder, budget={"generations": 0}).name, 300)
     assert op.state == "FAILED" and op.error_code == "RESOURCE_EXHAUSTED", op
     assert "nothing was committed" in op.error
     _check_committed(s, images, golden)

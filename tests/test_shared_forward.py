@@ -37,7 +37,7 @@ def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> N
 def system(tmp_path_factory, tiny_vit):
     system = MunetSystem.open(Store(tmp_path_factory.mktemp("shared") / "store"), tiny_vit, device="cpu")
     for i, classes in enumerate((3, 5, 4)):
-        learn(system, f"t{i}", digits_dataset(classes=classes, per_class=40), seed=i)
+        learn(system, f"t{i}", digits_dataset(classes=classes, per_class=40), seed=i, generations=1)
     _add_twin(system, "t0", "twin", digits_dataset(classes=3).images[:8])
     return system
 

@@ -105,7 +105,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root-kwargs", default="{}", help="timm kwargs as JSON, e.g. '{\"img_size\": 32}'")
     p.add_argument("--image-size", type=int, default=64, help="default image size of new paths")
     p.add_argument("--min-image-size", type=int, default=32, help="smallest image size the search tries")
-    p.add_argument("--max-image-size", type=int, default=112, help="also the size uploads are stored at")
+    p.add_argument("--max-image-size", type=int, default=112, help="largest image size the search tries; uploads are stored as sent and decoded at this size")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN (prefer the file flag)")
     p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN (prefer the file flag)")
