@@ -19,7 +19,7 @@ RANK = {
     "operations": 6,
     "service": 7,
     "rpc": 8, "replica": 8, "rest": 9,
-    "app": 10,
+    "app": 10, "preflight": 10,
     "__main__": 11,
 }  # fmt: skip
 
