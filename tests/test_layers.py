@@ -18,8 +18,8 @@ RANK = {
     "learn": 5, "serve": 5,
     "operations": 6,
     "service": 7,
-    "rpc": 8, "replica": 8, "rest": 9,
-    "app": 10, "preflight": 10,
+    "rpc": 8, "replica": 8, "rest": 9, "preflight": 9,
+    "app": 10,
     "__main__": 11,
 }  # fmt: skip
 

@@ -22,6 +22,7 @@ from munet_server.config import ServerConfig
 from munet_server.errors import FailedPrecondition
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
+from munet_server.preflight import cannot_bind, cannot_serve
 from munet_server.priority import GATE
 from munet_server.rpc.auth import ReadOnly, TokenAuth
 from munet_server.rpc.servicer import MunetServicer
@@ -113,14 +114,14 @@ class MunetApp:
         except RuntimeError:  # grpcio >= 1.50 raises instead of returning 0
             self.port = 0
         if self.port == 0:
-            raise FailedPrecondition(f"could not bind {address}: the port is in use or the address is not local")
+            raise FailedPrecondition(cannot_bind(address))
         if cfg.metrics_port:
             try:
                 self.metrics.serve(cfg.metrics_port, cfg.host)
             except OSError as e:
                 self.server.stop(0)
                 raise FailedPrecondition(
-                    f"could not serve metrics on {cfg.host}:{cfg.metrics_port}: {e.strerror or e}"
+                    cannot_serve("metrics", cfg.host, cfg.metrics_port, e.strerror or str(e))
                 ) from None
         if cfg.http_port is not None:
             self._start_http()
@@ -178,7 +179,7 @@ class MunetApp:
         except OSError as e:
             assert self.server is not None
             self.server.stop(0)
-            raise FailedPrecondition(f"could not serve HTTP on {cfg.host}:{cfg.http_port}: {e.strerror or e}") from None
+            raise FailedPrecondition(cannot_serve("HTTP", cfg.host, cfg.http_port, e.strerror or str(e))) from None
         self.http.start()
         self.http_port = self.http.port
         log.info("HTTP (Open Inference Protocol) on %s:%d", cfg.host, self.http_port)

@@ -24,12 +24,21 @@ def check(config: ServerConfig) -> None:
         if path is not None:
             with open(path, "rb"):  # missing or unreadable: OSError with the file's name
                 pass
-    where = config.host
-    if _bind_error(where, config.port):
-        raise FailedPrecondition(f"could not bind {where}:{config.port}: the port is in use or the address is not local")
+    if _bind_error(config.host, config.port):
+        raise FailedPrecondition(cannot_bind(f"{config.host}:{config.port}"))
     for port, what in ((config.metrics_port, "metrics"), (config.http_port, "HTTP")):
-        if port and (error := _bind_error(where, port)):
-            raise FailedPrecondition(f"could not serve {what} on {where}:{port}: {error}")
+        if port and (error := _bind_error(config.host, port)):
+            raise FailedPrecondition(cannot_serve(what, config.host, port, error))
+
+
+def cannot_bind(address: str) -> str:
+    """The gRPC port's message, here and where the server binds (app.py)."""
+    return f"could not bind {address}: the port is in use or the address is not local"
+
+
+def cannot_serve(what: str, host: str, port: int | None, reason: str) -> str:
+    """The metrics and HTTP ports' message, here and where those servers listen (app.py)."""
+    return f"could not serve {what} on {host}:{port}: {reason}"
 
 
 def _bind_error(host: str, port: int) -> str | None:
