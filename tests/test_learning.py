@@ -4,6 +4,7 @@ the refit, and the time budget (docs/LEARNING.md)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -203,36 +204,9 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     )
 
 
-def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
-    """Whichever path the confirmation keeps, the task's validation estimate is the confirmation's."""
-    real_train, real_best = EvolutionSearch._train_generation, EvolutionSearch.best
-
-    def accept_all(self, candidates):
-        for c in candidates:
-            c.parent_member = None
-        return real_train(self, candidates)
-
-    def prefer_trained(self):  # a trained winner, so that the confirmation runs
-        trained = [m for m in self.population if m.kind == "trained"]
-        return max(trained, key=Member.key) if trained else real_best(self)
-
-    monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
-    monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
-    monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
-    ds = digits_dataset(classes=5, per_class=60)
-    learned = learn(vit_system, "estimated", ds, seed=2)
-    conf, m = learned.result.confirmation, learned.record.metrics
-    assert conf is not None and conf.size == len(ds) - len(learned.result.holdout_idx)
-    assert m["holdout_size"] == conf.size and m["confirmation"]["kept"] == conf.kept
-    assert m["validation_accuracy"] == (conf.trained_accuracy if conf.kept else conf.probe_accuracy)
-    assert m["kind"] == ("trained" if conf.kept else "probe")
-    assert m["gain_over_probe"] == m["validation_accuracy"] - conf.probe_accuracy
-    assert m["selection_holdout_accuracy"] == learned.result.member.evaluation.accuracy
-
-
-def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeypatch):
-    """A trained path is committed only when confirmed: when the budget has no time left to confirm it
-    (here: the clock by which judging must end has just passed), the probe is committed, in time."""
+def force_a_trained_winner(monkeypatch) -> None:
+    """Every child joins the population and a trained path is the winner and the finalist, so that
+    the confirmation (and the refit of a trained path) runs even on a tiny root."""
     real_train, real_best = EvolutionSearch._train_generation, EvolutionSearch.best
 
     def accept_all(self, candidates):
@@ -247,6 +221,27 @@ def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeyp
     monkeypatch.setattr(EvolutionSearch, "_train_generation", accept_all)
     monkeypatch.setattr(EvolutionSearch, "best", prefer_trained)
     monkeypatch.setattr(EvolutionSearch, "_finalist", lambda self: prefer_trained(self) if self.probes else None)
+
+
+def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
+    """Whichever path the confirmation keeps, the task's validation estimate is the confirmation's."""
+    force_a_trained_winner(monkeypatch)
+    ds = digits_dataset(classes=5, per_class=60)
+    learned = learn(vit_system, "estimated", ds, seed=2)
+    conf, m = learned.result.confirmation, learned.record.metrics
+    assert conf is not None and conf.size == len(ds) - len(learned.result.holdout_idx)
+    assert m["holdout_size"] == conf.size and m["confirmation"]["kept"] == conf.kept
+    kept = conf.kept and not m["refit_failed"]  # a refit below its estimate gives way to the probe
+    assert m["validation_accuracy"] == (conf.trained_accuracy if kept else conf.probe_accuracy)
+    assert m["kind"] == ("trained" if kept else "probe")
+    assert m["gain_over_probe"] == m["validation_accuracy"] - conf.probe_accuracy
+    assert m["selection_holdout_accuracy"] == learned.result.member.evaluation.accuracy
+
+
+def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeypatch):
+    """A trained path is committed only when confirmed: when the budget has no time left to confirm it
+    (here: the clock by which judging must end has just passed), the probe is committed, in time."""
+    force_a_trained_winner(monkeypatch)
     real_confirm = EvolutionSearch._confirm
     monkeypatch.setattr(  # the judgement must end 10 ms from when it starts: too soon for a retraining
         EvolutionSearch, "_confirm", lambda self, t, p, ends_by=None: real_confirm(self, t, p, time.monotonic() + 0.01)
@@ -256,6 +251,35 @@ def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeyp
     assert m["out_of_time"] == "confirmation" and m["confirmation"] is None
     assert m["kind"] == "probe" and learned.result.member is learned.result.probe
     assert m["validation_accuracy"] == learned.result.probe.evaluation.accuracy
+
+
+def test_a_refit_below_its_estimate_is_not_committed(vit_system, monkeypatch):
+    """The winner's refit on every labelled image must get those images at least as right as its
+    recipe got unseen ones in the confirmation; one that does not has diverged (here: its head is
+    turned around after the real refit), and the probe is committed instead."""
+    real_confirm, real_refit = EvolutionSearch._confirm, EvolutionSearch._refit
+
+    def diverging(self, m):
+        real_refit(self, m)
+        if m.kind == "trained":  # the least likely class everywhere: what a diverged refit may answer
+            fc = m.path.components[-1].module.fc
+            fc.weight.data.neg_()
+            fc.bias.data.neg_()
+
+    force_a_trained_winner(monkeypatch)
+    monkeypatch.setattr(  # the confirmation keeps the trained path, so that its refit is committed
+        EvolutionSearch, "_confirm", lambda self, t, p, ends_by=None: replace(real_confirm(self, t, p, ends_by), kept=True)
+    )
+    monkeypatch.setattr(EvolutionSearch, "_refit", diverging)
+    ds = digits_dataset(classes=4, per_class=40)
+    learned = learn(vit_system, "diverged", ds, seed=2, generations=1, epochs=2)
+    m, conf = learned.record.metrics, learned.result.confirmation
+    assert conf is not None and conf.kept
+    assert m["refit_failed"] and m["refit_train_accuracy"] < conf.trained_accuracy
+    assert m["kind"] == "probe" and learned.result.member is learned.result.probe
+    assert m["validation_accuracy"] == conf.probe_accuracy
+    served = vit_system.logits("diverged", ds.images).argmax(1)
+    assert (served == ds.labels).float().mean() > 0.5  # the probe, refitted on every image, serves
 
 
 def test_the_time_budget_is_honoured(vit_system):

@@ -183,7 +183,7 @@ def _metrics(
     estimate, probe_estimate, judged = m.evaluation.accuracy, probe.evaluation.accuracy, result.holdout_size
     if (conf := result.confirmation) is not None:
         # The confirmation judged both on images the search did not select on: the unbiased estimate.
-        estimate = conf.trained_accuracy if conf.kept else conf.probe_accuracy
+        estimate = conf.trained_accuracy if conf.kept and not result.refit_failed else conf.probe_accuracy
         probe_estimate, judged = conf.probe_accuracy, conf.size
     if (vs := result.versus_current) is not None:  # ImproveTask: judged against the served version
         estimate, judged = vs.trained_accuracy, vs.size
@@ -202,6 +202,10 @@ def _metrics(
         "confirmation": asdict(conf) if conf is not None else None,
         # The judgement the budget left no time for (a trained path then gives way to the probe).
         "out_of_time": result.out_of_time,
+        # A trained winner's refit on every labelled image, on those images; a refit below its
+        # recipe's estimate is not committed (the probe is, or the served version stays).
+        "refit_train_accuracy": result.refit_accuracy,
+        "refit_failed": result.refit_failed,
         "chance_accuracy": float(torch.bincount(dataset.labels).max()) / len(dataset),
         "kind": m.kind,
         "recipe_epochs": search.recipe_epochs(m),
