@@ -38,6 +38,7 @@ import torch
 from bench import baselines, machine
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
+from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
 from munet_server.learn import learn_task
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
@@ -65,7 +66,13 @@ def test_accuracy(system: MunetSystem, task: str, data: TaskData) -> float:
 
 
 def run_learned(
-    method: str, stream: list[TaskData], seed: int, root: RootConfig, workdir: Path, budget: Budget | None = None
+    method: str,
+    stream: list[TaskData],
+    seed: int,
+    root: RootConfig,
+    workdir: Path,
+    budget: Budget | None = None,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
 ) -> list[dict[str, Any]]:
     """muNet (or the adapters policy) through learn_task, task after task, into one system."""
     policy = "adapters" if method == "adapters" else "munet"
@@ -74,7 +81,14 @@ def run_learned(
     system = MunetSystem.open(Store(workdir / method), root, device="cpu")
     rows = []
     for data in stream:
-        spec = AddTaskSpec(name=data.name, class_names=data.class_names, budget=budget, seed=seed, policy=policy)
+        spec = AddTaskSpec(
+            name=data.name,
+            class_names=data.class_names,
+            budget=budget,
+            seed=seed,
+            policy=policy,
+            scale_factor=scale_factor,
+        )
         with baselines.Timer() as t:
             learned = learn_task(system, spec, data.train)
         m = learned.record.metrics
@@ -82,6 +96,7 @@ def run_learned(
             {
                 "method": method,
                 "task": data.name,
+                "scale_factor": scale_factor,
                 "test_accuracy": test_accuracy(system, data.name, data),
                 "cpu_seconds": t.cpu,
                 "wall_seconds": t.wall,
@@ -91,6 +106,8 @@ def run_learned(
                 "probe_validation_accuracy": m["probe_validation_accuracy"],
                 "selection_holdout_accuracy": m.get("selection_holdout_accuracy"),
                 "confirmation": m.get("confirmation"),
+                "refit_train_accuracy": m.get("refit_train_accuracy"),
+                "refit_failed": m.get("refit_failed"),
                 "kind": m["kind"],
                 "candidates": m["candidates"],
                 "new_components": _new_names(system, data.name),
@@ -144,7 +161,14 @@ def append(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, default=float) + "\n")
 
 
-def run(seeds: list[int], tasks: tuple[str, ...], methods: tuple[str, ...], out: Path, root: RootConfig) -> None:
+def run(
+    seeds: list[int],
+    tasks: tuple[str, ...],
+    methods: tuple[str, ...],
+    out: Path,
+    root: RootConfig,
+    scale_factor: float = DEFAULT_SCALE_FACTOR,
+) -> None:
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"machine": machine.describe(), "load": os.getloadavg()[0]}
     for seed in seeds:
@@ -166,7 +190,7 @@ def run(seeds: list[int], tasks: tuple[str, ...], methods: tuple[str, ...], out:
                     append(out, [{**row, "seed": seed, "tasks": list(tasks), **env}])
             elif not all((seed, d.name, method) in have for d in stream):
                 with tempfile.TemporaryDirectory() as tmp:
-                    rows = run_learned(method, stream, seed, root, Path(tmp))
+                    rows = run_learned(method, stream, seed, root, Path(tmp), scale_factor=scale_factor)
                 append(out, [{**r, "seed": seed, "tasks": list(tasks), **env} for r in rows])
 
 
@@ -304,10 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true", help="only write the tables from --out")
+    p.add_argument(
+        "--scale-factor",
+        type=float,
+        default=DEFAULT_SCALE_FACTOR,
+        help="s of muNet's score for the muNet methods (an experiment: write it to its own --out)",
+    )
+    p.add_argument("--no-report", action="store_true", help="leave RESULTS.md alone (experiments)")
     a = p.parse_args(argv)
     if not a.report:
-        run(_seeds(a.seeds), tuple(a.tasks.split(",")), tuple(a.methods.split(",")), a.out, RootConfig())
-    print(report(a.out, BENCH / "RESULTS.md"))
+        methods = tuple(a.methods.split(","))
+        run(_seeds(a.seeds), tuple(a.tasks.split(",")), methods, a.out, RootConfig(), a.scale_factor)
+    if not a.no_report:
+        print(report(a.out, BENCH / "RESULTS.md"))
     return 0
 
 
