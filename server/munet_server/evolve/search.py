@@ -508,7 +508,7 @@ class EvolutionSearch:
         if publish:
             self._report("refitting")
             self._refit(best)
-            judged = versus or confirmation
+            judged = versus if versus is not None else confirmation  # what chose it
             if best.kind == "trained" and judged is not None:
                 # A model gets at least the images it trained on as right as images it never saw;
                 # a refit that does not (measured: a recipe judged 92.5 % on its folds scored 76 %
