@@ -146,12 +146,13 @@ def measure(server: Server, n: int, pngs: list[bytes], workdir: Path) -> dict[st
     return row
 
 
-def run(out: Path, checkpoints: tuple[int, ...], evolved: int) -> None:
+def run(out: Path, checkpoints: tuple[int, ...], evolved: int, keep: Path | None = None) -> None:
     fm = offline.split_fashion_mnist(((0, 6), (2, 4), (5, 7), (1, 3), (8, 9)))
     pngs = [encode_png(x) for x in fm[0].images[:8]]
     env = {"machine": describe()}
     with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
+        work = Path(tmp) if keep is None else keep
+        work.mkdir(parents=True, exist_ok=True)
         server = Server(work / "store", out.parent / "scale_server.log")
         server.start()
         try:
@@ -255,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evolved", type=int, default=EVOLVED)
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true")
+    p.add_argument("--keep", type=Path, help="build the store in this folder and keep it (to profile a start-up)")
     a = p.parse_args(argv)
     if not a.report:
         if a.out.exists():
             os.replace(a.out, a.out.with_suffix(".previous.jsonl"))
-        run(a.out, tuple(int(x) for x in a.checkpoints.split(",")), a.evolved)
+        run(a.out, tuple(int(x) for x in a.checkpoints.split(",")), a.evolved, a.keep)
     print(report(a.out, BENCH / "RESULTS.md"))
     return 0
 

@@ -15,7 +15,8 @@ import hashlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ import torch
 from munet_server.data.transforms import preprocess
 from munet_server.errors import AlreadyExists, DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from munet_server.evolve.scoring import ScoreConfig, accounted_params
+from munet_server.model.arch import Architecture
 from munet_server.model.components import Component, ComponentSpec, tensors_of
 from munet_server.model.hparams import SearchSpace
 from munet_server.model.path import PathModel, TaskPath
@@ -46,7 +48,14 @@ class DamagedTask:
 class TaskEntry:
     record: TaskRecord
     path: TaskPath
-    model: PathModel
+    arch: Architecture = field(repr=False, compare=False)
+
+    @cached_property
+    def model(self) -> PathModel:
+        """Built on first use: building every task's module at start-up took a quarter of opening
+        a store of 1,000 tasks. Two threads may race to build it; both get an equal module over the
+        same components."""
+        return self.path.build(self.arch).eval()
 
 
 class MunetSystem:
@@ -161,7 +170,7 @@ class MunetSystem:
                 log.error("task %r cannot be served: %s", t.name, damaged[t.name].reason)
                 continue
             path = TaskPath(task=t.name, hparams=t.hparams, components=[self.pool[cid] for _, cid in t.path])
-            tasks[t.name] = TaskEntry(t, path, path.build(self.arch).eval())
+            tasks[t.name] = TaskEntry(t, path, self.arch)
         self._set_tasks(tasks)
         self.damaged = damaged
 
@@ -298,7 +307,7 @@ class MunetSystem:
             for c in new:
                 self.pool[c.id] = c
                 self.residency.add(c)
-            self._set_tasks({**self.tasks, task: TaskEntry(record, path, model)})
+            self._set_tasks({**self.tasks, task: TaskEntry(record, path, self.arch)})
             self.commit_seconds = time.monotonic() - t0
             return record
 
@@ -335,7 +344,7 @@ class MunetSystem:
         if e is None:
             comps = [self.pool[cid] for _, cid in record.path]
             path = TaskPath(task=record.name, hparams=record.hparams, components=comps)
-            e = TaskEntry(record, path, path.build(self.arch).eval())
+            e = TaskEntry(record, path, self.arch)
             self._pinned = {**self._pinned, key: e}
         return e
 

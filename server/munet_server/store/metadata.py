@@ -7,17 +7,19 @@ writers and see a consistent snapshot for the life of their transaction.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
 from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from munet_server.store.records import (
     OPERATION_STATES,
+    TERMINAL_STATES,
     ComponentRecord,
     DatasetRecord,
     OperationRecord,
@@ -121,6 +123,39 @@ class MetaView:
     def _list(self, db: str, cls: type[R]) -> list[R]:
         with self._txn.cursor(db=self._dbs[db]) as cur:
             return [cls.from_json(bytes(v)) for _, v in cur]
+
+    def _plain(self, db: str, cls: type[R]) -> Iterator[dict[str, Any]]:
+        """Every record as parsed JSON, not built and checked as a record: for a scan that needs
+        a field or two of thousands of records (the start-up gc). A record that is not a JSON
+        object is read the checked way, which raises DataLoss saying what is wrong with it."""
+        with self._txn.cursor(db=self._dbs[db]) as cur:
+            for _, v in cur:
+                raw = bytes(v)
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    obj = None
+                if not isinstance(obj, dict):
+                    cls.from_json(raw)
+                    continue
+                yield obj
+
+    def shard_digests(self) -> tuple[set[str], set[str]]:
+        """(shards of components and task versions, shards of unfinished operations' checkpoints),
+        as stored; entries of the wrong type are left out (is_digest filters the rest)."""
+        def strings(x: Any) -> list[str]:
+            return [s for s in x if isinstance(s, str) and s] if isinstance(x, list) else []
+
+        held = {c.get("shard") for c in self._plain("components", ComponentRecord)}
+        held = {s for s in held if isinstance(s, str) and s}
+        for db in ("tasks", "versions"):
+            held.update(s for t in self._plain(db, TaskRecord) for s in strings(t.get("shards")))
+        live = set()
+        for j in self._plain("jobs", OperationRecord):
+            checkpoint = j.get("checkpoint")
+            if j.get("state") not in TERMINAL_STATES and isinstance(checkpoint, dict):
+                live.update(strings(checkpoint.get("shards")))
+        return held, live
 
     def get_system(self) -> SystemRecord | None:
         return self._get("system", _SYSTEM_KEY, SystemRecord)

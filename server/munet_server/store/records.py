@@ -7,6 +7,7 @@ refused, because silently dropping what it means could corrupt the store on the 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
@@ -49,6 +50,12 @@ def _type_ok(annotation: str, value: Any) -> bool:
     return True  # unknown annotation: nothing to check
 
 
+@functools.cache
+def _annotations(cls: type) -> dict[str, str]:
+    """Field name -> annotation, once per record type (a start-up reads thousands of records)."""
+    return {f.name: str(f.type) for f in fields(cls)}
+
+
 class _Record:
     """JSON (de)serialisation shared by every record type."""
 
@@ -80,18 +87,18 @@ class _Record:
                 f"a stored {cls.record_type} record has schema_version {version}, but this munet-server "
                 f"supports up to {SCHEMA_VERSION}; upgrade munet-server to open this store"
             )
-        known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(obj) - set(known) - RETIRED_KEYS)
+        known = _annotations(cls)
+        unknown = sorted(set(obj) - known.keys() - RETIRED_KEYS)
         if unknown:
             log.warning("dropping unknown keys %s from a stored %s record", unknown, cls.record_type)
         kwargs = {k: v for k, v in obj.items() if k in known}
         for name, value in kwargs.items():
-            if not _type_ok(str(known[name].type), value):
+            if not _type_ok(known[name], value):
                 raise DataLoss(
                     f"a stored {cls.record_type} record has a bad {name!r} ({type(value).__name__}, "
-                    f"expected {known[name].type}); restore a snapshot"
+                    f"expected {known[name]}); restore a snapshot"
                 )
-            if known[name].type == "float":
+            if known[name] == "float":
                 kwargs[name] = float(value)
         try:
             return cls(**kwargs)

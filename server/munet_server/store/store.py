@@ -350,9 +350,7 @@ class Store:
     def shard_references(view: MetaView) -> tuple[set[str], set[str]]:
         """(required, optional): shards of components and tasks, and of live operations' checkpoints
         (a snapshot may lose a checkpoint whose operation moved on; gc must keep both)."""
-        required = {c.shard for c in view.list_components() if c.shard}
-        required |= {s for t in (*view.list_tasks(), *view.list_all_versions()) for s in t.shards}
-        optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
+        required, optional = view.shard_digests()
         return required, optional - required
 
     @classmethod
