@@ -81,20 +81,24 @@ def _fit_standardised(
     d = z.shape[1]
     w = torch.zeros(num_classes, d, dtype=z.dtype) if init is None else init[0].clone()
     b = torch.zeros(num_classes, dtype=z.dtype) if init is None else init[1].clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
     opt = torch.optim.LBFGS(
         [w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
         history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
+    onehot = F.one_hot(y, num_classes).to(z.dtype)
+
     def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ w.T + b, y) + 0.5 * wd * (w * w).sum()
-        loss.backward()
+        # The gradient in closed form (softmax - onehot): autograd's bookkeeping was a quarter
+        # of a fit's time at these sizes.
+        logp = torch.log_softmax(z @ w.T + b, dim=1)
+        loss = -(logp * onehot).sum() / len(y) + 0.5 * wd * (w * w).sum()
+        g = (logp.exp() - onehot) / len(y)
+        w.grad = torch.addmm(w, g.T, z, beta=wd)
+        b.grad = g.sum(0)
         return loss
 
-    with torch.enable_grad():
+    with torch.no_grad():
         opt.step(closure)
     return w.detach(), b.detach()
 
