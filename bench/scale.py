@@ -257,12 +257,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true")
     p.add_argument("--keep", type=Path, help="build the store in this folder and keep it (to profile a start-up)")
+    p.add_argument("--no-report", action="store_true", help="leave bench/RESULTS.md alone (an experiment)")
     a = p.parse_args(argv)
     if not a.report:
         if a.out.exists():
             os.replace(a.out, a.out.with_suffix(".previous.jsonl"))
         run(a.out, tuple(int(x) for x in a.checkpoints.split(",")), a.evolved, a.keep)
-    print(report(a.out, BENCH / "RESULTS.md"))
+    if not a.no_report:
+        print(report(a.out, BENCH / "RESULTS.md"))
     return 0
 
 
