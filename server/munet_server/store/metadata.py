@@ -19,7 +19,6 @@ import lmdb
 from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument, ResourceExhausted
 from munet_server.store.records import (
     OPERATION_STATES,
-    TERMINAL_STATES,
     ComponentRecord,
     DatasetRecord,
     OperationRecord,
@@ -140,22 +139,16 @@ class MetaView:
                     continue
                 yield obj
 
-    def shard_digests(self) -> tuple[set[str], set[str]]:
-        """(shards of components and task versions, shards of unfinished operations' checkpoints),
-        as stored; entries of the wrong type are left out (is_digest filters the rest)."""
+    def held_shards(self) -> set[str]:
+        """Shards of components and of every task version, as stored (entries of the wrong type
+        are left out; is_digest filters the rest)."""
         def strings(x: Any) -> list[str]:
             return [s for s in x if isinstance(s, str) and s] if isinstance(x, list) else []
 
-        held = {c.get("shard") for c in self._plain("components", ComponentRecord)}
-        held = {s for s in held if isinstance(s, str) and s}
+        held = set(strings([c.get("shard") for c in self._plain("components", ComponentRecord)]))
         for db in ("tasks", "versions"):
             held.update(s for t in self._plain(db, TaskRecord) for s in strings(t.get("shards")))
-        live = set()
-        for j in self._plain("jobs", OperationRecord):
-            checkpoint = j.get("checkpoint")
-            if j.get("state") not in TERMINAL_STATES and isinstance(checkpoint, dict):
-                live.update(strings(checkpoint.get("shards")))
-        return held, live
+        return held
 
     def get_system(self) -> SystemRecord | None:
         return self._get("system", _SYSTEM_KEY, SystemRecord)

@@ -350,7 +350,8 @@ class Store:
     def shard_references(view: MetaView) -> tuple[set[str], set[str]]:
         """(required, optional): shards of components and tasks, and of live operations' checkpoints
         (a snapshot may lose a checkpoint whose operation moved on; gc must keep both)."""
-        required, optional = view.shard_digests()
+        required = view.held_shards()  # plain JSON: thousands of records at start-up
+        optional = {s for j in view.list_operations() if not j.terminal for s in j.checkpoint_shards()}
         return required, optional - required
 
     @classmethod
