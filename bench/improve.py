@@ -180,6 +180,7 @@ def _sizes(rows: list[dict[str, Any]], names: tuple[str, ...]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    machine.prepare_process()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", default="0-2")
     p.add_argument("--stream", choices=sorted(STREAMS), default="garments")

@@ -8,6 +8,18 @@ import subprocess
 
 import torch
 
+from munet_server.allocator import keep_freed_memory
+
+_ALLOCATOR = "malloc defaults"
+
+
+def prepare_process() -> None:
+    """What the server does at start-up (munet_server.allocator), so that every method a benchmark
+    compares (baselines included) runs on the same allocator as AddTask and Predict do."""
+    global _ALLOCATOR
+    if keep_freed_memory():
+        _ALLOCATOR = "malloc keeps freed memory"
+
 
 def describe() -> str:
     model = ""
@@ -21,7 +33,7 @@ def describe() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
         f"{os.cpu_count()} CPU cores ({model or platform.processor() or 'unknown CPU'}), {gpu}; "
-        f"Python {platform.python_version()}, torch {torch.__version__}"
+        f"Python {platform.python_version()}, torch {torch.__version__}, {_ALLOCATOR}"
     )
 
 

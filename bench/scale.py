@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.machine import describe, update_section
+from bench.machine import describe, prepare_process, update_section
 from bench.serving import free_port
 from munet_client import MunetClient
 from munet_proto.v1 import munet_pb2 as pb
@@ -251,6 +251,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_process()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoints", default=",".join(map(str, CHECKPOINTS)))
     p.add_argument("--evolved", type=int, default=EVOLVED)

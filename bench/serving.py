@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.machine import describe, update_section
+from bench.machine import describe, prepare_process, update_section
 from munet_client import MunetClient
 from munet_server.data import offline
 from munet_server.data.dataset import ImageDataset
@@ -412,6 +412,7 @@ with the search yielding to Predict between its steps (`priority.py`: a step wai
 
 
 def main() -> None:
+    prepare_process()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=ServingConfig.requests)
     ap.add_argument("--rounds", type=int, default=ServingConfig.rounds)

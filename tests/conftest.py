@@ -12,12 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from munet_server.allocator import keep_freed_memory
 from munet_server.model.root import RootConfig, tiny_vit_config
 
 if TYPE_CHECKING:
     from munet_server.data.dataset import ImageDataset
 
 torch.set_num_threads(2)
+keep_freed_memory()  # as munet-server does at start-up (in-process engine tests run faster too)
 
 
 def digits_dataset(size: int = 32, classes: int = 10, per_class: int | None = None) -> ImageDataset:

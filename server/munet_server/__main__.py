@@ -8,6 +8,7 @@ import signal
 import threading
 
 from munet_server import logs, preflight
+from munet_server.allocator import keep_freed_memory
 from munet_server.config import from_args, parser
 from munet_server.errors import MunetError
 
@@ -15,6 +16,7 @@ from munet_server.errors import MunetError
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logs.configure(args.log_level, args.log_format)
+    keep_freed_memory()  # before torch allocates: passes reuse their memory instead of page-faulting it in
     config = from_args(args, dict(os.environ))
     try:
         preflight.check(config)  # the common mistakes, before seconds of importing torch and timm

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from munet_server.allocator import keep_freed_memory
 from munet_server.errors import Cancelled, FailedPrecondition
 from munet_server.evolve.features import FeatureCache, View
 from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, TrainResult
@@ -363,6 +364,7 @@ def _train_task(task: _CandidateTask) -> tuple[list[str], list[dict[str, torch.T
     import ray
 
     torch.set_num_threads(task.threads)
+    keep_freed_memory()  # as the server does: a worker process is a fresh interpreter
     device = torch.device("cuda" if task.gpu and torch.cuda.is_available() else "cpu")
     arch = _STATE.architecture(task.root)
     data, cache = _STATE.dataset(ray, task.data[0], task, device)
