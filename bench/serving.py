@@ -350,7 +350,7 @@ def report(r: dict) -> str:
         x = r["many_tasks"][f"b{b}"]
         many.append(f"| {b} | {ms(x['separate_p50'])} | {ms(x['many_p50'])} | {x['speedup']:.2f}x |")
     m = r["multitask"]
-    ev = [(label, r["while_evolving"][key]) for key, label in (("yield", "yields (default)"), ("no_yield", "never yields (`--training-yield-ms 0`)"))]
+    ev = [(label, r["while_evolving"][key]) for key, label in (("yield", "gives way (default)"), ("no_yield", "never gives way (`--training-yield-ms 0`)"))]
     evrows = "\n".join(
         f"| {label} | {ms(e['idle']['p50'])} / {ms(e['idle']['p99'])} | {ms(e['evolving']['p50'])} / "
         f"{ms(e['evolving']['p99'])} | {e['evolving']['p99'] / e['idle']['p99']:.2f} | {e['evolution_was_running']} |"
@@ -402,8 +402,9 @@ bit-identical: {m["bit_identical"]}. Over gRPC, p50 of one Predict per task vs o
 Answers equal to per-task Predict: {r["many_tasks"]["same_answers"]}.
 
 Predict (batch 1, p50 / p99 ms) while another task's search trains on the same 2 cores, against idle,
-with the search yielding to Predict between its steps (`priority.py`: a step waits, at most
-`--training-yield-ms`, while Predict work is in flight) and without:
+with the search giving way to Predict (`priority.py`: a step waits, at most `--training-yield-ms`,
+while Predict work is in flight, and on a CPU runs on one thread while Predict ran in the last second)
+and without (`--training-yield-ms 0`):
 
 | search | idle | while evolving | p99 evolving / idle | search running throughout |
 |---|---|---|---|---|

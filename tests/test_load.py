@@ -87,6 +87,43 @@ def test_the_serving_gate_bounds_each_pause():
     assert time.monotonic() - t0 < 2.0 and gate.yields == 2
 
 
+def test_a_cpu_search_runs_on_one_thread_while_predict_is_busy():
+    """The thread budget: beside Predict (and for `recent` seconds after it) a CPU search's steps run
+    on one thread; then on its own count again. Other threads (Predict's) keep theirs."""
+    import torch
+
+    gate = ServingGate(max_wait=0.01, recent=0.2)
+    seen: list[int] = []
+
+    def search_steps() -> None:
+        torch.set_num_threads(2)
+        gate.yield_to_serving("cpu")  # idle: its own 2 threads
+        seen.append(torch.get_num_threads())
+        with gate.serving():  # Predict in flight (from this thread, for the test's sake)
+            gate.yield_to_serving("cpu")
+            seen.append(torch.get_num_threads())
+        gate.yield_to_serving("cpu")  # Predict just ended: still narrow
+        seen.append(torch.get_num_threads())
+        time.sleep(0.3)
+        gate.yield_to_serving("cpu")  # quiet for longer than `recent`: wide again
+        seen.append(torch.get_num_threads())
+        with gate.serving():
+            gate.yield_to_serving("cuda")  # a GPU search keeps its CPU threads
+            seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=search_steps)
+    t.start()
+    t.join()
+    assert seen == [2, 1, 1, 2, 2], seen
+    assert gate.narrow_steps == 2
+    gate.max_wait = 0  # --training-yield-ms 0: neither pauses nor narrows
+    t = threading.Thread(target=lambda: (torch.set_num_threads(2), gate.yield_to_serving("cpu"), seen.append(torch.get_num_threads())))
+    with gate.serving():
+        t.start()
+        t.join()
+    assert seen[-1] == 2
+
+
 def _same_predictions(got, golden) -> bool:
     """Same labels in the same order, probabilities equal to float32 rounding.
 

@@ -147,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--training-yield-ms", type=float, default=100.0,
-        help="a search on this server pauses up to this long per training step while Predict runs; 0: never",
+        help="a search on this server pauses up to this long per training step while Predict runs, and on a CPU trains on one thread while Predict traffic is recent; 0: neither",
     )
     p.add_argument(
         "--max-queued-images", type=int, default=1024, help="Predict images waiting; more: RESOURCE_EXHAUSTED"

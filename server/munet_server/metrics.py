@@ -101,3 +101,5 @@ class _GateCollector(Collector):
         yield CounterMetricFamily("munet_training_yields", "Training steps that paused for Predict", value=self.gate.yields)
         yield CounterMetricFamily("munet_training_yield_seconds", "Time searches paused for Predict",
                                   value=self.gate.yielded_seconds)  # fmt: skip
+        yield CounterMetricFamily("munet_training_narrow_steps", "Training steps run on one CPU thread beside Predict",
+                                  value=self.gate.narrow_steps)  # fmt: skip

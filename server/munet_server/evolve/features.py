@@ -211,7 +211,7 @@ class FeatureCache:
         held = self._lookup((view.key, ids[:start])) if start else None
         n = len(self.images)
         for i in range(0, n, EVAL_BATCH):
-            GATE.yield_to_serving()
+            GATE.yield_to_serving(self.device)
             if held is not None:
                 x = held[i : i + EVAL_BATCH].to(torch.float32)
             else:

@@ -306,7 +306,7 @@ class CandidateTrainer:
                 if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
                     stopped = True
                     break
-                GATE.yield_to_serving()
+                GATE.yield_to_serving(self.device)
                 sel = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
                 idx, vs = order[sel], view_of[sel]
                 x = torch.cat([self.batch(data.views[v], idx[vs == v]) for v in vs.unique().tolist()])
