@@ -154,6 +154,7 @@ class Member:
     best_epoch: int = 0
     seconds: float = 0.0
     epochs_run: int = 0  # trained: epochs its `seconds` paid for
+    setup_seconds: float = 0.0  # trained: of `seconds`, its set-up before the first step
     cv: Evaluation | None = None
     offsprings: int = 0
     generation: int = 0
@@ -374,15 +375,17 @@ class EvolutionSearch:
         return self._elapsed_before + time.monotonic() - self._t0
 
     def _finish_scale(self) -> float:
-        """What finishing costs in units of one candidate's training: its confirmation retrainings
-        (on about as many images as it trained on) and its refit on every labelled image."""
-        return self.cfg.confirm_folds + len(self.all_idx) / max(1, len(self.train_idx))
+        """What finishing costs in units of one candidate's training, by the images each retraining
+        sees: k confirmation folds, each on every labelled image but its 1/k of the training part,
+        and the refit on every labelled image (counting each fold as the whole training part
+        over-estimated mnist40's by 1.2x)."""
+        k, n_all, n_train = self.cfg.confirm_folds, len(self.all_idx), max(1, len(self.train_idx))
+        folds = k * n_all - n_train if k else 0
+        return (folds + n_all) / n_train
 
     def _refit_reserve(self) -> float:
-        """Seconds to keep for confirming and refitting the current best: each retraining repeats the
-        lineage's epochs, and before them passes every view of its images through the suffix and
-        fits a head by L-BFGS (LP-FT); each confirmation fold also refits the probe's head. Leaving
-        the passes and the fits out let 2 of 25 benchmark searches run 100 and 114 s on 90 s."""
+        """Seconds to keep for confirming and refitting the current best (_finish_seconds). Leaving
+        the set-up and the head fits out let 2 of 25 benchmark searches run 100 and 114 s on 90 s."""
         current = 0.0  # ImproveTask: the served version's recipe is judged on the same folds
         if self.current is not None and id(self.current) not in self._judged:
             folds = self.cfg.confirm_folds or 2
@@ -390,12 +393,19 @@ class EvolutionSearch:
         best = self._finalist()
         if best is None:
             return current
-        per_epoch = self._epoch_seconds(best)
-        retrainings = self.cfg.confirm_folds + 1
-        head_fits = retrainings + self.cfg.confirm_folds
-        warm_starts = retrainings * per_epoch * FEATURE_PASS
-        epochs = per_epoch * self._finish_scale() * max(1, self._lineage_epochs(best))
-        return current + FINISH_MARGIN * (epochs + warm_starts + head_fits * self._head_fit_seconds)
+        return current + FINISH_MARGIN * self._finish_seconds(best, max(1, self._lineage_epochs(best)))
+
+    def _finish_seconds(self, m: Member, epochs: int) -> float:
+        """Confirming and refitting a recipe of `epochs` epochs of the member's path: each retraining
+        repeats its set-up (measured: the adapters' calibration and the LP-FT head fit over every
+        view) and the epochs; each confirmation fold also refits the probe's head. The set-up is
+        counted once per retraining: multiplied by the lineage's epochs with the rest (as before),
+        it over-estimated finishing 2.8-3.6x at 360 s (bench/RESULTS.md)."""
+        per_epoch = self._epoch_seconds(m)
+        # A child that kept its parent's head skipped the head fit that every retraining does.
+        setup = max(m.setup_seconds, per_epoch * FEATURE_PASS + self._head_fit_seconds)
+        head_fits = self.cfg.confirm_folds * self._head_fit_seconds
+        return self._finish_scale() * (setup + per_epoch * epochs) + head_fits
 
     def _deadline(self, reserve: float | None = None) -> float:
         """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
@@ -407,8 +417,8 @@ class EvolutionSearch:
         return time.monotonic() + self.budget.seconds - self.elapsed() - commit
 
     def _epoch_seconds(self, m: Member) -> float:
-        """A trained member's seconds per epoch of its own training (its set-up included)."""
-        return m.seconds / max(1, m.epochs_run or self.train_cfg.epochs)
+        """A trained member's seconds per epoch of its own training (its set-up left out)."""
+        return max(0.0, m.seconds - m.setup_seconds) / max(1, m.epochs_run or self.train_cfg.epochs)
 
     def _typical_seconds(self) -> float:
         """A trained candidate's time in this search so far (its set-up included; 0: none yet)."""
@@ -720,7 +730,7 @@ class EvolutionSearch:
         prior = self._lineage_epochs(parent) if parent.kind == "trained" else 0
         if not prior:
             return True
-        return self._finish_scale() * FINISH_MARGIN * self._epoch_seconds(parent) * (prior + 1) < left
+        return FINISH_MARGIN * self._finish_seconds(parent, prior + 1) < left
 
     def _candidate(self, child: TaskPath, parent: TaskPath, member: Member | None, mutated: bool) -> Candidate:
         same_task = member is not None and parent.task == self.task
@@ -785,6 +795,7 @@ class EvolutionSearch:
                 best_epoch=result.best_epoch,
                 seconds=result.seconds,
                 epochs_run=result.epochs,
+                setup_seconds=result.setup_seconds,
                 generation=self.generation,
             )
             bar = cand.parent_member
@@ -1024,6 +1035,7 @@ class EvolutionSearch:
                     "best_epoch": m.best_epoch,
                     "seconds": m.seconds,
                     "epochs_run": m.epochs_run,
+                    "setup_seconds": m.setup_seconds,
                     "offsprings": m.offsprings,
                     "generation": m.generation,
                     "probe": any(m is p for p in self.probes),
@@ -1078,6 +1090,7 @@ class EvolutionSearch:
                 best_epoch=int(md["best_epoch"]),
                 seconds=float(md["seconds"]),
                 epochs_run=int(md.get("epochs_run", 0)),
+                setup_seconds=float(md.get("setup_seconds", 0.0)),
                 cv=Evaluation(**md["cv"]) if md["cv"] else None,
                 offsprings=int(md["offsprings"]),
                 generation=int(md["generation"]),

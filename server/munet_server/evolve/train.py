@@ -75,6 +75,7 @@ class TrainResult:
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
     finish_seconds: float = 0.0  # what confirming and refitting its recipe would take (refit_scale)
+    setup_seconds: float = 0.0  # of `seconds`, before the first step (adapter calibration, LP-FT head fit)
 
 
 # ---- the path as prefix + suffix -------------------------------------------------------------------
@@ -279,6 +280,10 @@ class CandidateTrainer:
         self.calibrate_adapters()
         self._check_time()
         self.warm_start_head()
+        for view in data.views:  # a child that kept its parent's head has not cached its prefix yet
+            self.inputs(view)
+        t_loop = time.monotonic()
+        setup = t_loop - t0  # paid once per retraining, not once per epoch of the lineage
         head = self.path.components[-1]
         head_params = list(head.module.parameters()) if not head.frozen else []
         body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
@@ -303,7 +308,8 @@ class CandidateTrainer:
                 now = time.monotonic()
                 done = step / per_epoch  # epochs so far
                 lineage = (self.prior_epochs + done) / done if step else 1.0
-                if self.deadline is not None and step > 0 and now + self.refit_scale * (now - t0) * lineage > self.deadline:
+                finish = self.refit_scale * (setup + (now - t_loop) * lineage)
+                if self.deadline is not None and step > 0 and now + finish > self.deadline:
                     stopped = True
                     break
                 GATE.yield_to_serving(self.device)
@@ -341,10 +347,11 @@ class CandidateTrainer:
             best_epoch = best[1]
         else:
             evaluation, best_epoch = None, epoch
-        seconds = time.monotonic() - t0
+        end = time.monotonic()
         done = step / per_epoch
-        finish = self.refit_scale * seconds * ((self.prior_epochs + done) / done if done else 1.0)
-        return TrainResult(evaluation, best_epoch, epoch, step, seconds, history, finish)
+        lineage = (self.prior_epochs + done) / done if done else 1.0
+        finish = self.refit_scale * (setup + (end - t_loop) * lineage)
+        return TrainResult(evaluation, best_epoch, epoch, step, end - t0, history, finish, setup)
 
 
 # ---- head-only candidates --------------------------------------------------------------------------
