@@ -178,6 +178,12 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     # A trained parent's children repeat its epochs when confirmed: with no time left they are not drawn.
     assert search._finishable(trained, left=1e6) and not search._finishable(trained, left=0.0)
     assert search._finishable(probe, left=0.0)
+    # Its set-up (LP-FT head fit, prefix cache) is measured apart and paid once per retraining, not
+    # once per epoch of the lineage: the finishing estimate grows by set-up-free epochs.
+    assert 0 < trained.setup_seconds < trained.seconds
+    assert search._epoch_seconds(trained) < trained.seconds / trained.epochs_run
+    slope = search._finish_seconds(trained, 11) - search._finish_seconds(trained, 10)
+    assert slope == pytest.approx(search._finish_scale() * search._epoch_seconds(trained))
     fits, judged = [], []
     real_fit, real_correct = EvolutionSearch._fit, EvolutionSearch._correct
     monkeypatch.setattr(
