@@ -89,6 +89,9 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
         e = system.entry(d.name)
         later = [c for c in e.path.components if c.owner in order and order[c.owner] > order[d.name]]
         vs = improved.result.versus_current
+        # Did the search try what later tasks committed? Candidates drawn directly from their paths.
+        history = improved.result.history
+        tried = [h for h in history if h.parent.startswith("task:") and order.get(h.parent[5:], -1) > order[d.name]]
         row.update(
             after=test_accuracy(system, d.name, d),
             published=improved.record is not None,
@@ -97,9 +100,14 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
             params_from_later_tasks=sum(c.num_params for c in later),
             versus=None if vs is None else {"new": vs.trained_accuracy, "current": vs.probe_accuracy, "size": vs.size},
             seconds=time.perf_counter() - t0,
+            candidates=len(history),
+            candidates_from_later_tasks=len(tried),
+            best_holdout_from_later_tasks=max((h.validation_accuracy for h in tried), default=None),
+            best_holdout=max((h.validation_accuracy for h in history), default=None),
         )
         log(f"  seed {seed} improve {d.name}: {row['before']:.3f} -> {row['after']:.3f} "
-            f"({'published' if row['published'] else 'kept'}; {len(later)} layers from later tasks)")  # fmt: skip
+            f"({'published' if row['published'] else 'kept'}; {len(later)} layers from later tasks; "
+            f"{len(tried)} of {len(history)} candidates drawn from later tasks' paths)")  # fmt: skip
     verified = all(
         system.verify_task(f"{n}@{v.version}") for n in system.tasks for v in system.versions(n)
     ) and all(system.verify_task(n) for n in system.tasks)
