@@ -75,7 +75,7 @@ class TrainResult:
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
     finish_seconds: float = 0.0  # what confirming and refitting its recipe would take (refit_scale)
-    setup_seconds: float = 0.0  # of `seconds`, before the first step (adapter calibration, LP-FT head fit)
+    setup_seconds: float = 0.0  # of `seconds`, before the first step (adapters, LP-FT head fit, prefix cache)
 
 
 # ---- the path as prefix + suffix -------------------------------------------------------------------
@@ -284,6 +284,12 @@ class CandidateTrainer:
             self.inputs(view)
         t_loop = time.monotonic()
         setup = t_loop - t0  # paid once per retraining, not once per epoch of the lineage
+
+        def finish(now: float, steps: int) -> float:
+            """Confirming and refitting this recipe: its set-up, and its lineage's epochs at this pace."""
+            done = steps / per_epoch
+            lineage = (self.prior_epochs + done) / done if steps else 1.0
+            return self.refit_scale * (setup + (now - t_loop) * lineage)
         head = self.path.components[-1]
         head_params = list(head.module.parameters()) if not head.frozen else []
         body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
@@ -306,10 +312,7 @@ class CandidateTrainer:
                     raise Cancelled("the operation was cancelled")
                 self._check_time()
                 now = time.monotonic()
-                done = step / per_epoch  # epochs so far
-                lineage = (self.prior_epochs + done) / done if step else 1.0
-                finish = self.refit_scale * (setup + (now - t_loop) * lineage)
-                if self.deadline is not None and step > 0 and now + finish > self.deadline:
+                if self.deadline is not None and step > 0 and now + finish(now, step) > self.deadline:
                     stopped = True
                     break
                 GATE.yield_to_serving(self.device)
@@ -348,10 +351,7 @@ class CandidateTrainer:
         else:
             evaluation, best_epoch = None, epoch
         end = time.monotonic()
-        done = step / per_epoch
-        lineage = (self.prior_epochs + done) / done if done else 1.0
-        finish = self.refit_scale * (setup + (end - t_loop) * lineage)
-        return TrainResult(evaluation, best_epoch, epoch, step, end - t0, history, finish, setup)
+        return TrainResult(evaluation, best_epoch, epoch, step, end - t0, history, finish(end, step), setup)
 
 
 # ---- head-only candidates --------------------------------------------------------------------------
