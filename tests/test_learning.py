@@ -13,11 +13,10 @@ import torch
 from munet_server.data.transforms import preprocess
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.features import FeatureCache, View, pool
-from munet_server.evolve.heads import Evaluation, cross_validate, fit_head, stratified_folds
+from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
 from munet_server.evolve.mutations import MutationConfig, Mutator
 from munet_server.evolve.search import EvolutionSearch, Member, SearchConfig
 from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, split_path
-from munet_server.learn import incumbent
 from munet_server.model.root_config import RootConfig
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
@@ -211,42 +210,6 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     )
 
 
-def test_a_recipe_replays_its_lineage(vit_system, monkeypatch):
-    """A child starts from its trained parent's weights and trains its own epochs with its own
-    hyperparameters; its recipe replays that chain run by run, so retrained on the images it was
-    trained on it gives back the child's weights (and its holdout accuracy), which retraining the
-    lineage's epochs as one run with the child's hyperparameters did not."""
-    ds = digits_dataset(classes=5, per_class=30)
-    search = EvolutionSearch(vit_system, "replayed", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=4))
-    search._probe_generation()
-    search._end_generation()
-    candidates = search._first_generation()
-    for c in candidates:
-        c.parent_member = None
-    search._train_generation(candidates)
-    search._end_generation()
-    parent = max((m for m in search.population if m.kind == "trained"), key=Member.key)
-    monkeypatch.setattr(EvolutionSearch, "_pick_parent", lambda self: (parent.path, parent))
-    children = search._evolved_generation()
-    for c in children:
-        c.parent_member = None
-    search._train_generation(children)
-    child = next(m for m in search.population if m.recipe[:-1] == parent.recipe)
-    assert [s.epochs for s in child.recipe] == [0, parent.best_epoch, child.best_epoch]  # probe, parent, child
-    assert search._lineage_epochs(child) == parent.best_epoch + child.best_epoch
-    trained = [t.clone() for c in child.path.trainable() for t in c.module.state_dict().values()]
-    search._fit(child, search.train_idx)
-    replayed = [t for c in child.path.trainable() for t in c.module.state_dict().values()]
-    for a, b in zip(trained, replayed, strict=True):
-        torch.testing.assert_close(b, a)
-    assert search._evaluate(child, search.holdout_idx).accuracy == child.evaluation.accuracy
-    # The recipe survives a checkpoint: a resumed search replays the same runs.
-    state, tensors = search.checkpoint()
-    resumed = EvolutionSearch(vit_system, "replayed", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=4))
-    resumed.restore(state, tensors)
-    assert [m.recipe for m in resumed.population] == [m.recipe for m in search.population]
-
-
 def force_a_trained_winner(monkeypatch) -> None:
     """Every child joins the population and a trained path is the winner and the finalist, so that
     the confirmation (and the refit of a trained path) runs even on a tiny root."""
@@ -279,33 +242,6 @@ def test_the_committed_estimate_is_the_confirmations(vit_system, monkeypatch):
     assert m["kind"] == ("trained" if kept else "probe")
     assert m["gain_over_probe"] == m["validation_accuracy"] - conf.probe_accuracy
     assert m["selection_holdout_accuracy"] == learned.result.member.evaluation.accuracy
-
-
-def test_the_committed_recipe_retrains_the_served_weights(vit_system, monkeypatch):
-    """The recipe kept with a committed trained path (what ImproveTask judges the served version by)
-    replayed on every labelled image, as the commit's refit was, gives back the served weights."""
-    force_a_trained_winner(monkeypatch)
-    real_confirm = EvolutionSearch._confirm
-    monkeypatch.setattr(  # keep the trained path, whatever the tiny root's folds say
-        EvolutionSearch,
-        "_confirm",
-        lambda self, t, p, ends_by=None: replace(real_confirm(self, t, p, ends_by), kept=True, trained_accuracy=0.0),
-    )
-    ds = digits_dataset(classes=4, per_class=40)
-    learned = learn(vit_system, "recipe", ds, seed=5, generations=2, epochs=2)
-    assert learned.record.metrics["kind"] == "trained"
-    inc = incumbent(vit_system, "recipe")
-    assert len(inc.recipe) >= 2 and inc.recipe[0].epochs == 0  # the probe, then the trained runs
-    assert sum(s.epochs for s in inc.recipe) == learned.record.metrics["recipe_epochs"]
-    served = [t.clone() for c in vit_system.entry("recipe").path.components if not c.frozen or c.owner == "recipe"
-              for t in c.module.state_dict().values()]  # fmt: skip
-    search = EvolutionSearch(vit_system, "recipe", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=5))
-    m = Member(inc.path, "trained", Evaluation(0.0, 0.0), 0.0, inc.head_wd, recipe=inc.recipe)
-    search._fit(m, search.all_idx)
-    replayed = [t for c in inc.path.trainable() for t in c.module.state_dict().values()]
-    assert served and len(replayed) == len(served)
-    for a, b in zip(served, replayed, strict=True):
-        torch.testing.assert_close(b, a)
 
 
 def test_a_winner_too_late_to_confirm_gives_way_to_the_probe(vit_system, monkeypatch):

@@ -22,7 +22,6 @@ import torch
 from munet_server.data.dataset import ImageDataset
 from munet_server.errors import Cancelled
 from munet_server.evolve.budget import Budget
-from munet_server.evolve.recipe import Stage, replayable
 from munet_server.evolve.search import EvolutionSearch, Executor, Incumbent, SearchProgress, SearchResult
 from munet_server.model.components import Component, content_id, tensors_of
 from munet_server.model.path import TaskPath
@@ -168,10 +167,7 @@ def incumbent(system: MunetSystem, task: str) -> Incumbent:
     kind = str(m.get("kind", "probe"))
     epochs = int(m.get("recipe_epochs", 0)) or (0 if kind == "probe" else Budget().epochs)
     head_wd = float(path.hparams.get("head_wd", 1e-3))
-    recipe = tuple(Stage.from_dict(d) for d in m.get("recipe") or ())
-    if not replayable(recipe, system.pool):  # committed before recipes were kept, or a stage's layer freed
-        recipe = ()
-    return Incumbent(path, kind, head_wd, epochs, e.record.version, recipe)
+    return Incumbent(path, kind, head_wd, epochs, e.record.version)
 
 
 def _derived(system: MunetSystem, c: Component) -> bool:
@@ -213,7 +209,6 @@ def _metrics(
         "chance_accuracy": float(torch.bincount(dataset.labels).max()) / len(dataset),
         "kind": m.kind,
         "recipe_epochs": search.recipe_epochs(m),
-        "recipe": search.recipe(m),
         "score": m.score,
         "params_accounted": system.accounted_params(result.best, spec.name),
         "scale_factor": spec.scale_factor,

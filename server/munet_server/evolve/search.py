@@ -16,9 +16,8 @@ Changed (docs/LEARNING.md, each measured):
 3. Then ordinary muNet generations until the wall-clock budget runs out.
 4. Candidates train in epochs on cached prefix outputs (evolve/train.py) and are compared on one
    stratified holdout (accuracy, then NLL).
-5. The winner is a recipe: the training runs of its lineage (evolve/recipe.py), replayed from
-   committed weights when retrained. A trained recipe replaces the probe only if it also wins on
-   images the search never selected on:
+5. The winner is a recipe: its components, hyperparameters and the epochs its lineage trained. A
+   trained recipe replaces the probe only if it also wins on images the search never selected on:
    recipe and probe are retrained from committed weights on k-fold splits whose held-out folds come
    from the training part (the holdout picks the luckiest of many candidates; measured: +4.9 pt on
    the holdout, +0.1 pt on the test set). The chosen recipe is then refitted on every labelled image.
@@ -54,7 +53,6 @@ from munet_server.evolve.heads import (
     stratified_folds,
 )
 from munet_server.evolve.mutations import MutationConfig, Mutator
-from munet_server.evolve.recipe import Recipe, Stage, recipe_epochs, replay
 from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR, ScoreConfig, score
 from munet_server.evolve.train import (
     Batches,
@@ -160,7 +158,6 @@ class Member:
     cv: Evaluation | None = None
     offsprings: int = 0
     generation: int = 0
-    recipe: Recipe = ()  # trained: the lineage's training runs that made it (evolve/recipe.py)
 
     def key(self) -> tuple[float, float]:
         return (self.score, -self.evaluation.nll)
@@ -176,7 +173,6 @@ class Candidate:
     fit_head_first: bool
     seed: int
     prior_epochs: int = 0  # epochs the parent's lineage trained in this search (its recipe repeats them)
-    parent_recipe: Recipe = ()  # a same-task trained parent's: the child's recipe continues it
 
 
 @dataclass
@@ -203,7 +199,6 @@ class Incumbent:
     head_wd: float
     epochs: int  # what its recipe trains (0: a probe, whose head is fitted by L-BFGS)
     version: int
-    recipe: Recipe = ()  # its lineage's runs, as committed (empty: one run of `epochs` on its path)
 
 
 @dataclass
@@ -655,7 +650,6 @@ class EvolutionSearch:
                 head_wd=cv.weight_decay,
                 cv=cv.evaluation,
                 seconds=seconds,
-                recipe=(self._stage(path, 0, cv.weight_decay),),  # where its children's recipes start
             )
             self.population.append(m)
             self.probes.append(m)
@@ -755,7 +749,6 @@ class EvolutionSearch:
             fit_head_first=fresh_head,
             seed=(self.cfg.seed * 1_000_003 + self.generation) & 0x7FFFFFFF,  # one data order per generation
             prior_epochs=self._lineage_epochs(member) if same_task else 0,
-            parent_recipe=member.recipe if same_task else (),
         )
 
     def _batches(self, train: torch.Tensor, holdout: torch.Tensor, hp: dict[str, Any]) -> Batches:
@@ -806,8 +799,6 @@ class EvolutionSearch:
                 generation=self.generation,
             )
             bar = cand.parent_member
-            stage = self._stage(cand.path, result.best_epoch, cand.head_wd, cand.fit_head_first, cand.seed)
-            m.recipe = (*cand.parent_recipe, stage)
             accepted = bar is None or m.key() > bar.key()
             if accepted:
                 self.population.append(m)
@@ -912,9 +903,7 @@ class EvolutionSearch:
             best_epoch=inc.epochs,
             epochs_run=inc.epochs,
         )
-        if inc.kind == "trained":
-            m.recipe = inc.recipe or (self._stage(inc.path, inc.epochs, inc.head_wd),)
-        self.current = m
+        self.current = m  # before the fit: its recipe's epochs are the member's own (_lineage_epochs)
         self._fit(m, self.train_idx)
         m.evaluation = self._evaluate(m, self.holdout_idx)
         m.score = self._score(inc.path, m.evaluation.accuracy)
@@ -934,44 +923,43 @@ class EvolutionSearch:
 
     def _fit(self, m: Member, index: torch.Tensor, stop_at: float | None = None) -> None:
         """Train the member's recipe on the images `index`, in place, from weights no training on this
-        task's images has touched: a probe's head by L-BFGS; a trained path's lineage replayed run
-        by run, each from where its parent's left off (evolve/recipe.py), the first from the
-        committed components the drafts were cloned from (or freshly initialised: adapters are the
-        identity) with a head fitted by L-BFGS first (LP-FT)."""
+        task's images has touched: each draft as the committed component it was cloned from (or as
+        freshly initialised: adapters are the identity), a new head fitted by L-BFGS first (LP-FT),
+        then the epochs its whole lineage trained, with its hyperparameters."""
         path = m.path
         if m.kind == "probe":
             feats = probe_features(path, self.ctx.arch, self.cache, self._views(path.hparams))
             fit_probe_head(path, feats, self.labels, index, self.num_classes, m.head_wd)
             return
-        self.steps += replay(
-            m.recipe or (self._stage(path, max(1, m.best_epoch), m.head_wd),),
+        pool, arch = self.ctx.pool, self.ctx.arch
+        for c in path.trainable():
+            src = pool.get(c.origin) if c.origin else None
+            start = src.module if src is not None and src.spec == c.spec else arch.fresh(c.spec)
+            c.module.load_state_dict(copy.deepcopy(start.state_dict()))
+        trainer = CandidateTrainer(
             path,
-            self.ctx.arch,
-            self.ctx.pool,
-            lambda hp: self._batches(index, index[:0], hp),
+            arch,
+            self._batches(index, index[:0], path.hparams),
             self.train_cfg,
-            device=self.ctx.device,
+            seed=self.cfg.seed,
+            head_wd=m.head_wd,
+            fit_head_first=True,
             cancel=self.cancel,
             stop_at=stop_at,
         )
+        result = trainer.run(epochs=max(1, self._lineage_epochs(m)))
+        self.steps += result.steps
 
     def recipe_epochs(self, m: Member) -> int:
-        """The epochs the member's recipe trains (0 for a probe)."""
+        """The epochs the member's recipe trains (0 for a probe): kept with the committed task, so
+        that a later ImproveTask can retrain it."""
         return 0 if m.kind == "probe" else max(1, self._lineage_epochs(m))
-
-    def _stage(self, path: TaskPath, epochs: int, head_wd: float, fresh_head: bool = True, seed: int = -1) -> Stage:
-        """A run of `path` for a recipe (a probe's: 0 epochs; by default one run on its own)."""
-        seed = self.cfg.seed if seed < 0 else seed
-        return Stage.of(path, epochs, head_wd, fresh_head, seed, self.train_cfg.epochs)
-
-    def recipe(self, m: Member) -> list[dict[str, Any]]:
-        """The member's recipe as JSON, kept with the committed task so that a later ImproveTask
-        retrains the served version as it was trained."""
-        return [stage.to_dict() for stage in m.recipe]
 
     def _lineage_epochs(self, m: Member) -> int:
         """Epochs the member's weights trained for: its own best epoch and its same-task ancestors'."""
-        return recipe_epochs(m.recipe)
+        members = {id(p.path): p for p in (*self.population, *([self.current] if self.current else []))}
+        total = sum(members[id(a)].best_epoch for a in m.path.ancestors() if id(a) in members)
+        return min(total, 3 * self.train_cfg.epochs)
 
     # ---- reporting -----------------------------------------------------------------------------
     def _log(self, m: Member, parent: TaskPath, accepted: bool, mutated: bool, epochs: int = 0) -> None:
@@ -1023,7 +1011,6 @@ class EvolutionSearch:
         """JSON-able state plus the population's draft tensors (keys "<member>/<slot>/<tensor>")."""
         tensors: dict[str, torch.Tensor] = {}
         members = []
-        stages: dict[int, tuple[int, Stage]] = {}  # id(stage) -> (number, stage)
         for i, m in enumerate(self.population):
             comps = []
             for c in m.path.components:
@@ -1051,8 +1038,6 @@ class EvolutionSearch:
                     "setup_seconds": m.setup_seconds,
                     "offsprings": m.offsprings,
                     "generation": m.generation,
-                    # A child's recipe extends its parent's: each run is stored once, by number.
-                    "recipe": [stages.setdefault(id(st), (len(stages), st))[0] for st in m.recipe],
                     "probe": any(m is p for p in self.probes),
                     "current": m is self.current,
                 }
@@ -1067,7 +1052,6 @@ class EvolutionSearch:
             "rng": [rng[0], list(rng[1]), rng[2]],
             "population": members,
             "history": [asdict(h) for h in self.history],
-            "stages": [st.to_dict() for _, st in sorted(stages.values(), key=lambda v: v[0])],
         }
         return state, tensors
 
@@ -1075,7 +1059,6 @@ class EvolutionSearch:
         pool = self.ctx.pool
         arch = self.ctx.arch
         self.population, self.probes = [], []
-        stages = [Stage.from_dict(d) for d in state.get("stages", ())]
         for md in state["population"]:
             comps = []
             for cd in md["components"]:
@@ -1111,7 +1094,6 @@ class EvolutionSearch:
                 cv=Evaluation(**md["cv"]) if md["cv"] else None,
                 offsprings=int(md["offsprings"]),
                 generation=int(md["generation"]),
-                recipe=tuple(stages[j] for j in md.get("recipe", ())),
             )
             self.population.append(m)
             if md["probe"]:

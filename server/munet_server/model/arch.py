@@ -12,8 +12,6 @@ Two families are supported:
 from __future__ import annotations
 
 import copy
-import json
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -107,14 +105,10 @@ class Architecture:
         """A new module for a slot no ancestor can provide: a root copy, or a new adapter or head."""
         if spec.kind in ("embed", "block", "norm"):
             return copy.deepcopy(self.root_modules[spec.name])
-        # New modules start the same for the same slot (seeded by the spec), so that a recipe replayed
-        # on other images (evolve/recipe.py) starts where the search's candidate started.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(zlib.crc32(json.dumps(spec.to_dict(), sort_keys=True, default=str).encode()))
-            if spec.kind == "adapter":
-                return self.adapter(int(spec.get("dim")), int(spec.get("adapter_dim")))
-            if spec.kind == "head":
-                return Head(int(spec.get("in_features")), int(spec.get("num_classes")), bool(spec.get("pool")))
+        if spec.kind == "adapter":
+            return self.adapter(int(spec.get("dim")), int(spec.get("adapter_dim")))
+        if spec.kind == "head":
+            return Head(int(spec.get("in_features")), int(spec.get("num_classes")), bool(spec.get("pool")))
         raise ValueError(f"no constructor for {spec}")
 
     def forward(self, modules: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
