@@ -91,7 +91,7 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
         vs = improved.result.versus_current
         # Did the search try what later tasks committed? Candidates drawn directly from their paths.
         history = improved.result.history
-        tried = [h for h in history if h.parent.startswith("task:") and order.get(h.parent[5:], -1) > order[d.name]]
+        tried = [h for h in history if h.parent.startswith("task:") and order.get(h.parent.removeprefix("task:"), -1) > order[d.name]]
         row.update(
             after=test_accuracy(system, d.name, d),
             published=improved.record is not None,

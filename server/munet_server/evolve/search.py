@@ -397,10 +397,10 @@ class EvolutionSearch:
 
     def _finish_seconds(self, m: Member, epochs: int) -> float:
         """Confirming and refitting a recipe of `epochs` epochs of the member's path: each retraining
-        repeats its set-up (measured: the adapters' calibration, the LP-FT head fit over every
-        view, a new prefix's cache) and the epochs; each confirmation fold also refits the probe's head. The set-up is
-        counted once per retraining: multiplied by the lineage's epochs with the rest (as before),
-        it over-estimated finishing 2.8-3.6x at 360 s (bench/RESULTS.md)."""
+        repeats its set-up (measured: the adapters' calibration, the LP-FT head fit over every view,
+        a new prefix's cache) and the epochs; each confirmation fold also refits the probe's head.
+        The set-up is counted once per retraining: multiplied by the lineage's epochs with the rest
+        (as before), it over-estimated finishing 2.8-3.6x at 360 s (bench/RESULTS.md)."""
         per_epoch = self._epoch_seconds(m)
         # A child that kept its parent's head skipped the head fit that every retraining does.
         setup = max(m.setup_seconds, per_epoch * FEATURE_PASS + self._head_fit_seconds)

@@ -284,12 +284,6 @@ class CandidateTrainer:
             self.inputs(view)
         t_loop = time.monotonic()
         setup = t_loop - t0  # paid once per retraining, not once per epoch of the lineage
-
-        def finish(now: float, steps: int) -> float:
-            """Confirming and refitting this recipe: its set-up, and its lineage's epochs at this pace."""
-            done = steps / per_epoch
-            lineage = (self.prior_epochs + done) / done if steps else 1.0
-            return self.refit_scale * (setup + (now - t_loop) * lineage)
         head = self.path.components[-1]
         head_params = list(head.module.parameters()) if not head.frozen else []
         body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
@@ -297,6 +291,13 @@ class CandidateTrainer:
         n = len(data.train)
         per_epoch = max(1, math.ceil(n / cfg.batch_size))
         total = max(epochs, cfg.epochs) * per_epoch
+
+        def finish(now: float, steps: int) -> float:
+            """Confirming and refitting this recipe: its set-up, and its lineage's epochs at this pace."""
+            done = steps / per_epoch
+            lineage = (self.prior_epochs + done) / done if steps else 1.0
+            return self.refit_scale * (setup + (now - t_loop) * lineage)
+
         gen = torch.Generator().manual_seed(self.seed)
         validate = len(data.holdout) > 0
         best: tuple[tuple[float, float], int, list[dict[str, torch.Tensor]]] | None = None
