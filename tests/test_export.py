@@ -3,9 +3,13 @@ and answers as the server's Predict does (issue 15 §3)."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
+import tarfile
 
+import httpx
 import numpy as np
 import onnxruntime
 import pytest
@@ -26,7 +30,7 @@ from tests.conftest import image_folder, make_app
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_vit):
     tmp = tmp_path_factory.mktemp("export")
-    app = make_app(tmp / "store", tiny_vit)
+    app = make_app(tmp / "store", tiny_vit, http_port=0)
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=60)
     folder, test = image_folder(tmp, classes=3, per_class=20)
     final = client.wait(client.add_task_from_folder("digits", folder, seed=0).name, timeout=300)
@@ -88,6 +92,38 @@ def test_export_errors_are_precise(served, capsys):
     assert "already holds" in capsys.readouterr().err
     assert cli(["--target", f"127.0.0.1:{app.port}", "export", "digits", str(out), "--overwrite"]) == 0
     assert (out / "model.safetensors").read_bytes() == before  # the same task exports the same tensors
+
+
+def test_http_export_is_the_same_bundle_with_checksums(served):
+    app, client, test, tmp = served
+    grpc_out = tmp / "by-grpc"
+    client.export_task("digits", grpc_out)
+    with httpx.Client(base_url=f"http://127.0.0.1:{app.http_port}", timeout=120) as http:
+        r = http.get("/munet/v1/tasks/digits/export")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+        assert 'filename="digits.tar"' in r.headers["content-disposition"]
+        with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+            files = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+        assert list(files) == ["model.onnx", "model.safetensors", "model.json", "SHA256SUMS"]
+        sums = dict(line.split("  ")[::-1] for line in files["SHA256SUMS"].decode().splitlines())
+        assert sums == {n: hashlib.sha256(files[n]).hexdigest() for n in export.FILES}  # what `sha256sum -c` checks
+        # The same tensors and metadata as the gRPC export (ExportTask), and an ONNX model that runs.
+        assert files["model.safetensors"] == (grpc_out / "model.safetensors").read_bytes()
+        assert json.loads(files["model.json"]) == json.loads((grpc_out / "model.json").read_text())
+        meta = json.loads(files["model.json"])
+        session = onnxruntime.InferenceSession(files["model.onnx"], providers=["CPUExecutionProvider"])
+        x = torch.stack([decode_to_storage(encode_png(i), app.ref.system.storage_size) for i in test.images[:4]])
+        (probs,) = session.run(["probabilities"], {"image": export.resize(x, meta["image_size"]).numpy()})
+        assert probs.shape == (4, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
+
+        # A stored version by number; errors are statuses with a message, before any byte of a tar.
+        assert http.get("/munet/v1/tasks/digits/export", params={"version": 1}).status_code == 200
+        r = http.get("/munet/v1/tasks/no-such-task/export")
+        assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND" and "no-such-task" in r.json()["error"]
+        r = http.get("/munet/v1/tasks/digits/export", params={"version": "two"})
+        assert r.status_code == 400 and "version" in r.json()["error"]
+        r = http.get("/munet/v1/tasks/digits/export", params={"version": 9})
+        assert r.status_code == 404 and "9" in r.json()["error"]
 
 
 @pytest.mark.parametrize(

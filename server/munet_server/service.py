@@ -25,7 +25,7 @@ from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
 from munet_server.priority import GATE
-from munet_server.serve.export import Piece, export_task
+from munet_server.serve.export import Piece, export_archive, export_task
 from munet_server.serve.predictor import Predictor, SystemRef
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import OperationRecord
@@ -197,6 +197,9 @@ class MunetService:
 
     def export_task(self, name: str, chunk_size: int = 1 << 20) -> Iterator[Piece]:
         return export_task(self.system, name, chunk_size)
+
+    def export_archive(self, name: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        return export_archive(self.system, name, chunk_size)
 
     # ---- snapshot / restore --------------------------------------------------------------------
     def server_path(self, raw: str, what: str = "snapshot") -> Path:

@@ -269,6 +269,19 @@ def create_app(
         service.set_task_version(task, version)
         return _json(convert.task_info(service.system, task))
 
+    @app.get("/munet/v1/tasks/{task}/export", dependencies=[admin_auth])
+    def export(task: str, version: str = "") -> StreamingResponse:
+        """The task (or its stored `version`) as a standalone model, what `munet export` writes: a tar
+        of model.onnx, model.safetensors, model.json and their SHA256SUMS."""
+        ref = _ref(task, version)
+        chunks = service.export_archive(ref)  # written first: an unknown task is a 404, not a cut stream
+        filename = ref.replace("@", "-v")
+        return StreamingResponse(
+            chunks,
+            media_type="application/x-tar",
+            headers={"Content-Disposition": f'attachment; filename="{filename}.tar"'},
+        )
+
     @app.delete("/munet/v1/tasks/{task}/versions/{version}", dependencies=[admin_auth, change])
     def delete_version(task: str, version: int) -> dict[str, Any]:
         d = service.delete_task_version(task, version)

@@ -7,6 +7,9 @@
     <dir>/model.json         the same metadata plus the root (timm name and kwargs) and the components'
                              specs: what `load_module` needs to rebuild the path as a plain nn.Module
 
+gRPC's ExportTask streams the three files in checksummed pieces; the HTTP route serves them as one tar
+with a SHA256SUMS file.
+
 The normalisation ([0, 1] -> [-1, 1]) is inside both models, so a user only decodes and resizes as the
 server does: the centred square of the image, resized bilinearly to the storage size (Pillow), then
 to the task's size (antialiased; `resize` below). Resizing straight to the task's size differs by
@@ -19,7 +22,9 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +46,7 @@ from munet_server.model.root_config import RootConfig
 FORMAT = "munet-export/1"
 ONNX_OPSET = 18  # onnxruntime >= 1.14 runs it
 FILES = ("model.onnx", "model.safetensors", "model.json")
+CHECKSUMS = "SHA256SUMS"  # in the HTTP export's tar, after FILES
 
 
 class Standalone(nn.Module):
@@ -143,8 +149,8 @@ class Piece:
     size: int = 0
 
 
-def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[Piece]:
-    """Write the task's bundle into a private temporary directory and stream it, file by file. The
+def write_task_bundle(system: Any, task: str) -> Path:
+    """Write the task's bundle into a new private temporary directory (the caller removes it). The
     task's entry is taken once: a concurrent delete or restore does not change what is exported."""
     e = system.entry(task)  # "task@2": that stored version
     meta = describe(e.record.name, e.record.class_names, e.path.hparams, system.root.config, e.path.components,
@@ -153,6 +159,16 @@ def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[P
     try:
         with system.residency.use(e.path.components):  # layers on disk come back for the export
             write_bundle(tmp, meta, e.path.components, system.arch)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[Piece]:
+    """The task's bundle, file by file, in pieces (what ExportTask streams)."""
+    tmp = write_task_bundle(system, task)
+    try:
         for name in FILES:
             digest, size = hashlib.sha256(), 0
             with open(tmp / name, "rb") as f:
@@ -163,6 +179,40 @@ def export_task(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[P
             yield Piece(name, b"", last=True, sha256=digest.hexdigest(), size=size)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_archive(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The task's bundle as one uncompressed tar (what the HTTP export serves): the three files, then
+    SHA256SUMS, which `sha256sum -c SHA256SUMS` checks after `tar xf`. The bundle is written before
+    this returns, so that an unknown task or a failed export is an error status, not a cut stream."""
+    tmp = write_task_bundle(system, task)
+
+    def blocks() -> Iterator[bytes]:
+        try:
+            sums = []
+            for name in FILES:
+                digest = hashlib.sha256()
+                path = tmp / name
+                yield _tar_header(name, path.stat().st_size)
+                with open(path, "rb") as f:
+                    while block := f.read(chunk_size):
+                        digest.update(block)
+                        yield block
+                yield b"\0" * (-path.stat().st_size % tarfile.BLOCKSIZE)
+                sums.append(f"{digest.hexdigest()}  {name}\n")
+            text = "".join(sums).encode()
+            yield _tar_header(CHECKSUMS, len(text)) + text + b"\0" * (-len(text) % tarfile.BLOCKSIZE)
+            yield b"\0" * (2 * tarfile.BLOCKSIZE)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    return blocks()
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
+    return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
 def check_onnx(path: Path, model: Standalone, example: torch.Tensor, atol: float = 1e-3) -> None:
