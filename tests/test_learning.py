@@ -15,7 +15,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
 from munet_server.evolve.mutations import MutationConfig, Mutator
-from munet_server.evolve.search import EvolutionSearch, Member, SearchConfig
+from munet_server.evolve.search import EvolutionSearch, Member, OutOfTime, SearchConfig
 from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, split_path
 from munet_server.model.root_config import RootConfig
 from munet_server.store.store import Store
@@ -194,6 +194,12 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
         "_correct",
         lambda self, m, idx: judged.append((m.kind, idx)) or real_correct(self, m, idx),
     )
+    # A judgement whose first fold would not end in time is refused before it trains anything (by
+    # the recipe's known pace), rather than run to the budget's end to learn it.
+    fold_seconds = search._recipe_seconds(trained) * (1 - 1 / search.cfg.confirm_folds)
+    with pytest.raises(OutOfTime):
+        search._judge(trained, ends_by=time.monotonic() + 0.5 * fold_seconds)
+    assert not fits
     conf = search._confirm(trained, probe)
     assert len(fits) == len(judged) == 2 * search.cfg.confirm_folds
     for (kind_f, trained_on), (kind_j, seen) in zip(fits, judged):

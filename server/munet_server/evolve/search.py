@@ -401,11 +401,25 @@ class EvolutionSearch:
         a new prefix's cache) and the epochs; each confirmation fold also refits the probe's head.
         The set-up is counted once per retraining: multiplied by the lineage's epochs with the rest
         (as before), it over-estimated finishing 2.8-3.6x at 360 s (bench/RESULTS.md)."""
+        head_fits = self.cfg.confirm_folds * self._head_fit_seconds
+        return self._finish_scale() * self._retrain_seconds(m, epochs) + head_fits
+
+    def _retrain_seconds(self, m: Member, epochs: int) -> float:
+        """One retraining of the member's path for `epochs` epochs on the training part: its set-up
+        and its epochs at the pace it trained."""
         per_epoch = self._epoch_seconds(m)
         # A child that kept its parent's head skipped the head fit that every retraining does.
         setup = max(m.setup_seconds, per_epoch * FEATURE_PASS + self._head_fit_seconds)
-        head_fits = self.cfg.confirm_folds * self._head_fit_seconds
-        return self._finish_scale() * (setup + per_epoch * epochs) + head_fits
+        return setup + per_epoch * epochs
+
+    def _recipe_seconds(self, m: Member) -> float:
+        """One retraining of the member's recipe on the training part, before any fold has measured it:
+        the served version's as its fit here took, a probe's as its head fit, a candidate's by its pace."""
+        if m is self.current:
+            return m.seconds
+        if m.kind == "probe":
+            return self._head_fit_seconds
+        return self._retrain_seconds(m, max(1, self._lineage_epochs(m)))
 
     def _deadline(self, reserve: float | None = None) -> float:
         """time.monotonic() at which candidate training must stop (`reserve`: _refit_reserve())."""
@@ -877,8 +891,12 @@ class EvolutionSearch:
                 fold = self.train_idx[part]
                 index = self.all_idx[~torch.isin(self.all_idx, fold)]
                 if ends_by is not None:
-                    refit = last * len(self.all_idx) / len(index) if refit_after else 0.0
-                    if time.monotonic() + last + refit + then > ends_by:
+                    # The first fold by the recipe's known pace: an ImproveTask that started the
+                    # served version's 41 s retraining with 28 s left ran to the budget's end
+                    # (once 2.5 s past it) to learn that the second fold would not fit.
+                    expect = last or self._recipe_seconds(m) * len(index) / max(1, len(self.train_idx))
+                    refit = expect * len(self.all_idx) / len(index) if refit_after else 0.0
+                    if time.monotonic() + expect + refit + then > ends_by:
                         raise OutOfTime(f"{self.task}: no time left to judge the recipe")
                 t0 = time.monotonic()
                 self._fit(m, index, None if ends_by is None else ends_by - then)
