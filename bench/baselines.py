@@ -8,8 +8,9 @@
   warmup epoch then cosine, 15 epochs, random-resized crops (scale 0.5-1) and flips, batch 32. The learning rate is chosen on a
   stratified 25 % holdout of the training images from a sweep, then the model is refitted on all of
   them. Variants: every layer with frozen BatchNorm statistics (right for batches this small), every
-  layer with train-mode BatchNorm (the textbook default), and only the top two blocks plus the final
-  convolution ("freeze bottom layers", the official muNet baseline family).
+  layer with train-mode BatchNorm (the textbook default), only the top two blocks plus the final
+  convolution ("freeze bottom layers", the official muNet baseline family), and every layer above the
+  stem and the stride-4/8 blocks, i.e. exactly what muNet may clone on a CPU (its clone floor).
 
 Only the root's weights are shared with the server (`load_root` maps the packaged checkpoint).
 """
@@ -28,6 +29,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from munet_server.data.dataset import ImageDataset
+from munet_server.model.arch import decompose
 from munet_server.model.root import RootConfig, load_root
 
 MEAN_STD = 0.5  # tf_efficientnet_lite0 was trained on [-1, 1] inputs
@@ -153,7 +155,7 @@ def probe_head(model: nn.Module, train: ImageDataset, size: int, seed: int) -> t
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    trainable: str = "all"  # "all" | "top" (the last two blocks, conv_head and bn2)
+    trainable: str = "all"  # "all" | "top" (the last two blocks, conv_head and bn2) | "floor" (above the CPU clone floor)
     bn: str = "frozen"  # "frozen" (eval-mode statistics) | "train"
     lrs: tuple[float, ...] = (0.003, 0.01)  # 0.03 lost on every task tried (photos holdout 0.21 vs 0.57)
     epochs: int = 15
@@ -166,6 +168,7 @@ RECIPES = {
     "finetune": Recipe("finetune"),
     "finetune_bn_train": Recipe("finetune_bn_train", bn="train", lrs=(0.01,)),
     "finetune_top": Recipe("finetune_top", trainable="top"),
+    "finetune_floor": Recipe("finetune_floor", trainable="floor"),
 }
 
 
@@ -181,8 +184,15 @@ class Classifier(nn.Module):
 def _trainable(model: Classifier, recipe: Recipe) -> list[nn.Parameter]:
     body = model.body
     body.requires_grad_(recipe.trainable == "all")
+    if recipe.trainable != "all" and not hasattr(body, "conv_head"):
+        raise ValueError(f"{recipe.name} freezes a CNN's bottom blocks; this root is not a CNN")
     if recipe.trainable == "top":
         for m in (*list(body.blocks[-1]), *list(body.blocks[-2])[-1:], body.conv_head, body.bn2):
+            m.requires_grad_(True)
+    if recipe.trainable == "floor":  # the server's own rule for what a CPU search may train
+        blocks = [b for stage in body.blocks for b in stage]
+        floor, _ = decompose(body).clone_floor("cpu")
+        for m in (*blocks[floor:], body.conv_head, body.bn2):
             m.requires_grad_(True)
     return [p for p in model.parameters() if p.requires_grad]
 

@@ -1,7 +1,7 @@
 """Quality benchmark: what AddTask learns against what a user would do instead, done well.
 
 For each seed (its own train/test split of every task) and task:
-- `linear_probe`, `finetune`, `finetune_bn_train`, `finetune_top`: bench/baselines.py, independent of the
+- `linear_probe`, `finetune`, `finetune_bn_train`, `finetune_top`, `finetune_floor`: bench/baselines.py, independent of the
   server's machinery, each choosing its hyperparameters inside the training images and refitted;
 - `adapters`: the server's `adapters` policy (an adapter before every block, its own learning-rate
   sweep on a holdout, refit) with a generous budget;
@@ -48,7 +48,7 @@ from munet_server.system import MunetSystem
 BENCH = Path(__file__).resolve().parent
 OUT = BENCH / "out" / "quality.jsonl"
 DEFAULT_TASKS = ("photos", "mnist40", "fmnist_shirts10", "fmnist_shirts100", "animals10")
-BASELINES = ("linear_probe", "finetune", "finetune_bn_train", "finetune_top")
+BASELINES = ("linear_probe", "finetune", "finetune_bn_train", "finetune_top", "finetune_floor")
 MUNET_BUDGETS = {"munet30": 30.0, "munet90": 90.0, "munet360": 360.0}
 METHODS = (*BASELINES, "adapters", *MUNET_BUDGETS)
 PROBE_SIZES = (64, 96, 112)
@@ -200,6 +200,7 @@ LABELS = {
     "finetune": "fine-tune all, BN frozen (LP-FT, lr sweep)",
     "finetune_bn_train": "fine-tune all, BN train mode (LP-FT)",
     "finetune_top": "fine-tune top 2 blocks (LP-FT, lr sweep)",
+    "finetune_floor": "fine-tune above the CPU clone floor (LP-FT, lr sweep)",
     "adapters": "adapters at every block (120 s, own lr sweep)",
     "munet30": "muNet, 30 s budget",
     "munet90": "muNet, 90 s budget (default)",
