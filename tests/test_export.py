@@ -3,11 +3,14 @@ and answers as the server's Predict does (issue 15 §3)."""
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import io
 import json
 import random
 import tarfile
+import tempfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -124,6 +127,15 @@ def test_http_export_is_the_same_bundle_with_checksums(served):
         assert r.status_code == 400 and "version" in r.json()["error"]
         r = http.get("/munet/v1/tasks/digits/export", params={"version": 9})
         assert r.status_code == 404 and "9" in r.json()["error"]
+
+    # A tar stream that is never read (its client went away first) leaves no bundle behind.
+    tmp_root = Path(tempfile.gettempdir())
+    before = set(tmp_root.glob("munet-export-*"))
+    stream = export.export_archive(app.ref.system, "digits")
+    assert len(set(tmp_root.glob("munet-export-*")) - before) == 1
+    del stream
+    gc.collect()
+    assert set(tmp_root.glob("munet-export-*")) == before
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,11 @@ def export_archive(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterato
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    return blocks()
+    stream = blocks()
+    # A stream never started (the client went away first) never runs its `finally`: remove the
+    # bundle when the stream is collected, whichever way it ends.
+    weakref.finalize(stream, shutil.rmtree, tmp, True)
+    return stream
 
 
 def _tar_header(name: str, size: int) -> bytes:
