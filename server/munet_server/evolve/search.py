@@ -389,7 +389,7 @@ class EvolutionSearch:
         current = 0.0  # ImproveTask: the served version's recipe is judged on the same folds
         if self.current is not None and id(self.current) not in self._judged:
             folds = self.cfg.confirm_folds or 2
-            current = FINISH_MARGIN * self.current.seconds * folds * len(self.all_idx) / max(1, len(self.train_idx))
+            current = FINISH_MARGIN * self._recipe_seconds(self.current) * folds * len(self.all_idx) / max(1, len(self.train_idx))
         best = self._finalist()
         if best is None:
             return current

@@ -22,7 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import tarfile
 import tempfile
 import time
 import weakref
@@ -43,6 +42,7 @@ from munet_server.model.components import Component, ComponentSpec
 from munet_server.model.path import PathModel
 from munet_server.model.root import load_root
 from munet_server.model.root_config import RootConfig
+from munet_server.store.archive import TAR_END, tar_header, tar_padding
 
 FORMAT = "munet-export/1"
 ONNX_OPSET = 18  # onnxruntime >= 1.14 runs it
@@ -190,20 +190,19 @@ def export_archive(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterato
 
     def blocks() -> Iterator[bytes]:
         try:
-            sums = []
+            sums, mtime = [], int(time.time())
             for name in FILES:
-                digest = hashlib.sha256()
-                path = tmp / name
-                yield _tar_header(name, path.stat().st_size)
-                with open(path, "rb") as f:
+                digest, size = hashlib.sha256(), (tmp / name).stat().st_size
+                yield tar_header(name, size, mtime)
+                with open(tmp / name, "rb") as f:
                     while block := f.read(chunk_size):
                         digest.update(block)
                         yield block
-                yield b"\0" * (-path.stat().st_size % tarfile.BLOCKSIZE)
+                yield tar_padding(size)
                 sums.append(f"{digest.hexdigest()}  {name}\n")
             text = "".join(sums).encode()
-            yield _tar_header(CHECKSUMS, len(text)) + text + b"\0" * (-len(text) % tarfile.BLOCKSIZE)
-            yield b"\0" * (2 * tarfile.BLOCKSIZE)
+            yield tar_header(CHECKSUMS, len(text), mtime) + text + tar_padding(len(text))
+            yield TAR_END
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -212,12 +211,6 @@ def export_archive(system: Any, task: str, chunk_size: int = 1 << 20) -> Iterato
     # bundle when the stream is collected, whichever way it ends.
     weakref.finalize(stream, shutil.rmtree, tmp, True)
     return stream
-
-
-def _tar_header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
-    return info.tobuf(format=tarfile.PAX_FORMAT)
 
 
 def check_onnx(path: Path, model: Standalone, example: torch.Tensor, atol: float = 1e-3) -> None:

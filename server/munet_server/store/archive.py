@@ -30,14 +30,27 @@ def tar_blocks(sources: dict[str, Path], manifest: dict[str, Any]) -> Iterator[b
     mtime = int(manifest["created_at"])
     for rel in [MANIFEST, *manifest["files"]]:
         path = sources[rel]
-        info = tarfile.TarInfo(rel)
-        info.size, info.mode, info.mtime = path.stat().st_size, 0o644, mtime
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        size = path.stat().st_size
+        yield tar_header(rel, size, mtime)
         with open(path, "rb") as f:
             while block := f.read(_CHUNK):
                 yield block
-        yield b"\0" * (-info.size % tarfile.BLOCKSIZE)
-    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+        yield tar_padding(size)
+    yield TAR_END
+
+
+TAR_END = b"\0" * (2 * tarfile.BLOCKSIZE)  # two empty blocks end a tar
+
+
+def tar_header(name: str, size: int, mtime: int) -> bytes:
+    """A regular file's pax header; its `size` bytes follow, then tar_padding(size)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, mtime
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def tar_padding(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
 
 
 def rechunk(blocks: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
