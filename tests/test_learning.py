@@ -216,6 +216,27 @@ def test_a_trained_winner_is_confirmed_on_images_the_search_did_not_select_on(vi
     )
 
 
+def test_a_child_that_trains_only_its_head_is_fitted_as_a_probe(vit_system):
+    """SGD on a head alone only moves it off the converged fit (and the best of its checkpoints on the
+    holdout flatters it), so such a child gets its head by L-BFGS like a probe, with CV weight decay,
+    and trains nothing."""
+    ds = digits_dataset(classes=5)
+    search = EvolutionSearch(vit_system, "headonly", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=1))
+    search._probe_generation()
+    search._end_generation()
+    probe = max(search.probes, key=lambda m: m.key())
+    child = search.mutator.make_child(probe.path, "headonly", ds.num_classes, dict(probe.path.hparams), mutate=False)
+    assert [c.spec.name for c in child.trainable()] == ["head"]
+    before = len(search.probes)
+    search._train_generation([search._candidate(child, probe.path, probe, mutated=True)])
+    assert search.steps == 0 and len(search.probes) == before + 1
+    m = search.probes[-1]
+    assert m.path is child and m.kind == "probe" and m in search.population and m.cv is not None
+    # The same path and views as its parent probe: the same converged head, the same holdout score.
+    assert m.head_wd == probe.head_wd and m.evaluation == probe.evaluation
+    torch.testing.assert_close(child.components[-1].module.fc.weight, probe.path.components[-1].module.fc.weight)
+
+
 def force_a_trained_winner(monkeypatch) -> None:
     """Every child joins the population and a trained path is the winner and the finalist, so that
     the confirmation (and the refit of a trained path) runs even on a tiny root."""

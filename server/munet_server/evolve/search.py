@@ -46,6 +46,7 @@ from munet_server.errors import Cancelled, InvalidArgument
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.features import FeatureCache, View, train_views
 from munet_server.evolve.heads import (
+    CVResult,
     Evaluation,
     LinearHead,
     cross_validate,
@@ -603,8 +604,7 @@ class EvolutionSearch:
         seeds = self._seeds()
         others = seeds[:-1]  # muNet's order: newest tasks first, the root last
         y = self.labels
-        k = max(2, min(self.cfg.folds if len(y) < 1000 else 3, int(torch.bincount(y).min())))
-        folds = stratified_folds(y, k, self.cfg.seed)
+        folds = self._probe_folds()
         default = int(self.ctx.root_path.hparams["ds_image_size"])
         sizes = sorted(probe_sizes(self.ctx.space, default), reverse=True)  # ImageNet features like large
         found: dict[int, tuple[Any, ...]] = {}  # seed index -> (cv, size, path, features, seconds)
@@ -646,28 +646,60 @@ class EvolutionSearch:
                 if i not in found or cv.evaluation.key() > found[i][0].evaluation.key():
                     found[i] = (cv, size, path, feats, last)
                 self.candidates_done += 1
-        train = self.train_idx
         seeds = [seeds[i] for i in sorted(found)]
         found = {j: found[i] for j, i in enumerate(sorted(found))}
         for i, seed in enumerate(seeds):
             cv, size, path, feats, seconds = found[i]
+            self._add_probe(path, seed, feats, cv, seconds)
+
+    def _probe_folds(self) -> list[torch.Tensor]:
+        y = self.labels
+        k = max(2, min(self.cfg.folds if len(y) < 1000 else 3, int(torch.bincount(y).min())))
+        return stratified_folds(y, k, self.cfg.seed)
+
+    def _add_probe(self, path: TaskPath, parent: TaskPath, feats: list[torch.Tensor], cv: CVResult, seconds: float) -> Member:
+        """A head-only path joins the population with its head fitted by L-BFGS on the training part
+        (weight decay by `cv`), judged on the holdout like every candidate."""
+        t0 = time.monotonic()
+        head = fit_probe_head(path, feats, self.labels, self.train_idx, self.num_classes, cv.weight_decay)
+        self._head_fit_seconds = max(self._head_fit_seconds, time.monotonic() - t0)
+        ev = _evaluate_head(head, feats[0][self.holdout_idx], self.labels[self.holdout_idx])
+        path.hparams["head_wd"] = cv.weight_decay
+        m = Member(
+            path=path,
+            kind="probe",
+            evaluation=ev,
+            score=self._score(path, ev.accuracy),
+            head_wd=cv.weight_decay,
+            cv=cv.evaluation,
+            seconds=seconds,
+            generation=self.generation,
+        )
+        self.population.append(m)
+        self.probes.append(m)
+        self._log(m, parent=parent, accepted=True, mutated=False)
+        return m
+
+    def _probe_children(self, candidates: list[Candidate]) -> list[Candidate]:
+        """Fit the children that train nothing but their head (a seed or probe path unchanged but for
+        its hyperparameters or a removed layer) as probes, and return the others. SGD on a head alone
+        only moves it off the converged fit, and the best of its checkpoints on the holdout flatters
+        it: measured (mnist40, seed 0), such a child won the holdout 96.7 % against its probe's 95.0 %
+        and its recipe, retrained on the folds, scored 72.9 % against 94.3 %; it took the confirmation
+        from the trained paths."""
+        rest = []
+        for cand in candidates:
+            if not split_path(cand.path, self.ctx.arch).head_only:
+                rest.append(cand)
+                continue
+            if self.cancel is not None and self.cancel.is_set():
+                raise Cancelled("the operation was cancelled")
             t0 = time.monotonic()
-            head = fit_probe_head(path, feats, y, train, self.num_classes, cv.weight_decay)
-            self._head_fit_seconds = max(self._head_fit_seconds, time.monotonic() - t0)
-            ev = _evaluate_head(head, feats[0][self.holdout_idx], y[self.holdout_idx])
-            path.hparams["head_wd"] = cv.weight_decay
-            m = Member(
-                path=path,
-                kind="probe",
-                evaluation=ev,
-                score=self._score(path, ev.accuracy),
-                head_wd=cv.weight_decay,
-                cv=cv.evaluation,
-                seconds=seconds,
-            )
-            self.population.append(m)
-            self.probes.append(m)
-            self._log(m, parent=seed, accepted=True, mutated=False)
+            feats = probe_features(cand.path, self.ctx.arch, self.cache, self._views(cand.path.hparams))
+            cv = cross_validate(feats, self.labels, self.num_classes, self._probe_folds())
+            self._add_probe(cand.path, cand.parent, feats, cv, time.monotonic() - t0)
+            self.candidates_done += 1
+        return rest
 
     # ---- generation 1: muNet's actions, structured ---------------------------------------------
     def _first_generation(self) -> list[Candidate]:
@@ -769,6 +801,9 @@ class EvolutionSearch:
         return Batches(self.cache, self.labels, self.num_classes, train, holdout, self._views(hp))
 
     def _train_generation(self, candidates: list[Candidate]) -> None:
+        candidates = self._probe_children(candidates)
+        if not candidates:
+            return
         # A generation shares its data hyperparameters (muNet): the views come from the first child.
         reserve = self._refit_reserve()
         ctx = TrainContext(
