@@ -3,7 +3,6 @@ the refit, and the time budget (docs/LEARNING.md)."""
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import replace
 
@@ -236,26 +235,6 @@ def test_a_child_that_trains_only_its_head_is_fitted_as_a_probe(vit_system):
     # The same path and views as its parent probe: the same converged head, the same holdout score.
     assert m.head_wd == probe.head_wd and m.evaluation == probe.evaluation
     torch.testing.assert_close(child.components[-1].module.fc.weight, probe.path.components[-1].module.fc.weight)
-
-
-def test_an_unfinishable_best_member_does_not_end_the_search(vit_system, monkeypatch):
-    """muNet draws the best member with no offspring every time; when its children could not be
-    confirmed in the time left, the draw passes over it to the other members and the seeds instead
-    of ending the search with time left."""
-    ds = digits_dataset(classes=5)
-    search = EvolutionSearch(vit_system, "passed", ds, SearchConfig(budget=Budget(**TINY_BUDGET), seed=1))
-    search._probe_generation()
-    search._end_generation()
-    candidates = search._first_generation()[:1]
-    candidates[0].parent_member = None  # joins the population, better or not
-    search._train_generation(candidates)
-    search._end_generation()
-    trained = next(m for m in search.population if m.kind == "trained")
-    trained.score = math.inf  # the best member, with no offspring yet
-    monkeypatch.setattr(EvolutionSearch, "_finishable", lambda self, parent, left: parent.kind != "trained")
-    children = search._evolved_generation()
-    assert len(children) == search.budget.candidates_per_generation
-    assert all(c.parent_member is not trained and c.parent is not trained.path for c in children)
 
 
 def force_a_trained_winner(monkeypatch) -> None:
