@@ -754,6 +754,9 @@ class EvolutionSearch:
             if len(cands) == self.budget.candidates_per_generation:
                 break
             parent, member = self._pick_parent()
+            # An unfinishable best member with no offspring is drawn every time, so its generation
+            # comes out empty and the search ends early. Passing over it instead was measured worse
+            # (-0.8 pt, 4 of 10 confirmations out of time: late children became finalists).
             if member is not None and not self._finishable(member, left):
                 continue
             hp = self.mutator.mutate_hparams(parent.hparams, ds)
