@@ -687,7 +687,7 @@ class EvolutionSearch:
         it: measured (mnist40, seed 0), such a child won the holdout 96.7 % against its probe's 95.0 %
         and its recipe, retrained on the folds, scored 72.9 % against 94.3 %; it took the confirmation
         from the trained paths."""
-        rest = []
+        rest, folds = [], None
         for cand in candidates:
             if not split_path(cand.path, self.ctx.arch).head_only:
                 rest.append(cand)
@@ -695,8 +695,9 @@ class EvolutionSearch:
             if self.cancel is not None and self.cancel.is_set():
                 raise Cancelled("the operation was cancelled")
             t0 = time.monotonic()
+            folds = folds or self._probe_folds()
             feats = probe_features(cand.path, self.ctx.arch, self.cache, self._views(cand.path.hparams))
-            cv = cross_validate(feats, self.labels, self.num_classes, self._probe_folds())
+            cv = cross_validate(feats, self.labels, self.num_classes, folds)
             self._add_probe(cand.path, cand.parent, feats, cv, time.monotonic() - t0)
             self.candidates_done += 1
         return rest
