@@ -166,7 +166,7 @@ class MunetApp:
         return f"following {self.config.follow}" if self.config.follow else "--read-only"
 
     def _start_http(self) -> None:
-        from munet_server.rest.oip import create_app  # FastAPI is imported only when HTTP is on
+        from munet_server.rest.app import create_app  # FastAPI is imported only when HTTP is on
         from munet_server.rest.server import HttpServer
 
         cfg = self.config
