@@ -113,6 +113,10 @@ def main() -> None:
                 console.print(
                     f"\n[bold]add-task {name}[/]: {len(train.labels)} images, classes {train.class_names}"
                 )
+                for c, cls in enumerate(train.class_names):
+                    if (folder_name := offline.safe_dirname(cls, c)) != cls:
+                        console.print(f"  class {cls!r} is the folder {folder_name!r} (a folder name can't hold it); "
+                                      "the task answers with the folder's name")  # fmt: skip
                 op = client.add_task_from_folder(name, folder, budget=BUDGET, seed=args.seed)
                 last = None
                 for update in client.watch(op.name):

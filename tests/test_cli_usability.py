@@ -168,3 +168,20 @@ def test_eval_a_labelled_folder(served, tmp_path, capsys):
     shutil.copy(next((data / test.class_names[0]).iterdir()), data / "cat" / "x.png")
     assert cli(["--target", target, "eval", "digits", str(data)]) == 2
     assert "does not know: cat" in capsys.readouterr().err
+
+
+def test_generations_zero_skipped_files_and_plain_progress_when_piped(served, tmp_path, capsys):
+    """`--generations 0` is the probe only (it was dropped as falsy); files that are not images are
+    named; progress piped to a file is whole lines, not a bar's carriage returns (issue 31 §10-12)."""
+    app, target, _, folder, _ = served
+    tree = tmp_path / "tree"
+    shutil.copytree(folder, tree)
+    (tree / "0" / "notes.txt").write_text("not an image")
+    assert cli(["--target", target, "add-task", "probe-only", str(tree), "--generations", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "upload:" in err and "learn:" in err
+    assert "skipping 1 files that are not images (0/notes.txt)" in err
+    metrics = app.ref.system.entry("probe-only").record.metrics
+    assert metrics["generations"] == 0 and metrics["kind"] == "probe"
+    assert cli(["-q", "--target", target, "tasks"]) == 0 and cli(["--target", target, "tasks", "-q"]) == 0
+    capsys.readouterr()

@@ -20,6 +20,7 @@ import torch
 
 from munet_client import MunetClient, MunetError, load_exported
 from munet_client.cli import main as cli
+from munet_client.preprocess import prepare, resize
 from munet_server.data.images import decode_to_storage, encode_png
 from munet_server.evolve.mutations import MutationConfig, Mutator
 from munet_server.model.path import PathModel
@@ -61,9 +62,8 @@ def test_exported_task_answers_like_predict(served, capsys):
     meta = json.loads((out / "model.json").read_text())
     info = client.describe_task("digits")
     assert meta["labels"] == info.class_names and meta["task"] == "digits"
-    # What a user does without the server: decode, resize the whole image to the size in the metadata.
-    x = torch.stack([decode_to_storage(p, app.ref.system.storage_size) for p in pngs])
-    image = export.resize(x, meta["image_size"])
+    # What a user does without the server: munet_client.preprocess.prepare with the bundle's metadata.
+    image = torch.from_numpy(np.stack([prepare(p, meta) for p in pngs]))
 
     session = _session(out / "model.onnx")
     props = session.get_modelmeta().custom_metadata_map
@@ -172,3 +172,44 @@ def test_a_path_with_clones_and_adapters_exports_exactly(tmp_path, root):
     got = _session(tmp_path / "out" / "model.onnx").run(["logits"], {"image": image.numpy()})[0]
     np.testing.assert_allclose(got, want.numpy(), atol=1e-3, rtol=1e-3)
     system.store.close()
+
+
+def test_prepare_is_predicts_preprocessing(served, tmp_path):
+    """The README's recipe (issue 31 §6): transparent, non-square and large images through
+    `prepare` and the exported ONNX model answer as Predict does."""
+    from PIL import Image
+
+    _, client, test, tmp = served
+    out = tmp / "prepared"
+    client.export_task("digits", out)
+    session = _session(out / "model.onnx")
+    meta = session.get_modelmeta().custom_metadata_map  # what a user without model.json has
+    rng = np.random.default_rng(0)
+    images = []
+    for i, img in enumerate(test.images[:12]):
+        big = Image.fromarray(np.asarray(img)).resize((150 + 7 * i, 90 + 11 * i), Image.Resampling.BICUBIC)
+        if i % 2:  # transparent corners: the server composites on white
+            rgba = big.convert("RGBA")
+            alpha = np.full(rgba.size[::-1], 255, np.uint8)
+            alpha[: 20 + i, : 30] = rng.integers(0, 255, (20 + i, 30))
+            rgba.putalpha(Image.fromarray(alpha))
+            big = rgba
+        buf = io.BytesIO()
+        big.save(buf, format="PNG")
+        images.append(buf.getvalue())
+    served_probs = np.array(
+        [[lb.probability for lb in sorted(p, key=lambda lb: lb.index)] for p in client.predict("digits", images, top_k=3)]
+    )
+    x = np.stack([prepare(b, meta) for b in images])
+    probs = session.run(["probabilities"], {"image": x})[0]
+    np.testing.assert_allclose(probs, served_probs, atol=1e-4)
+    assert (probs.argmax(1) == served_probs.argmax(1)).all()
+
+
+@pytest.mark.parametrize("shape", [(112, 112, 32), (64, 48, 32), (20, 20, 64), (33, 33, 33)])
+def test_preprocess_resize_is_torchs_antialiased_bilinear(shape):
+    h, w, size = shape
+    x = np.random.default_rng(h * w).random((3, h, w), dtype=np.float32)
+    want = export.resize(torch.from_numpy(np.round(x * 255).astype(np.uint8))[None], size)[0].numpy()
+    got = resize(np.round(x * 255).astype(np.float32) / 255, size)
+    np.testing.assert_allclose(got, want, atol=2e-6)

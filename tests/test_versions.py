@@ -210,3 +210,19 @@ def test_improve_and_versions_over_grpc_cli_and_http(tmp_path, tiny_vit, capsys)
         http.close()
         client.close()
         app.stop(0)
+
+
+def test_improve_a_task_whose_head_another_task_shares(tmp_path, tiny_vit):
+    """Two tasks learned on the same images with the same seed share one stored head (the second adds
+    no parameters); improving the second retrains its head like any other (issue 31 §5)."""
+    system = MunetSystem.open(Store(tmp_path / "s"), tiny_vit, device="cpu")
+    ds = digits_dataset(classes=3, per_class=30)
+    learn(system, "first", ds, **PROBE_ONLY)
+    learn(system, "twin", ds, **PROBE_ONLY)
+    first, twin = system.entry("first").path, system.entry("twin").path
+    assert first.components[-1].id == twin.components[-1].id  # the same head, stored once
+    digest = system.entry("first").record.golden_digest
+    improved = improve(system, "twin", ds, seed=1)
+    assert improved.served_version in (1, 2)
+    assert system.verify_task("first") and system.entry("first").record.golden_digest == digest
+    system.store.close()

@@ -29,7 +29,6 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
-from tqdm import tqdm
 
 from munet_client.client import MunetClient
 from munet_client.errors import MunetError
@@ -43,6 +42,7 @@ from munet_client.folders import (
 )
 from munet_client.graph import system_svg
 from munet_client.images import IMAGE_SUFFIXES, ImageFolder
+from munet_client.progress import progress
 from munet_client.types import Operation, TaskInfo, to_dict
 from munet_proto.v1.munet_pb2 import SearchBudget
 
@@ -81,7 +81,7 @@ def cmd_system(c: MunetClient, a: argparse.Namespace) -> int:
 
 def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
     tree = ImageFolder.scan(a.folder)
-    budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k)}
+    budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k) is not None}
     quiet = a.json or a.quiet
     if not quiet:
         if tree.split:
@@ -89,7 +89,11 @@ def cmd_add_task(c: MunetClient, a: argparse.Namespace) -> int:
         err.print(
             f"uploading {len(tree.files)} images in {len(tree.class_names)} classes: {', '.join(tree.class_names)}"
         )
-    bar = tqdm(total=tree.num_bytes, unit="B", unit_scale=True, desc="upload", disable=quiet, file=sys.stderr)
+        if tree.skipped:
+            shown = ", ".join(str(p.relative_to(tree.root)) for p in tree.skipped[:3])
+            more = f" and {len(tree.skipped) - 3} more" if len(tree.skipped) > 3 else ""
+            err.print(f"skipping {len(tree.skipped)} files that are not images ({shown}{more})")
+    bar = progress("upload", tree.num_bytes, "B", disable=quiet, unit_scale=True)
 
     def on_upload(sent: int, total: int) -> None:
         bar.update(sent - bar.n)
@@ -133,14 +137,7 @@ def _name_files(message: str, tree: ImageFolder) -> str:
 
 def _follow(c: MunetClient, op: Operation, quiet: bool) -> Operation:
     """A bar over the search's time budget: the search stops when its clock does."""
-    bar = tqdm(
-        total=None,
-        desc="learn",
-        unit="s",
-        disable=quiet,
-        file=sys.stderr,
-        bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s{postfix}",
-    )
+    bar = progress("learn", None, "s", disable=quiet, bar_format="{l_bar}{bar}| {n:.0f}/{total_fmt} s{postfix}")
     last = op
     try:
         for last in c.watch(op.name):
@@ -197,7 +194,7 @@ def cmd_predict(c: MunetClient, a: argparse.Namespace) -> int:
     tasks = [t.strip() for t in a.task.split(",") if t.strip()] or [a.task]
     if len(tasks) > 1:
         return _predict_many(c, tasks, files, a)
-    bar = tqdm(total=len(files), unit="img", desc="predict", disable=a.json or len(files) <= CHUNK, file=sys.stderr)
+    bar = progress("predict", len(files), "img", disable=a.json or len(files) <= CHUNK)
     preds = predict_files(c, tasks[0], files, top_k=a.top_k, on_progress=lambda n: bar.update(n - bar.n))
     bar.close()
     failed = [p for p in preds if p.error]
@@ -363,7 +360,7 @@ def cmd_improve(c: MunetClient, a: argparse.Namespace) -> int:
     if bool(a.task) == a.all:
         raise ValueError("name a TASK to improve, or give --all")
     names = [a.task] if a.task else [t.name for t in c.list_tasks() if not t.state.startswith("DAMAGED")]
-    budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k, None)}
+    budget = {k: getattr(a, k) for k in BUDGET_FIELDS if getattr(a, k, None) is not None}
     quiet = a.json or a.quiet
     finals = []
     for name in names:
@@ -478,8 +475,8 @@ def cmd_export(c: MunetClient, a: argparse.Namespace) -> int:
     return 0
 
 
-def _bytes_bar(desc: str, quiet: bool, total: int = 0) -> tuple[tqdm, Callable[[int, int], None]]:
-    bar = tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, disable=quiet, file=sys.stderr)
+def _bytes_bar(desc: str, quiet: bool, total: int = 0) -> tuple[Any, Callable[[int, int], None]]:
+    bar = progress(desc, total or None, "B", disable=quiet, unit_scale=True)
     return bar, lambda done, _total: bar.update(done - bar.n)
 
 
@@ -611,6 +608,7 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
     p.add_argument("--timeout", type=float, default=d(60.0), help="seconds per call")
     p.add_argument("--json", action="store_true", default=d(False), help="machine-readable output")
+    p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="no progress output")
 
 
 def _budget_options(sp: argparse.ArgumentParser) -> None:
@@ -655,7 +653,6 @@ def parser() -> argparse.ArgumentParser:
         help="muNet, or a baseline run through the same machinery",
     )  # fmt: skip
     sp.add_argument("--no-wait", action="store_true", help="return once the upload is stored")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sp = add("predict", cmd_predict, "classify image files with a task (or several: a,b,c)")
     sp.add_argument("task", help="a task, or several joined by commas: one call, shared layers run once")
     sp.add_argument("images", nargs="+", help="image files (JPEG, PNG, ...) or folders (searched recursively)")
@@ -674,7 +671,6 @@ def parser() -> argparse.ArgumentParser:
     _budget_options(sp)
     sp.add_argument("--seed", type=int, help="the search's seed (default: the served version's number)")
     sp.add_argument("--no-wait", action="store_true", help="return once the operation is queued")
-    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sp = add("versions", cmd_versions, "a task's stored versions: which is served, accuracy, parameters")
     sp.add_argument("task", help="the task's name")
     sp = add("set-version", cmd_set_version, "serve another stored version of a task (roll back)")

@@ -35,6 +35,7 @@ class ImageFolder:
     class_names: list[str]
     files: list[tuple[Path, int]]
     split: str = ""  # "train" when the tree was a split dataset's train/ folder
+    skipped: tuple[Path, ...] = ()  # files in class folders that are not images (by suffix)
 
     @classmethod
     def scan(cls, root: Path | str) -> ImageFolder:
@@ -57,19 +58,17 @@ class ImageFolder:
             raise ValueError(
                 f"{root} has {len(classes)} class folders; a task needs at least 2 (one per class)"
             )
-        files = []
+        files, skipped_files = [], []
         for label, name in enumerate(classes):
-            found = sorted(
-                p
-                for p in (root / name).rglob("*")
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and visible(p, root)
-            )
+            inside = sorted(p for p in (root / name).rglob("*") if p.is_file() and visible(p, root))
+            found = [p for p in inside if p.suffix.lower() in IMAGE_SUFFIXES]
+            skipped_files += [p for p in inside if p.suffix.lower() not in IMAGE_SUFFIXES]
             if not found:
                 raise ValueError(
                     f"class folder {root / name} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
                 )
             files.extend((p, label) for p in found)
-        return cls(root, classes, files, split)
+        return cls(root, classes, files, split, tuple(skipped_files))
 
     @property
     def num_bytes(self) -> int:

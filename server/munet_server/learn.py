@@ -146,7 +146,7 @@ def improve_task(
 
 
 def incumbent(system: MunetSystem, task: str) -> Incumbent:
-    """The served version of `task` as a recipe: the components the task made itself become drafts
+    """The served version of `task` as a recipe: its head and the components the task made itself become drafts
     that start from what they were cloned from (a component committed before origins were kept
     starts from the root's layer in its slot, or fresh), the others stay shared and frozen."""
     e = system.entry(task)
@@ -154,7 +154,9 @@ def incumbent(system: MunetSystem, task: str) -> Incumbent:
     root = {c.spec.name: c for c in system.root_path.components}
     comps = []
     for c in e.path.components:
-        if c.owner != task or _derived(system, c):
+        # A head is always the task's own to retrain, even when its content matches another task's
+        # (two tasks learned on the same images share one stored head).
+        if (c.owner != task and c.spec.kind != "head") or _derived(system, c):
             comps.append(c)
             continue
         start = system.pool.get(c.origin) if c.origin else root.get(c.spec.name)

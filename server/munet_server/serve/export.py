@@ -10,10 +10,8 @@
 gRPC's ExportTask streams the three files in checksummed pieces; the HTTP route serves them as one tar
 with a SHA256SUMS file.
 
-The normalisation ([0, 1] -> [-1, 1]) is inside both models, so a user only decodes and resizes as the
-server does: the centred square of the image, resized bilinearly to the storage size (Pillow), then
-to the task's size (antialiased; `resize` below). Resizing straight to the task's size differs by
-interpolation error only.
+The normalisation ([0, 1] -> [-1, 1]) is inside both models; `munet_client.preprocess.prepare` makes
+their input from an encoded image exactly as the server makes Predict's.
 """
 
 from __future__ import annotations
@@ -88,10 +86,12 @@ def describe(task: str, record_labels: list[str], hparams: dict[str, Any], root:
         "version": version,
         "labels": list(record_labels),
         "image_size": int(hparams["ds_image_size"]),
-        "input": "float32 (N, 3, S, S) RGB in [0, 1]: the centred square of the image resized to S",
-        "storage_size": root.max_image_size,  # the server resizes to this first (Pillow bilinear)
+        "input": "float32 (N, 3, S, S) RGB in [0, 1], S = image_size: munet_client.preprocess.prepare(bytes, "
+        "metadata) makes it as Predict does (alpha on white, centred square, Pillow bilinear to storage_size, "
+        "then antialiased to S)",
+        "storage_size": root.max_image_size,
         "normalization": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "inside_model": True},
-        "root": {**root.to_dict(), "weights": "random"},  # the skeleton; every tensor is in the bundle
+        "root": {**root.to_dict(), "weights": "model.safetensors"},  # timm builds the skeleton; every tensor is in the bundle
         "components": [c.spec.to_dict() for c in components],
         "hparams": {k: v for k, v in hparams.items() if not k.startswith("_")},
         "golden_digest": golden_digest,
@@ -234,7 +234,7 @@ def load_module(directory: str | os.PathLike[str]) -> tuple[Standalone, dict[str
     meta = json.loads((d / "model.json").read_text())
     if meta.get("format") != FORMAT:
         raise FailedPrecondition(f"{d / 'model.json'} is not a {FORMAT} bundle (format {meta.get('format')!r})")
-    arch = load_root(RootConfig.from_dict(meta["root"])).arch
+    arch = load_root(RootConfig.from_dict({**meta["root"], "weights": "random"})).arch  # filled from the bundle below
     tensors = load_file(str(d / "model.safetensors"))
     components = []
     for sd in meta["components"]:
