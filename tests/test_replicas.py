@@ -28,6 +28,7 @@ def _names(client: MunetClient) -> list[str]:
 
 def test_replicas_follow_the_primarys_snapshots(tmp_path, tiny_vit):
     snaps = tmp_path / "snapshots"
+    snaps.mkdir()
     primary = make_app(tmp_path / "primary", tiny_vit)
     replicas = [
         make_app(tmp_path / f"replica{i}", tiny_vit, read_only=True, follow=snaps, follow_interval=0.2, http_port=0)
@@ -64,12 +65,18 @@ def test_replicas_follow_the_primarys_snapshots(tmp_path, tiny_vit):
         # Damaged before it appears (a hidden dir is unfinished), so no replica can take it first.
         p.snapshot(server_dir=str(snaps / ".snap-9"))
         victim = next((snaps / ".snap-9" / "shards").iterdir())
-        victim.write_bytes(b"\0" * victim.stat().st_size)
+        good = victim.read_bytes()
+        victim.write_bytes(b"\0" * len(good))
         (snaps / ".snap-9").rename(snaps / "snap-9")
         assert newest_snapshot(snaps)[0].name == "snap-9"
         _until(lambda: all(a.follower.refused for a in replicas))
         for c in rs:
             assert _names(c) == ["digits", "more"] and c.predict("digits", pngs, top_k=3) == want["digits"]
+        # Repaired in place (a copy that had not finished): its files changed, so it is tried again.
+        (snaps / "snap-9" / victim.relative_to(snaps / ".snap-9")).write_bytes(good)
+        _until(lambda: all(a.follower.serving.name == "snap-9" for a in replicas))
+        for c in rs:
+            assert c.predict("digits", pngs, top_k=3) == want["digits"]
     finally:
         for c in (p, *rs):
             c.close()

@@ -75,3 +75,28 @@ def test_unsupported_root(tmp_path):
     cmd[cmd.index("--root-kwargs") + 1] = "{}"
     r = _start(cmd, before_torch=False)  # building the root is how it is found out
     assert "munet-server: INVALID_ARGUMENT: root 'resnet18': ResNet is not supported" in r.stderr
+
+
+def test_follow_of_a_missing_directory(tmp_path, tiny_vit_weights):
+    """A replica told to follow a directory that is not there refuses to start instead of serving
+    nothing as SERVING (issue 31 §8)."""
+    r = _start([*server_command(tmp_path / "store", 0, tiny_vit_weights), "--follow", str(tmp_path / "nope")])
+    assert f"--follow {tmp_path / 'nope'} is not a directory" in r.stderr
+
+
+def test_metrics_listen_on_their_own_address(tmp_path, tiny_vit):
+    """--metrics-host keeps the token-less metrics port off a public --host (issue 31 §9)."""
+    import urllib.error
+    import urllib.request
+
+    from tests.conftest import make_app
+    from tests.helpers import free_port
+
+    port = free_port()
+    app = make_app(tmp_path / "store", tiny_vit, host="127.0.0.1", metrics_port=port, metrics_host="127.0.0.2")
+    try:
+        assert b"munet_tasks" in urllib.request.urlopen(f"http://127.0.0.2:{port}/metrics", timeout=10).read()
+        with pytest.raises(urllib.error.URLError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    finally:
+        app.stop(0)

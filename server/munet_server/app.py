@@ -116,12 +116,13 @@ class MunetApp:
         if self.port == 0:
             raise FailedPrecondition(cannot_bind(address))
         if cfg.metrics_port:
+            metrics_host = cfg.metrics_host or cfg.host
             try:
-                self.metrics.serve(cfg.metrics_port, cfg.host)
+                self.metrics.serve(cfg.metrics_port, metrics_host)
             except OSError as e:
                 self.server.stop(0)
                 raise FailedPrecondition(
-                    cannot_serve("metrics", cfg.host, cfg.metrics_port, e.strerror or str(e))
+                    cannot_serve("metrics", metrics_host, cfg.metrics_port, e.strerror or str(e))
                 ) from None
         if cfg.http_port is not None:
             self._start_http()

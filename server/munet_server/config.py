@@ -29,6 +29,7 @@ class ServerConfig:
     tls_key: Path | None = None
     max_message_mb: int = 64
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    metrics_host: str = ""  # the metrics endpoint's address; "": the same as host. It has no token
     http_port: int | None = None  # HTTP/REST (Open Inference Protocol) beside gRPC; None: off, 0: any free port
     max_batch: int = 64  # Predict: images per forward pass
     batch_wait_ms: float = 2.0  # Predict: how long a batch waits for more requests
@@ -131,7 +132,14 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-port",
         type=int,
         default=int(os.environ.get("MUNET_METRICS_PORT") or 0),
-        help="Prometheus /metrics port, 0: off [env MUNET_METRICS_PORT]",
+        help="Prometheus /metrics port, 0: off; it answers without a token and names every task: "
+        "firewall it or bind it with --metrics-host [env MUNET_METRICS_PORT]",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=os.environ.get("MUNET_METRICS_HOST", ""),
+        help="address the metrics port listens on (e.g. 127.0.0.1 beside a public --host); empty: --host "
+        "[env MUNET_METRICS_HOST]",
     )
     p.add_argument("--max-batch", type=int, default=64, help="Predict: images per forward pass")
     p.add_argument(
@@ -247,6 +255,7 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         tls_key=args.tls_key,
         max_message_mb=args.max_message_mb,
         metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
         http_port=args.http_port,
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,

@@ -20,15 +20,20 @@ def check(config: ServerConfig) -> None:
     store = Path(config.store)
     if store.exists() and not store.is_dir():
         raise FailedPrecondition(f"the store path {store} exists but is not a directory")
+    if config.follow is not None and not Path(config.follow).is_dir():
+        raise FailedPrecondition(
+            f"--follow {config.follow} is not a directory; give the directory the primary writes its snapshots into"
+        )
     for path in (config.tls_cert, config.tls_key):
         if path is not None:
             with open(path, "rb"):  # missing or unreadable: OSError with the file's name
                 pass
     if _bind_error(config.host, config.port):
         raise FailedPrecondition(cannot_bind(f"{config.host}:{config.port}"))
-    for port, what in ((config.metrics_port, "metrics"), (config.http_port, "HTTP")):
-        if port and (error := _bind_error(config.host, port)):
-            raise FailedPrecondition(cannot_serve(what, config.host, port, error))
+    for host, port, what in ((config.metrics_host or config.host, config.metrics_port, "metrics"),
+                             (config.host, config.http_port, "HTTP")):  # fmt: skip
+        if port and (error := _bind_error(host, port)):
+            raise FailedPrecondition(cannot_serve(what, host, port, error))
 
 
 def cannot_bind(address: str) -> str:

@@ -46,18 +46,34 @@ def newest_snapshot(root: Path) -> tuple[Path, Seen] | None:
     return best
 
 
+def _fingerprint(d: Path) -> tuple:
+    """The files under a snapshot directory with their sizes and modification times."""
+    out = []
+    for p in sorted(d.rglob("*")):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out.append((str(p.relative_to(d)), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 class Follower:
     def __init__(self, service: MunetService, root: Path, interval: float) -> None:
         self.service = service
         self.root = root
         self.interval = interval
         self.serving: Seen | None = None
-        self.refused: set[Seen] = set()  # snapshots that failed to restore: not retried
+        # Snapshots that failed to restore, with their files' sizes and times then: retried only once
+        # those change (a snapshot copied in by hand may be refused while the copy is under way).
+        self.refused: dict[Seen, tuple] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="munet-follow", daemon=True)
 
     def start(self) -> None:
-        self.check()  # the first snapshot before the server answers, when there is one
+        if not self.check() and self.serving is None:  # the first snapshot before the server answers
+            log.warning("replica: no complete snapshot under %s yet; serving the store's %d tasks until one appears",
+                        self.root, len(self.service.system.tasks))  # fmt: skip
         self._thread.start()
 
     def stop(self) -> None:
@@ -70,14 +86,14 @@ class Follower:
         if found is None:
             return False
         path, seen = found
-        if seen == self.serving or seen in self.refused:
+        if seen == self.serving or self.refused.get(seen) == _fingerprint(path):
             return False
         if self.serving is not None and (seen.created_at, seen.name) < (self.serving.created_at, self.serving.name):
             return False
         try:
             manifest = self.service.restore_from_dir(path)
         except MunetError as e:
-            self.refused.add(seen)
+            self.refused[seen] = _fingerprint(path)
             log.error("replica: snapshot %s refused (%s: %s); still serving the previous one", path, e.code.name, e.message)
             return False
         self.serving = seen
