@@ -39,7 +39,7 @@ from bench.quality import _ci95, _seeds, append, done_rows, test_accuracy
 from bench.tasks import load_task
 from munet_server.data.dataset import ImageDataset
 from munet_server.evolve.budget import Budget
-from munet_server.learn import improve_task, learn_task
+from munet_server.learn import champion_of, learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
@@ -75,7 +75,7 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
     for i, d in enumerate(stream):
         add = dataclasses.replace(budget, seconds=budget.seconds * ADD_BUDGET.get(d.name, 1.0))
         spec = AddTaskSpec(name=d.name, class_names=d.class_names, budget=add, seed=seed)
-        learned = learn_task(system, spec, d.train)
+        learned = learn(system, spec, d.train)
         data[d.name] = d.train
         acc = test_accuracy(system, d.name, d)
         rows.append({"task": d.name, "position": i, "before": acc, "params_v1": learned.record.metrics["params_added"],
@@ -85,12 +85,12 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
     for row, d in zip(rows, stream):
         t0 = time.perf_counter()
         spec = AddTaskSpec(name=d.name, class_names=d.class_names, budget=budget, seed=seed + 1000)
-        improved = improve_task(system, spec, d.train)
+        improved = learn(system, spec, d.train, champion=champion_of(system, d.name))
         e = system.entry(d.name)
         later = [c for c in e.path.components if c.owner in order and order[c.owner] > order[d.name]]
-        vs = improved.result.versus_current
+        vs = improved.state.decisions[-1] if improved.state.decisions else None
         # Did the search try what later tasks committed? Candidates drawn directly from their paths.
-        history = improved.result.history
+        history = improved.state.history
         tried = [h for h in history if h.parent.startswith("task:") and order.get(h.parent.removeprefix("task:"), -1) > order[d.name]]
         row.update(
             after=test_accuracy(system, d.name, d),
@@ -98,7 +98,7 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
             params_added=improved.record.metrics["params_added"] if improved.record else 0,
             layers_from_later_tasks=len(later),
             params_from_later_tasks=sum(c.num_params for c in later),
-            versus=None if vs is None else {"new": vs.trained_accuracy, "current": vs.probe_accuracy, "size": vs.size},
+            versus=None if vs is None else {"new": vs.challenger_accuracy, "current": vs.champion_accuracy, "size": vs.size},
             seconds=time.perf_counter() - t0,
             candidates=len(history),
             candidates_from_later_tasks=len(tried),

@@ -5,7 +5,7 @@ For each seed (its own train/test split of every task) and task:
   server's machinery, each choosing its hyperparameters inside the training images and refitted;
 - `adapters`: the server's `adapters` policy (an adapter before every block, its own learning-rate
   sweep on a holdout, refit) with a generous budget;
-- `munet<S>`: `learn_task` - exactly what AddTask runs - with a budget of S wall-clock seconds; the
+- `munet<S>`: `learn` - exactly what AddTask runs - with a budget of S wall-clock seconds; the
   tasks are learned as one stream into one system per budget (later tasks may build on earlier ones),
   and after the stream every earlier task is re-tested (forgetting must be exactly 0: golden digests).
 
@@ -39,7 +39,7 @@ from bench import baselines, machine
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
-from munet_server.learn import learn_task
+from munet_server.learn import learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
@@ -90,7 +90,7 @@ def run_learned(
             scale_factor=scale_factor,
         )
         with baselines.Timer() as t:
-            learned = learn_task(system, spec, data.train)
+            learned = learn(system, spec, data.train)
         m = learned.record.metrics
         rows.append(
             {
@@ -104,10 +104,7 @@ def run_learned(
                 "image_size": m["image_size"],
                 "validation_accuracy": m["validation_accuracy"],
                 "probe_validation_accuracy": m["probe_validation_accuracy"],
-                "selection_holdout_accuracy": m.get("selection_holdout_accuracy"),
-                "confirmation": m.get("confirmation"),
-                "refit_train_accuracy": m.get("refit_train_accuracy"),
-                "refit_failed": m.get("refit_failed"),
+                "versions": len(learned.records),
                 "kind": m["kind"],
                 "candidates": m["candidates"],
                 "new_components": _new_names(system, data.name),

@@ -46,7 +46,7 @@ from munet_server.data import offline
 from munet_server.data.dataset import ImageDataset
 from munet_server.data.images import decode_to_storage, encode_png
 from munet_server.evolve.budget import Budget
-from munet_server.learn import learn_task
+from munet_server.learn import learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
@@ -95,7 +95,7 @@ def build_system(store_dir: Path, cfg: ServingConfig) -> list[str]:
         name = f"fmnist-{a}-{b}"
         ds = to_dataset(offline.sample_per_class(raw, cfg.per_class, 0), system.storage_size)
         spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=Budget(seconds=30))
-        m = learn_task(system, spec, ds).record.metrics  # exactly what AddTask runs
+        m = learn(system, spec, ds).record.metrics  # exactly what AddTask runs
         names.append(name)
         print(f"  task {name}: val acc {m['validation_accuracy']:.3f}, params added {m['params_added']:,}")
     system.store.close()

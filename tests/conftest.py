@@ -104,6 +104,7 @@ def make_app(store, root: RootConfig, executor_factory=None, **overrides):
     from munet_server.spec import Budget
 
     overrides.setdefault("default_budget", Budget(**SMALL_BUDGET))
+    overrides.setdefault("idle_improvement", False)  # tests that compare states need a quiet server
     cfg = ServerConfig(store=store, port=0, root=root, device="cpu", grace_seconds=1.0, **overrides)
     app = MunetApp(cfg, executor_factory=executor_factory)
     app.start()

@@ -42,6 +42,7 @@ def server_command(store: Path, port: int, weights: str) -> list[str]:
     return [
         sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(port), "--device", "cpu",
         *TINY_VIT_FLAGS, "--root-kwargs", kwargs, "--root-weights", weights, "--log-level", "WARNING",
+        "--no-idle-improvement",  # tests that compare states need a quiet server
     ]  # fmt: skip
 
 
@@ -107,15 +108,46 @@ def store_state(app) -> tuple:
     return tasks, comps, datasets, tuple(sorted(s.store.shards.digests()))
 
 
-def learn(system, name, ds, seed=0, scale=1.0, cancel=None, **budget):
-    """learn_task with a small budget: what AddTask runs, on an in-memory dataset."""
+def learn(system, name, ds, seed=0, scale=1.0, cancel=None, champion=None, **budget):
+    """`learn` with a small budget: what AddTask runs (ImproveTask with `champion`), on an
+    in-memory dataset."""
     from munet_server.evolve.budget import Budget
-    from munet_server.learn import learn_task
+    from munet_server.learn import learn as learn_task
     from munet_server.spec import AddTaskSpec
 
     b = Budget(**{**TINY_BUDGET, **budget})
     spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=b, seed=seed, scale_factor=scale)
-    return learn_task(system, spec, ds, cancel=cancel)
+    return learn_task(system, spec, ds, cancel=cancel, champion=champion)
+
+
+POOR_WD = 30.0  # a weight decay that starves the head: measured 0.30 vs 0.66 for what ImproveTask finds
+
+
+def poor_path(system, name: str, ds):
+    """A legitimate but weak recipe for `name`: an over-regularised head on the root's first block
+    alone, at the smallest image size the system searches."""
+    import copy
+    import random
+
+    import torch
+
+    from munet_server.evolve.features import FeatureCache, View
+    from munet_server.evolve.mutations import MutationConfig, Mutator
+    from munet_server.evolve.train import fit_probe_head, probe_features
+
+    rp = system.root_path
+    mut = Mutator(system.arch, system.space, MutationConfig(), random.Random(0))
+    hp = {**copy.deepcopy(rp.hparams), "num_layers": 1, "ds_image_size": system.space.sizes[0], "head_wd": POOR_WD}
+    path = mut.make_child(rp, name, ds.num_classes, mut.fix_architecture(hp), mutate=False)
+    feats = probe_features(path, system.arch, FeatureCache(ds.images, system.device), [View(system.space.sizes[0])])
+    fit_probe_head(path, feats, ds.labels, torch.arange(len(ds)), ds.num_classes, POOR_WD)
+    return path
+
+
+def commit_poor_version(system, name: str, ds) -> int:
+    """Publish that weak recipe as the task's next version (its number)."""
+    metrics = {"kind": "probe", "validation_accuracy": 0.0, "scale_factor": 0.95, "recipe_epochs": 0}
+    return system.commit_version(name, poor_path(system, name, ds), metrics).version
 
 
 # Enough for the tiny test ViT: the probes, one structured generation, one evolved one.

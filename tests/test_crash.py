@@ -30,9 +30,10 @@ def _template(tmp_path_factory, tiny_vit_weights):
     folder, test = image_folder(tmp, classes=3, per_class=20)
     images = [encode_png(i) for i in test.images]
     s = ServerProcess(store, tiny_vit_weights)
-    op = s.client.add_task_from_folder("a", folder, budget={"generations": 1})
+    op = s.client.add_task_from_folder("a", folder, budget={"generations": 0, "seconds": 1.0})
     assert s.client.wait(op.name, timeout=300).state == "SUCCEEDED"
     golden = s.client.predict("a", images, top_k=3)
+    assert s.client.describe_task("a").served_version == 1  # a probe search: the first probe serves
     s.stop()
     return store, folder, images, golden
 

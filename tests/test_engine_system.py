@@ -127,8 +127,10 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     while not jobs.get(job.id).checkpoint.get("state") and time.monotonic() < deadline:
         time.sleep(0.05)
     jobs.stop()
-    assert system.store.meta.get_operation(job.id).state == "RUNNING"
-    assert "resumed" not in system.tasks
+    interrupted = system.store.meta.get_operation(job.id)
+    assert interrupted.state == "RUNNING"
+    assert system.tasks["resumed"].record.version == 1  # the first probe served at once
+    digest = system.tasks["resumed"].record.golden_digest
     system.store.meta.close()
 
     system2 = MunetSystem.open(Store(store_dir), device="cpu")
@@ -137,6 +139,9 @@ def test_job_resumes_after_interruption(tmp_path, tiny_vit):
     done = jobs2.wait(job.id, timeout=300)
     assert done.state == "SUCCEEDED", done.error
     assert system2.verify_task("resumed")
-    gens = {h["generation"] for h in system2.tasks["resumed"].record.metrics["history"]}
-    assert gens == {0, 1, 2, 3}  # the probes, the structured generation, two evolved ones
+    v1 = system2.versions("resumed")[0]
+    assert v1.version == 1 and v1.golden_digest == digest  # resumed as the champion, not published again
+    # It went on from its checkpoint to the last generation (the probes, the structured one, two evolved).
+    assert done.progress["candidates_done"] > interrupted.progress.get("candidates_done", 0)
+    assert done.progress["generation"] >= 2
     jobs2.stop()

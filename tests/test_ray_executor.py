@@ -1,18 +1,16 @@
-"""RayExecutor on a local 2-CPU Ray instance: same results as LocalExecutor, cancellation, failures.
-
-`MUNET_RAY_BENCH=1` also runs the 1-vs-2-worker throughput measurement quoted in docs/RAY.md.
-"""
+"""RayExecutor on a local 2-CPU Ray instance: same results as LocalExecutor, cancellation, the clock,
+failures. (The 1-vs-2-worker throughput quoted in docs/RAY.md: bench/ray_throughput.py.)"""
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +18,9 @@ import torch
 from munet_server.data.dataset import ImageDataset
 from munet_server.errors import Cancelled, FailedPrecondition
 from munet_server.evolve.budget import Budget
-from munet_server.evolve.search import Candidate, EvolutionSearch, Executor, LocalExecutor, SearchConfig
+from munet_server.evolve.clock import Clock
+from munet_server.evolve.executors import Candidate, Executor, LocalExecutor
+from munet_server.evolve.search import Search, SearchConfig
 from munet_server.evolve.train import TrainResult
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
@@ -60,9 +60,12 @@ def split() -> ImageDataset:
     return digits_dataset(classes=3, per_class=40)
 
 
-def _search(system, data, executor, budget=SMALL, **kw) -> EvolutionSearch:
+def _search(system, data, executor, budget=SMALL, **kw) -> Search:
+    """A search whose publications are counted, not committed: the executor is what is under test."""
     torch.manual_seed(0)  # fresh heads are initialised from the global RNG on the driver
-    return EvolutionSearch(system, "digits", data, SearchConfig(budget=budget, seed=0), executor=executor, **kw)
+    versions = iter(range(1, 1000))
+    return Search(system, "digits", data, SearchConfig(budget=budget, seed=0), executor=executor,
+                  publish=lambda path, member, pub: next(versions), **kw)  # fmt: skip
 
 
 class Recording:
@@ -80,8 +83,8 @@ class Recording:
         return self.inner.train(candidates, ctx, report)
 
 
-def _drafts(search: EvolutionSearch) -> list[torch.Tensor]:
-    return [t for m in search.population for c in m.path.trainable() for t in c.module.state_dict().values()]
+def _drafts(search: Search) -> list[torch.Tensor]:
+    return [t for m in search.population.members for c in m.path.trainable() for t in c.module.state_dict().values()]
 
 
 @pytest.mark.ray
@@ -105,7 +108,7 @@ def test_same_results_as_local_executor(system, split, ray_executor, monkeypatch
                 h.trainable_components, h.hparams)  # fmt: skip
 
     assert [key(h) for h in got.history] == [key(h) for h in expected.history]
-    assert got.steps == expected.steps and got.member.score == expected.member.score
+    assert got.steps == expected.steps and [p.member for p in got.publications] == [p.member for p in expected.publications]
     a, b = _drafts(local), _drafts(remote)
     assert len(a) == len(b) > 0 and all(torch.equal(x, y) for x, y in zip(a, b))
     assert seen == sorted(seen) and seen[-1] > 0  # progress only moves forward
@@ -134,12 +137,11 @@ def test_failing_candidates_fail_only_themselves(system, split, ray_executor, ca
     budget = Budget(seconds=600, generations=2, candidates_per_generation=3, epochs=2, batch_size=16)
     search = _search(system, split, executor, budget=budget)
     with caplog.at_level(logging.WARNING, logger="munet_server.evolve.ray_executor"):
-        result = search.run()
-    first = [h for h in search.history if h.generation == 1]
+        state = search.run()
+    first = [h for h in state.history if h.generation == 1]
     assert len(first) == 1  # the two failed candidates were dropped, the third trained
-    assert any(h.generation == 2 for h in search.history)  # and the search went on
-    assert result.member in search.population
-    assert not any(isinstance(m.path.hparams["opt_lr"], (Raises, KillsWorker)) for m in search.population)
+    assert any(h.generation == 2 for h in state.history)  # and the search went on
+    assert not any(isinstance(m.path.hparams["opt_lr"], (Raises, KillsWorker)) for m in state.members)
     text = caplog.text
     assert "injected training failure" in text and text.count("failed on Ray and is dropped") == 2
 
@@ -173,7 +175,34 @@ def test_cancel_stops_outstanding_ray_tasks(system, split, ray_executor):
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert ray.available_resources().get("CPU", 0) == 2  # the workers were interrupted, not left running
-    assert all(h.kind == "probe" for h in search.history)  # no trained candidate was recorded
+    assert all(h.kind == "probe" for h in search.state.history)  # no trained candidate was recorded
+
+
+@pytest.mark.ray
+def test_the_clock_is_honoured_by_both_executors(system, split, ray_executor):
+    """A stopped clock (an idle round giving way) trains nothing more, locally or on Ray; one that
+    runs out mid-candidate ends that candidate with what it has (its best checkpoint so far)."""
+    search = _search(system, split, LocalExecutor(), budget=Budget(seconds=600, generations=0))
+    search.run()  # the probes: the feature cache and a population to build children from
+    from munet_server.evolve.executors import TrainContext
+    from munet_server.evolve.offspring import Brood, first_generation
+    from munet_server.evolve.train import Batches
+
+    brood = Brood("digits", split.num_classes, 1, 0)
+    base = search.population.probes()[0]
+    cands = first_generation(brood, base, search.mutator, "structured", 2)
+    batches = Batches(search.cache, search.labels, split.num_classes, search.train_idx, search.holdout_idx,
+                      search.views(cands[0].path.hparams))  # fmt: skip
+    stopped = Clock(600)
+    stopped.stop()
+    for executor in (LocalExecutor(), ray_executor):
+        ctx = TrainContext(system.arch, batches, search.train_cfg, None, stopped, root=system.root.config.to_dict(),
+                           shared_ids=frozenset(system.pool))  # fmt: skip
+        assert executor.train(cands, ctx, lambda i, f: None) == [None, None]
+    short = TrainContext(system.arch, batches, replace(search.train_cfg, epochs=1000), None, Clock(0.5),
+                         root=system.root.config.to_dict(), shared_ids=frozenset(system.pool))  # fmt: skip
+    results = LocalExecutor().train(cands[:1], short, lambda i, f: None)
+    assert results[0] is not None and results[0].epochs < 1000 and results[0].evaluation is not None
 
 
 def test_missing_ray_is_failed_precondition(monkeypatch):
@@ -182,42 +211,6 @@ def test_missing_ray_is_failed_precondition(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now raises ImportError
     with pytest.raises(FailedPrecondition, match=r"munet-server\[ray\]"):
         import_ray()
-
-
-@pytest.mark.ray
-@pytest.mark.skipif(not os.environ.get("MUNET_RAY_BENCH"), reason="set MUNET_RAY_BENCH=1 to measure")
-def test_throughput_one_vs_two_workers(system, ray_executor):
-    """Candidates/s of the same search: locally, and on Ray with 1 and 2 concurrent workers.
-
-    Setups alternate over two rounds and the faster round counts (the machine may be shared).
-    """
-    from munet_server.evolve.ray_executor import RayExecutor
-
-    data = digits_dataset(classes=3)  # ~540 images
-    warm = Budget(seconds=600, generations=1, candidates_per_generation=2, epochs=20)
-    measured = Budget(seconds=600, generations=2, candidates_per_generation=4, epochs=20)
-    setups: list[tuple[str, Executor, int]] = [
-        ("local, 1 thread", LocalExecutor(), 1),
-        ("ray, 1 worker x 1 thread", RayExecutor(num_cpus_per_candidate=2, torch_threads=1), 1),
-        ("ray, 2 workers x 1 thread", RayExecutor(num_cpus_per_candidate=1), 1),
-    ]
-    _search(system, data, setups[2][1], budget=warm).run()  # warm workers
-    best: dict[str, float] = {}
-    for r in range(2):
-        for name, ex, threads in setups if r == 0 else setups[::-1]:
-            with torch_threads(threads):
-                search = _search(system, data, ex, budget=measured)
-                t0 = time.monotonic()
-                search.run()
-                best[name] = min(best.get(name, math.inf), time.monotonic() - t0)
-                print(f"round {r}: {name}: {time.monotonic() - t0:.1f} s", flush=True)
-    n = 8
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    rows = [f"| {k} | {n} | {v:.1f} | {n / v:.2f} |" for k, v in best.items()]
-    head = (
-        f"\nload average after: {load}\n| setup | candidates | seconds | candidates/s |\n|---|---|---|---|\n"
-    )
-    print(head + "\n".join(rows))
 
 
 @pytest.mark.ray

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -34,6 +34,8 @@ class ServingGate:
         self.yields = 0
         self.yielded_seconds = 0.0
         self.narrow_steps = 0  # steps a CPU search ran on one thread because Predict was busy
+        self.background_waits = 0  # times an idle round waited for Predict traffic to pass
+        self.background_wait_seconds = 0.0
 
     @contextmanager
     def serving(self) -> Iterator[None]:
@@ -61,6 +63,28 @@ class ServingGate:
             self._cond.wait_for(lambda: not self._active, timeout=self.max_wait)  # then run anyway
             self.yields += 1
             self.yielded_seconds += time.monotonic() - t0
+
+    def quiet_for(self, seconds: float) -> bool:
+        """No Predict work is in flight, nor ended in the last `seconds`."""
+        with self._cond:
+            return not self._active and time.monotonic() - self._last_end >= seconds
+
+    def wait_for_quiet(self, stop: Callable[[], bool]) -> None:
+        """A background round (idle improvement) waits until no Predict work has run for `recent`
+        seconds, or until `stop()`: it gives way to traffic instead of only slowing down."""
+        if self.max_wait <= 0:
+            return
+        t0 = time.monotonic()
+        waited = False
+        while not stop():
+            with self._cond:
+                if not self._active and time.monotonic() - self._last_end >= self.recent:
+                    break
+                waited = True
+                self._cond.wait(0.1)
+        if waited:
+            self.background_waits += 1
+            self.background_wait_seconds += time.monotonic() - t0
 
     def _budget_threads(self) -> None:
         # torch.set_num_threads sets the calling thread's OpenMP team size: only this search changes.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable
@@ -31,6 +30,7 @@ import torch
 
 from munet_server.allocator import keep_freed_memory
 from munet_server.errors import Cancelled, FailedPrecondition
+from munet_server.evolve.clock import Clock
 from munet_server.evolve.features import FeatureCache, View
 from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, TrainResult
 from munet_server.model.components import Component, ComponentSpec, tensors_of
@@ -38,7 +38,7 @@ from munet_server.model.path import TaskPath
 from munet_server.model.root import RootConfig, load_root
 
 if TYPE_CHECKING:
-    from munet_server.evolve.search import Candidate, TrainContext
+    from munet_server.evolve.executors import Candidate, TrainContext
     from munet_server.model.arch import Architecture
 
 log = logging.getLogger(__name__)
@@ -119,9 +119,7 @@ class _CandidateTask:
     seed: int
     head_wd: float
     fit_head_first: bool
-    seconds_left: float | None
-    refit_scale: float
-    prior_epochs: int
+    seconds_left: float  # on the search's clock when the task was sent
     threads: int
     gpu: bool
     cache_bytes: int
@@ -207,6 +205,8 @@ class RayExecutor:
             while pending:
                 if ctx.cancel is not None and ctx.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
+                if ctx.clock.stopped:  # an idle round yielding: what has not finished is dropped
+                    break
                 ready, pending = ray.wait(pending, num_returns=1, timeout=self.cfg.poll_seconds)
                 for ref in ready:
                     i = index[ref]
@@ -292,9 +292,7 @@ class RayExecutor:
             seed=cand.seed,
             head_wd=cand.head_wd,
             fit_head_first=cand.fit_head_first,
-            seconds_left=None if ctx.deadline is None else ctx.deadline - time.monotonic(),
-            refit_scale=ctx.refit_scale,
-            prior_epochs=cand.prior_epochs,
+            seconds_left=ctx.clock.left(),
             threads=self.cfg.threads,
             gpu=self.cfg.num_gpus_per_candidate > 0,
             cache_bytes=int(self.cfg.worker_cache_mb * 2**20),
@@ -391,9 +389,7 @@ def _train_task(task: _CandidateTask) -> tuple[list[str], list[dict[str, torch.T
         seed=task.seed,
         head_wd=task.head_wd,
         fit_head_first=task.fit_head_first,
-        deadline=None if task.seconds_left is None else time.monotonic() + task.seconds_left,
-        refit_scale=task.refit_scale,
-        prior_epochs=task.prior_epochs,
+        clock=Clock(task.seconds_left),
     )
     result = trainer.run()
     drafts = path.trainable()

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from munet_server.errors import Cancelled
+from munet_server.evolve.clock import Clock
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import Evaluation, LinearHead, evaluate_logits, fit_head
 from munet_server.model.arch import Architecture, Step
@@ -63,7 +64,8 @@ class Batches:
 
 
 class OutOfTime(Exception):
-    """A retraining with a `stop_at` passed it: its result would come too late to use."""
+    """A retraining that must finish (`must_finish`) ran out of its clock: its result would be a model
+    trained for less than its recipe says."""
 
 
 @dataclass
@@ -74,8 +76,6 @@ class TrainResult:
     steps: int
     seconds: float
     history: list[tuple[int, float, float]] = field(default_factory=list)  # (epoch, accuracy, nll)
-    finish_seconds: float = 0.0  # what confirming and refitting its recipe would take (refit_scale)
-    setup_seconds: float = 0.0  # of `seconds`, before the first step (adapters, LP-FT head fit, prefix cache)
 
 
 # ---- the path as prefix + suffix -------------------------------------------------------------------
@@ -103,10 +103,6 @@ def split_path(path: TaskPath, arch: Architecture) -> Split:
             break
     ids = ["+".join(by_module[id(m)].id for m in mods) for mods, _ in steps[:cut]]
     return Split(steps[:cut], ids, steps[cut:], path.trainable())
-
-
-def cut_key(split: Split) -> tuple[str, ...]:
-    return tuple(split.prefix_ids)
 
 
 # ---- learning rate (muNet's schedules) ---------------------------------------------------------------
@@ -173,10 +169,8 @@ class CandidateTrainer:
         head_wd: float,
         fit_head_first: bool = True,
         cancel: threading.Event | None = None,
-        deadline: float | None = None,
-        refit_scale: float = 0.0,
-        prior_epochs: int = 0,
-        stop_at: float | None = None,
+        clock: Clock | None = None,
+        must_finish: bool = False,
         on_step: Callable[[float], None] | None = None,
     ) -> None:
         self.path = path
@@ -187,15 +181,10 @@ class CandidateTrainer:
         self.head_wd = head_wd
         self.fit_head_first = fit_head_first
         self.cancel = cancel
-        self.deadline = deadline
-        # Training stops early enough that finishing this candidate (confirming and refitting its
-        # recipe: refit_scale times its training so far, scaled up by the `prior_epochs` its
-        # same-task ancestors trained, which the recipe repeats) still ends before the deadline.
-        self.refit_scale = refit_scale
-        self.prior_epochs = prior_epochs
-        # A retraining whose whole result is needed by a time (a confirmation fold): past it, raise
-        # OutOfTime rather than return a model trained for less than its recipe says.
-        self.stop_at = stop_at
+        # A candidate stops training when the clock runs out and keeps its best checkpoint so far; a
+        # retraining whose whole result is needed (a judgement's fold, a refit) raises OutOfTime.
+        self.clock = clock
+        self.must_finish = must_finish
         self.on_step = on_step
         self.device = data.cache.device
         self._inputs: dict[str, torch.Tensor] = {}
@@ -258,9 +247,13 @@ class CandidateTrainer:
         fit = fit_head(torch.cat(feats), labels, self.data.num_classes, self.head_wd)
         fit.load_into(head.module.fc)
 
-    def _check_time(self) -> None:
-        if self.stop_at is not None and time.monotonic() > self.stop_at:
-            raise OutOfTime(f"{self.path.task}: retraining passed its time")
+    def _out_of_time(self) -> bool:
+        """True when the clock has run out (a candidate then stops); OutOfTime for a retraining."""
+        if self.clock is None or not self.clock.expired():
+            return False
+        if self.must_finish:
+            raise OutOfTime(f"{self.path.task}: the clock ran out before the retraining finished")
+        return True
 
     # -- evaluation --
     @torch.no_grad()
@@ -278,12 +271,9 @@ class CandidateTrainer:
         cfg, data = self.cfg, self.data
         epochs = cfg.epochs if epochs is None else epochs
         self.calibrate_adapters()
-        self._check_time()
         self.warm_start_head()
         for view in data.views:  # a child that kept its parent's head has not cached its prefix yet
             self.inputs(view)
-        t_loop = time.monotonic()
-        setup = t_loop - t0  # paid once per retraining, not once per epoch of the lineage
         head = self.path.components[-1]
         head_params = list(head.module.parameters()) if not head.frozen else []
         body = [p for c in self.split.drafts if c is not head for p in c.module.parameters() if p.requires_grad]
@@ -291,12 +281,6 @@ class CandidateTrainer:
         n = len(data.train)
         per_epoch = max(1, math.ceil(n / cfg.batch_size))
         total = max(epochs, cfg.epochs) * per_epoch
-
-        def finish(now: float, steps: int) -> float:
-            """Confirming and refitting this recipe: its set-up, and its lineage's epochs at this pace."""
-            done = steps / per_epoch
-            lineage = (self.prior_epochs + done) / done if steps else 1.0
-            return self.refit_scale * (setup + (now - t_loop) * lineage)
 
         gen = torch.Generator().manual_seed(self.seed)
         validate = len(data.holdout) > 0
@@ -311,11 +295,11 @@ class CandidateTrainer:
             for b in range(per_epoch):
                 if self.cancel is not None and self.cancel.is_set():
                     raise Cancelled("the operation was cancelled")
-                self._check_time()
-                now = time.monotonic()
-                if self.deadline is not None and step > 0 and now + finish(now, step) > self.deadline:
+                if self._out_of_time() and step > 0:
                     stopped = True
                     break
+                if self.clock is not None and self.clock.background:
+                    GATE.wait_for_quiet(lambda: self.clock.stopped or bool(self.cancel and self.cancel.is_set()))
                 GATE.yield_to_serving(self.device)
                 sel = slice(b * cfg.batch_size, (b + 1) * cfg.batch_size)
                 idx, vs = order[sel], view_of[sel]
@@ -351,8 +335,7 @@ class CandidateTrainer:
             best_epoch = best[1]
         else:
             evaluation, best_epoch = None, epoch
-        end = time.monotonic()
-        return TrainResult(evaluation, best_epoch, epoch, step, end - t0, history, finish(end, step), setup)
+        return TrainResult(evaluation, best_epoch, epoch, step, time.monotonic() - t0, history)
 
 
 # ---- head-only candidates --------------------------------------------------------------------------

@@ -1,0 +1,99 @@
+"""The one rule for every publication: a challenger replaces the champion (the served version) only if
+it beats it on images neither was selected on, on the score with its parameter penalty, clearly (more
+than a tie or a narrow win). The images are the training part, k-fold: each fold is classified by both recipes retrained on
+every other labelled image (the holdout included), so no image is judged by a model that trained on
+it, nor by the holdout comparison that chose the challenger."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from munet_server.evolve.heads import stratified_folds
+from munet_server.evolve.recipes import Recipe, RecipeFitter
+from munet_server.model.path import TaskPath
+
+JUDGE_FOLDS = 2
+# A win counts when the images the challenger alone gets right outnumber those the champion alone gets
+# right by this many standard deviations of that difference (McNemar), and by at least one image: a
+# search judges many challengers on the same images, and the luckiest of equals would win by a few.
+MARGIN_SD = 1.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A judgement and its evidence: both recipes on the same `size` images."""
+
+    publish: bool
+    size: int
+    challenger: int  # member ids
+    champion: int
+    challenger_accuracy: float
+    champion_accuracy: float
+    challenger_score: float
+    champion_score: float
+    wins: int  # images the challenger gets right and the champion wrong
+    losses: int
+    seconds: float
+
+    @property
+    def reason(self) -> str:
+        verdict = "publishes" if self.publish else "keeps the champion"
+        return (f"challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
+                f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
+                f"{self.champion_score:.4f}): {verdict}")  # fmt: skip
+
+
+class Judge:
+    def __init__(
+        self,
+        fitter: RecipeFitter,
+        train_idx: torch.Tensor,
+        all_idx: torch.Tensor,
+        labels: torch.Tensor,
+        seed: int,
+        score: Callable[[TaskPath, float], float],
+    ) -> None:
+        self.fitter, self.all_idx, self.score = fitter, all_idx, score
+        parts = stratified_folds(labels[train_idx], JUDGE_FOLDS, seed + 1)
+        self.folds = [train_idx[p] for p in parts]
+        self.images = torch.cat(self.folds)
+        self._right: dict[int, torch.Tensor] = {}  # member id -> right or wrong on each judged image
+
+    def right(self, key: int, recipe: Recipe) -> torch.Tensor:
+        """Right or wrong on each judged image, fold by fold (kept: a recipe's retraining is deterministic)."""
+        if key not in self._right:
+            out = []
+            for fold in self.folds:
+                rest = self.all_idx[~torch.isin(self.all_idx, fold)]
+                out.append(self.fitter.correct(self.fitter.fit(recipe, rest), fold))
+            self._right[key] = torch.cat(out)
+        return self._right[key]
+
+    def known(self, key: int) -> bool:
+        return key in self._right
+
+    def decide(self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe]) -> Decision:
+        """OutOfTime when the clock runs out first (the champion then stays)."""
+        t0 = time.monotonic()
+        (ck, cr), (pk, pr) = challenger, champion
+        a, b = self.right(pk, pr), self.right(ck, cr)
+        acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
+        s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
+        wins, losses = int((b & ~a).sum()), int((~b & a).sum())
+        clear = wins - losses >= max(1.0, MARGIN_SD * math.sqrt(wins + losses))
+        return Decision(
+            publish=s_c > s_p and clear,  # a tie, a narrow win, or one bought with parameters keeps the champion
+            size=len(b), challenger=ck, champion=pk, challenger_accuracy=acc_c, champion_accuracy=acc_p,
+            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, seconds=time.monotonic() - t0,
+        )  # fmt: skip
+
+    def retrainings(self) -> float:
+        """A judgement and the winner's refit, in units of one training on the training part, by the
+        images each retraining sees (k folds on all but one fold each, then all of them)."""
+        n_train = max(1, len(self.images))
+        return (sum(len(self.all_idx) - len(f) for f in self.folds) + len(self.all_idx)) / n_train
