@@ -40,7 +40,8 @@ def free_port() -> int:
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(port)]
+    # Idle improvement off: the demo compares a snapshot's predictions with a restored copy's.
+    cmd = [sys.executable, "-m", "munet_server", "--store", str(store), "--port", str(port), "--no-idle-improvement"]
     with open(store.parent / f"server-{port}.log", "w") as log:  # the child keeps its own copy
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     target = f"127.0.0.1:{port}"
@@ -92,12 +93,13 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=60, help="training images per class")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workdir", type=Path, default=None, help="keep stores and logs here")
+    ap.add_argument("--port", type=int, default=0, help="the demo server's port (default: a free one)")
     args = ap.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="munet-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     console.rule("[bold]muNet server demo")
     console.print(f"work dir: {work}")
-    port = free_port()
+    port = args.port or free_port()
     proc = start_server(work / "store", port)
     target = f"127.0.0.1:{port}"
     try:
@@ -118,19 +120,18 @@ def main() -> None:
                         console.print(f"  class {cls!r} is the folder {folder_name!r} (a folder name can't hold it); "
                                       "the task answers with the folder's name")  # fmt: skip
                 op = client.add_task_from_folder(name, folder, budget=BUDGET, seed=args.seed)
-                last = None
+                published = 0
                 for update in client.watch(op.name):
                     p = update.progress
-                    line = (
-                        f"  {p.phase:<10} {p.elapsed_seconds:3.0f}/{p.budget_seconds:.0f} s  generation {p.generation}"
-                        f"  candidates {p.candidates_done}  best val acc {p.best_validation_accuracy:.3f}"
-                    )
-                    if line != last:
-                        console.print(line)
-                        last = line
+                    if p.published > published:  # a version serves: the first within seconds, then better ones
+                        published = p.published
+                        when = f"{p.first_served_seconds:.1f} s after the upload" if published == 1 else f"at {p.elapsed_seconds:.0f} s"
+                        console.print(f"  serving version {p.serving_version} {when}: {p.serving_kind}, "
+                                      f"validation accuracy {p.serving_accuracy:.3f}")  # fmt: skip
                 final = client.wait(op.name)
                 if final.state != "SUCCEEDED":
                     raise SystemExit(f"{name}: {final.state} {final.error}")
+                console.print(f"  {final.result}")
                 tests[name] = test
             show_tasks(client)
             preds = predict_all(client, tests)
@@ -161,15 +162,18 @@ def main() -> None:
 
 def show_tasks(client: MunetClient) -> None:
     table = Table(title="tasks in the system")
-    for col in ("task", "classes", "val acc", "params added", "params accounted", "shared components"):
+    for col in ("task", "serving", "classes", "val acc", "gain over probe", "params added", "params accounted",
+                "shared components"):  # fmt: skip
         table.add_column(col)
     for t in client.list_tasks():
         info = client.describe_task(t.name)
         shared = sum(1 for c in info.path if c.shared)
         table.add_row(
             info.name,
+            f"v{info.served_version} ({info.kind})",
             str(len(info.class_names)),
             f"{info.validation_accuracy:.3f}",
+            f"{100 * info.gain_over_probe:+.1f} pt",
             f"{info.params_added:,}",
             f"{info.params_accounted:,.0f}",
             f"{shared}/{len(info.path)}",

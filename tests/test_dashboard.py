@@ -70,13 +70,20 @@ def test_dashboard_in_a_real_browser(served, tmp_path):
         assert [r.get_attribute("data-task") for r in rows] == ["digits", "more-digits"]
         assert "%" in rows[0].text  # its validation accuracy
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#ops tr.op"))
-        assert "SUCCEEDED" in driver.find_element(By.ID, "ops").text
+        ops = driver.find_element(By.ID, "ops").text
+        assert "SUCCEEDED" in ops and "add" in ops and "published version" in ops  # kind and result columns
+        assert "v1" in rows[0].text  # the serving version and its kind
+        assert "Idle improvement is off" in driver.find_element(By.ID, "queue").text
         rows[1].click()
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail circle.candidate"))
         assert "Task more-digits" in driver.find_element(By.ID, "detail-title").text
         assert "head" in driver.find_element(By.ID, "detail-body").text
-        versions = driver.find_elements(By.CSS_SELECTOR, "#detail tr.version")  # one: AddTask's
-        assert len(versions) == 1 and "(served)" in versions[0].text
+        versions = driver.find_elements(By.CSS_SELECTOR, "#detail tr.version")  # AddTask's: the first probe, and any better
+        assert versions and sum("(served)" in v.text for v in versions) == 1
+        steps = driver.find_elements(By.CSS_SELECTOR, "#detail circle.published")  # accuracy over time, a step a version
+        assert len(steps) == len(versions)
+        ticks = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#detail text.tick")]
+        assert any(t.endswith("%") for t in ticks) and any(t in ("0", "100", "1.0k", "10.0k") for t in ticks)  # axis values
         # Every resource came from the server itself (it must work offline).
         urls = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
         assert urls and all(u.startswith(f"http://127.0.0.1:{app.http_port}/") for u in urls), urls

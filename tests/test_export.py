@@ -175,7 +175,7 @@ def test_a_path_with_clones_and_adapters_exports_exactly(tmp_path, root):
 
 
 def test_prepare_is_predicts_preprocessing(served, tmp_path):
-    """The README's recipe (issue 31 §6): transparent, non-square and large images through
+    """docs/API.md's recipe (issue 31 §6): transparent, non-square and large images through
     `prepare` and the exported ONNX model answer as Predict does."""
     from PIL import Image
 

@@ -1,5 +1,5 @@
-"""`--log-format json`: one JSON object per line, with a structured line when a task is committed,
-cancelled or deleted (issue 16 §4). A real `munet-server` process; its stderr is read back."""
+"""`--log-format json`: one JSON object per line, with a structured line when a version is published,
+a search ends, an operation is cancelled or a task deleted (issue 16 §4). A real `munet-server` process; its stderr is read back."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def test_json_log_lines_for_a_tasks_life(tmp_path, tiny_vit_weights):
     assert f"munet-server listening on 127.0.0.1:{s.port}" in other  # the one line printed for people
     assert not [line for line in other if re.match(r"\d{4}-\d\d-\d\d \d", line)], other  # no text-format records
     events = {r["event"]: r for r in lines if "event" in r}
-    committed = events["task_committed"]
-    assert committed["task"] == "digits" and committed["operation"] == op.name
-    assert 0.0 <= committed["validation_accuracy"] <= 1.0 and committed["params_added"] > 0
+    published = events["task_published"]
+    assert published["task"] == "digits" and published["operation"] == op.name and published["version"] >= 1
+    assert 0.0 <= published["validation_accuracy"] <= 1.0 and published["params_added"] > 0
+    assert events["search_ended"]["task"] == "digits"
     assert events["task_cancelled"]["task"] == "slow" and events["task_cancelled"]["operation"] == slow.name
     assert events["task_deleted"]["task"] == "digits" and events["task_deleted"]["freed_components"] >= 1

@@ -201,10 +201,13 @@ def test_delete_frees_only_unshared_components(served):
     before = client.predict("digits", [encode_png(i) for i in test.images], top_k=2)
     client.predict("doomed", [encode_png(test.images[0])])
     assert 'task="doomed"' in generate_latest(app.metrics.registry).decode()
-    doomed = client.describe_task("doomed")
-    own = {p.id for p in doomed.path if p.created_by_task and not p.shared_with}
+    # What its versions made and no other task uses is freed (every version goes with the task).
+    own = set()
+    for v in client.describe_task("doomed").versions:
+        own |= {p.id for p in client.describe_task(f"doomed@{v.version}").path if p.created_by_task and not p.shared_with}
+    sizes = {cid: c.num_params for cid, c in app.ref.system.pool.items()}
     freed, params = client.delete_task("doomed")
-    assert set(freed) == own and params == sum(p.num_params for p in doomed.path if p.id in own)
+    assert set(freed) == own and params == sum(sizes[c] for c in own)
     assert "doomed" not in [t.name for t in client.list_tasks()]
     assert client.health("doomed") == "SERVICE_UNKNOWN"
     assert 'task="doomed"' not in generate_latest(app.metrics.registry).decode()  # its series are gone

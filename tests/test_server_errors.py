@@ -115,7 +115,9 @@ def test_predict_bad_batches(served):
     assert e.value.code == "INVALID_ARGUMENT"
 
 
-def test_cancel_leaves_system_unchanged(served, tmp_path):
+def test_cancel_stops_a_search_and_keeps_what_it_published(served, tmp_path):
+    """A cancelled AddTask publishes nothing more: its first version (published within seconds) keeps
+    serving, every other task is as it was; one cancelled while queued leaves nothing at all."""
     app, client, test = served
     before = store_state(app)
     probe = client.predict("base", [encode_png(i) for i in test.images], top_k=2)
@@ -124,12 +126,20 @@ def test_cancel_leaves_system_unchanged(served, tmp_path):
     for update in client.watch(op.name):
         if update.state == "RUNNING" and update.progress.phase == "searching":
             break
+    queued = client.add_task_from_folder("queued", folder)  # behind "slow": one search runs at a time
+    assert client.cancel(queued.name).state == "CANCELLED"
     cancelled = client.cancel(op.name)
     final = client.wait(op.name, timeout=120)
     assert final.state == "CANCELLED" and final.error_code == "CANCELLED", (cancelled, final)
-    assert store_state(app) == before
-    assert "slow" not in [t.name for t in client.list_tasks()]
+    slow = client.describe_task("slow")
+    assert slow.served_version >= 1 and client.verify_task("slow").identical
+    after = store_state(app)
+    assert set(before[0]) <= set(after[0]) and set(before[1]) <= set(after[1])  # nothing of "base" changed
+    assert not after[2]  # no unfinished upload is left (the queued one went with its operation)
+    assert [t.name for t in client.list_tasks()] == ["base", "slow"]
     assert client.predict("base", [encode_png(i) for i in test.images], top_k=2) == probe
+    assert client.describe_task("slow").versions == slow.versions  # the search published nothing more
+    client.delete_task("slow")
     with pytest.raises(MunetError) as e:
         client.cancel(op.name)
     assert e.value.code == "FAILED_PRECONDITION"

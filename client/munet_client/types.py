@@ -42,6 +42,11 @@ class Progress:
     elapsed_seconds: float = 0.0
     eta_seconds: float = 0.0
     budget_seconds: float = 0.0
+    serving_version: int = 0  # the version serving now (0: none yet)
+    serving_kind: str = ""  # "probe" or "trained"
+    serving_accuracy: float = 0.0
+    first_served_seconds: float = 0.0  # from the upload's acknowledgement to version 1 serving
+    published: int = 0  # versions this operation published so far
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,8 @@ class Operation:
     num_examples: int = 0
     kind: str = "add_task"  # or "improve_task"
     result: str = ""  # when SUCCEEDED: "published version 2", or "kept version 1: ..."
-    task_version: int = 0  # when SUCCEEDED: the version the task serves now
+    task_version: int = 0  # the version the task serves now (0: none yet)
+    origin: str = "client"  # or "idle": the server's own improvement round
 
     @classmethod
     def from_pb(cls, m: pb.Operation) -> Operation:
@@ -77,6 +83,7 @@ class Operation:
             kind=m.kind,
             result=m.result,
             task_version=m.task_version,
+            origin=m.origin or "client",
         )
 
 
@@ -151,6 +158,8 @@ class TaskInfo:
     version: int = 1  # the version described (the served one unless pinned as "task@2")
     served_version: int = 1
     versions: list[TaskVersion] = field(default_factory=list)  # describe_task only
+    kind: str = ""  # what this version is: "probe" or "trained"
+    improving: bool = False  # an operation is searching for a better version right now
 
     @property
     def near_chance(self) -> bool:
@@ -199,6 +208,8 @@ class TaskInfo:
             version=m.version,
             served_version=m.served_version,
             versions=[TaskVersion.from_pb(v) for v in m.versions],
+            kind=m.kind,
+            improving=m.improving,
         )
 
 

@@ -204,14 +204,14 @@ class MunetApp:
         self.metrics.tasks.set(len(s.tasks))
         self.metrics.system_params.set(sum(c.num_params for c in s.pool.values()))
 
-    def _on_progress(self, job: OperationRecord) -> None:
+    def _on_progress(self, op: OperationRecord) -> None:
         m = self.metrics
         m.operations_active.set(self.service.operations.active())
-        if job.terminal:
-            m.operations.labels(job.state).inc()
+        if op.terminal:
+            m.operations.labels(op.state).inc()
             return
-        p = job.progress
-        m.evolution_generation.labels(job.task_name).set(p.get("generation", 0))
-        m.evolution_best_accuracy.labels(job.task_name).set(
+        p = op.progress
+        m.evolution_generation.labels(op.task_name).set(p.get("generation", 0))
+        m.evolution_best_accuracy.labels(op.task_name).set(
             max(0.0, float(p.get("best_validation_accuracy", 0.0)))
         )

@@ -41,6 +41,9 @@ class ServerConfig:
     rpc_workers: int = 16
     max_long_calls: int = 12  # uploads, restores, snapshots, waits, watches; the rest stay for short calls
     max_pending_operations: int = 8
+    idle_improvement: bool = True  # rounds of ImproveTask over the tasks while the server is idle
+    idle_round_seconds: float = 120.0  # one such round's budget
+    idle_quiet_seconds: float = 10.0  # Predict quiet this long (and no operation) before a round starts
     operation_history: int = 1000  # finished operation records kept (oldest deleted first)
     resume_operations: bool = True
     snapshot_root: Path | None = None  # server-side snapshot dirs must be inside it, when set
@@ -173,6 +176,17 @@ def parser() -> argparse.ArgumentParser:
         "--max-pending-operations", type=int, default=8, help="queued AddTasks; more get RESOURCE_EXHAUSTED"
     )
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
+    p.add_argument(
+        "--idle-improvement", action=argparse.BooleanOptionalAction,
+        default=os.environ.get("MUNET_IDLE_IMPROVEMENT", "on").lower() not in ("0", "off", "false", "no"),
+        help="while no operation runs and Predict is quiet, improve the tasks in rounds (ImproveTask, "
+        "published only when better); a client's call comes first [env MUNET_IDLE_IMPROVEMENT]",
+    )  # fmt: skip
+    p.add_argument("--idle-round-seconds", type=float, default=120.0, help="the budget of one idle round")
+    p.add_argument(
+        "--idle-quiet-seconds", type=float, default=10.0,
+        help="Predict quiet this long, and no operation queued or running, before an idle round starts",
+    )  # fmt: skip
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
     p.add_argument(
         "--read-only", action="store_true", help="a replica: serve, and refuse AddTask, delete, restore, ..."
@@ -267,6 +281,9 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         upload=UploadLimits(idle_seconds=args.upload_idle_seconds),
         max_pending_operations=args.max_pending_operations,
         resume_operations=not args.no_resume and not (args.read_only or args.follow),
+        idle_improvement=args.idle_improvement and not (args.read_only or args.follow),
+        idle_round_seconds=args.idle_round_seconds,
+        idle_quiet_seconds=args.idle_quiet_seconds,
         snapshot_root=args.snapshot_root,
         read_only=args.read_only or args.follow is not None,
         follow=args.follow,

@@ -20,17 +20,19 @@ from typing import Any
 from munet_server import logs
 from munet_server.config import ServerConfig
 from munet_server.errors import Cancelled, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
-from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
 from munet_server.ingest.upload import DatasetWriter
 from munet_server.metrics import Metrics
+from munet_server.operations.improver import IdleImprover
 from munet_server.operations.manager import OperationManager
 from munet_server.priority import GATE
 from munet_server.serve.export import Piece, export_archive, export_task
 from munet_server.serve.predictor import Predictor, SystemRef
 from munet_server.spec import AddTaskSpec
+from munet_server.store import snapshot
 from munet_server.store.records import OperationRecord
 from munet_server.store.snapshot import publish_staged, staged_restore
 from munet_server.store.store import Store
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class MunetService:
             raise
         self.executor_factory = executor_factory
         self.on_tasks_changed: TasksChanged = lambda deleted: None
-        self.on_operation: Callable[[OperationRecord], None] = lambda job: None
+        self.on_operation: Callable[[OperationRecord], None] = lambda op: None
         self.operations = self._make_operations()
         self.predictor = Predictor(
             self.ref,
@@ -79,6 +81,7 @@ class MunetService:
         self._restoring = False
         self._restore_lock = threading.Lock()  # one restore at a time
         self._serving = False
+        self.improver: IdleImprover | None = None
 
     @property
     def system(self) -> MunetSystem:  # the live one: a restore replaces it
@@ -90,12 +93,18 @@ class MunetService:
             max_pending=self.config.max_pending_operations,
             history=self.config.operation_history,
             on_commit=lambda task: self.on_tasks_changed([]),
-            on_progress=lambda job: self.on_operation(job),
+            on_progress=lambda op: self.on_operation(op),
             executor_factory=self.executor_factory,
         )
 
     def start(self) -> None:
         self.operations.start(resume=self.config.resume_operations)
+        cfg = self.config
+        if cfg.idle_improvement and not cfg.read_only:
+            budget = replace(cfg.default_budget, seconds=cfg.idle_round_seconds)
+            self.improver = IdleImprover(lambda: self.operations, lambda: self.system, budget,
+                                         quiet_seconds=cfg.idle_quiet_seconds, predict_quiet=GATE.quiet_for)  # fmt: skip
+            self.improver.start()
         self._serving = True
 
     def ready(self) -> bool:
@@ -106,6 +115,8 @@ class MunetService:
         """Pause the search, fail queued Predict work, close the store. False: the search did not
         pause in time, so the store stays open under it (it is crash-safe: the caller may exit hard)."""
         self._serving = False
+        if self.improver is not None:
+            self.improver.stop()
         paused = self.operations.stop(self.config.grace_seconds)
         self.predictor.stop()
         if not paused:
@@ -114,6 +125,13 @@ class MunetService:
             return False
         self.store.close()
         return True
+
+    def improvement_queue(self) -> dict[str, Any]:
+        """What idle improvement will do: on or off, the task of the round running, the tasks next."""
+        cfg, imp = self.config, self.improver
+        running = [j.task_name for j in self.operations.list() if j.spec.get("origin") == "idle" and not j.terminal]
+        return {"enabled": imp is not None, "running": running[0] if running else "", "next": imp.queue() if imp else [],
+                "round_seconds": cfg.idle_round_seconds, "quiet_seconds": cfg.idle_quiet_seconds}  # fmt: skip
 
     # ---- AddTask -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -146,12 +164,12 @@ class MunetService:
                 if not alive():
                     raise Cancelled("the client went away during the upload")
                 dataset = writer.finish()
-                job = self.operations.submit(spec, dataset)
+                op = self.operations.submit(spec, dataset)
             except BaseException:
                 writer.abort()
                 raise
-        log.info("AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, job.id)
-        return job
+        log.info("AddTask %s: %d examples stored; operation %s queued", spec.name, dataset.num_examples, op.id)
+        return op
 
     # ---- a task's later life: ImproveTask, versions ---------------------------------------------
     def improve_task(self, name: str, budget: dict[str, Any], seed: int | None) -> OperationRecord:
@@ -163,12 +181,12 @@ class MunetService:
             name=name,
             class_names=rec.class_names,
             budget=replace(self.config.default_budget, **budget),
-            scale_factor=float(rec.metrics.get("scale_factor", DEFAULT_SCALE_FACTOR)),
+            scale_factor=TaskMetrics.of(rec).scale_factor,
             seed=rec.version if seed is None else seed,
         )
-        job = self.operations.submit_improve(spec)
-        log.info("ImproveTask %s (serving version %d): operation %s queued", name, rec.version, job.id)
-        return job
+        op = self.operations.submit_improve(spec)
+        log.info("ImproveTask %s (serving version %d): operation %s queued", name, rec.version, op.id)
+        return op
 
     def set_task_version(self, name: str, version: int) -> None:
         rec = self.system.set_version(name, version)
@@ -188,6 +206,7 @@ class MunetService:
         s = self.system
         if name not in s.tasks and name not in s.damaged:
             raise NotFound(f"task {name!r} does not exist")
+        self.operations.cancel_task(name)  # a search still improving it stops before it publishes again
         sizes = {cid: c.num_params for cid, c in s.pool.items()}
         freed = s.delete_task(name)
         self.on_tasks_changed([name])
@@ -215,10 +234,10 @@ class MunetService:
         return p
 
     def snapshot_to(self, dest: Path) -> dict[str, Any]:
-        return self.store.snapshot(dest)
+        return snapshot.snapshot_to_dir(self.store, dest)
 
     def stream_snapshot(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        return self.store.iter_snapshot_archive(chunk_size)
+        return snapshot.iter_archive(self.store, chunk_size)
 
     def restore_from_dir(self, src: Path) -> dict[str, Any]:
         with staged_restore(self.store, src_dir=src) as staging:
@@ -232,6 +251,8 @@ class MunetService:
     def _switch(self, staging: Path) -> dict[str, Any]:
         """Phase 2 of a restore: refuse while work is in flight, then verify, switch and reopen."""
         with self._restore_lock:
+            self.operations.yield_idle_rounds()
+            self.operations.wait_idle_rounds(self.config.grace_seconds)
             with self._state:
                 active = self.operations.active()
                 if self._uploads or active:

@@ -100,7 +100,7 @@ class Example(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., label: _Optional[int] = ...) -> None: ...
 
 class Operation(_message.Message):
-    __slots__ = ("name", "kind", "task", "state", "done", "progress", "error", "created_at", "updated_at", "num_examples", "result", "task_version")
+    __slots__ = ("name", "kind", "task", "state", "done", "progress", "error", "created_at", "updated_at", "num_examples", "result", "task_version", "origin")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[Operation.State]
@@ -127,6 +127,7 @@ class Operation(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     TASK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     kind: str
     task: str
@@ -139,10 +140,11 @@ class Operation(_message.Message):
     num_examples: int
     result: str
     task_version: int
-    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., done: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., num_examples: _Optional[int] = ..., result: _Optional[str] = ..., task_version: _Optional[int] = ...) -> None: ...
+    origin: str
+    def __init__(self, name: _Optional[str] = ..., kind: _Optional[str] = ..., task: _Optional[str] = ..., state: _Optional[_Union[Operation.State, str]] = ..., done: _Optional[bool] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., created_at: _Optional[float] = ..., updated_at: _Optional[float] = ..., num_examples: _Optional[int] = ..., result: _Optional[str] = ..., task_version: _Optional[int] = ..., origin: _Optional[str] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("phase", "generation", "generations_total", "candidates_done", "candidates_total", "best_validation_accuracy", "best_score", "params_added", "elapsed_seconds", "eta_seconds", "budget_seconds")
+    __slots__ = ("phase", "generation", "generations_total", "candidates_done", "candidates_total", "best_validation_accuracy", "best_score", "params_added", "elapsed_seconds", "eta_seconds", "budget_seconds", "serving_version", "serving_kind", "serving_accuracy", "first_served_seconds", "published")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +156,11 @@ class Progress(_message.Message):
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     ETA_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SERVING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_KIND_FIELD_NUMBER: _ClassVar[int]
+    SERVING_ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SERVED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
     phase: str
     generation: int
     generations_total: int
@@ -165,7 +172,12 @@ class Progress(_message.Message):
     elapsed_seconds: float
     eta_seconds: float
     budget_seconds: float
-    def __init__(self, phase: _Optional[str] = ..., generation: _Optional[int] = ..., generations_total: _Optional[int] = ..., candidates_done: _Optional[int] = ..., candidates_total: _Optional[int] = ..., best_validation_accuracy: _Optional[float] = ..., best_score: _Optional[float] = ..., params_added: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., budget_seconds: _Optional[float] = ...) -> None: ...
+    serving_version: int
+    serving_kind: str
+    serving_accuracy: float
+    first_served_seconds: float
+    published: int
+    def __init__(self, phase: _Optional[str] = ..., generation: _Optional[int] = ..., generations_total: _Optional[int] = ..., candidates_done: _Optional[int] = ..., candidates_total: _Optional[int] = ..., best_validation_accuracy: _Optional[float] = ..., best_score: _Optional[float] = ..., params_added: _Optional[int] = ..., elapsed_seconds: _Optional[float] = ..., eta_seconds: _Optional[float] = ..., budget_seconds: _Optional[float] = ..., serving_version: _Optional[int] = ..., serving_kind: _Optional[str] = ..., serving_accuracy: _Optional[float] = ..., first_served_seconds: _Optional[float] = ..., published: _Optional[int] = ...) -> None: ...
 
 class Error(_message.Message):
     __slots__ = ("code", "message")
@@ -312,7 +324,7 @@ class DescribeTaskRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class TaskInfo(_message.Message):
-    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples", "probe_validation_accuracy", "gain_over_probe", "holdout_size", "chance_accuracy", "image_size", "probe_cv_accuracy", "version", "versions", "served_version")
+    __slots__ = ("name", "state", "class_names", "validation_accuracy", "score", "params_added", "params_accounted", "params_total", "path", "hparams", "created_at", "golden_digest", "scale_factor", "search_seconds", "candidates_trained", "num_examples", "probe_validation_accuracy", "gain_over_probe", "holdout_size", "chance_accuracy", "image_size", "probe_cv_accuracy", "version", "versions", "served_version", "kind", "improving")
     class HparamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -345,6 +357,8 @@ class TaskInfo(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SERVED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    IMPROVING_FIELD_NUMBER: _ClassVar[int]
     name: str
     state: str
     class_names: _containers.RepeatedScalarFieldContainer[str]
@@ -370,7 +384,9 @@ class TaskInfo(_message.Message):
     version: int
     versions: _containers.RepeatedCompositeFieldContainer[TaskVersion]
     served_version: int
-    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., served_version: _Optional[int] = ...) -> None: ...
+    kind: str
+    improving: bool
+    def __init__(self, name: _Optional[str] = ..., state: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., validation_accuracy: _Optional[float] = ..., score: _Optional[float] = ..., params_added: _Optional[int] = ..., params_accounted: _Optional[float] = ..., params_total: _Optional[int] = ..., path: _Optional[_Iterable[_Union[PathComponent, _Mapping]]] = ..., hparams: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., golden_digest: _Optional[str] = ..., scale_factor: _Optional[float] = ..., search_seconds: _Optional[float] = ..., candidates_trained: _Optional[int] = ..., num_examples: _Optional[int] = ..., probe_validation_accuracy: _Optional[float] = ..., gain_over_probe: _Optional[float] = ..., holdout_size: _Optional[int] = ..., chance_accuracy: _Optional[float] = ..., image_size: _Optional[int] = ..., probe_cv_accuracy: _Optional[float] = ..., version: _Optional[int] = ..., versions: _Optional[_Iterable[_Union[TaskVersion, _Mapping]]] = ..., served_version: _Optional[int] = ..., kind: _Optional[str] = ..., improving: _Optional[bool] = ...) -> None: ...
 
 class TaskVersion(_message.Message):
     __slots__ = ("version", "served", "validation_accuracy", "params_added", "created_at", "golden_digest", "kind", "improved_from")

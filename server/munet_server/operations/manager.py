@@ -5,9 +5,9 @@ One worker thread runs one search at a time (searches saturate the machine; more
 and past `max_pending` they are refused with RESOURCE_EXHAUSTED). Predict keeps serving meanwhile
 because a search only trains its own draft copies and publishes through `MunetSystem.commit`.
 
-Durability: the job record lives in LMDB. After every generation the population's draft tensors go
-into a content-addressed shard referenced from the job's checkpoint, so a restart resumes from the
-last finished generation. A cancelled or failed job deletes its checkpoint (an AddTask's upload
+Durability: the op record lives in LMDB. After every generation the population's draft tensors go
+into a content-addressed shard referenced from the op's checkpoint, so a restart resumes from the
+last finished generation. A cancelled or failed op deletes its checkpoint (an AddTask's upload
 too; an ImproveTask's images stay with their task) and leaves the published system exactly as it was.
 """
 
@@ -35,14 +35,30 @@ from munet_server.errors import (
     ResourceExhausted,
     disk_full,
 )
-from munet_server.evolve.search import Executor, SearchProgress
+from munet_server.evolve.clock import Clock
+from munet_server.evolve.executors import Executor
+from munet_server.evolve.search import Champion, SearchProgress
 from munet_server.faults import crash_point
-from munet_server.learn import improve_task, learn_task
+from munet_server.learn import Learned, champion_of, learn
 from munet_server.spec import AddTaskSpec
-from munet_server.store.records import TERMINAL_STATES, DatasetRecord, OperationRecord
+from munet_server.store.records import (
+    TERMINAL_STATES,
+    DatasetRecord,
+    OperationKind,
+    OperationRecord,
+    OperationState,
+    Origin,
+    TaskRecord,
+)
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
+
+ADD_TASK, IMPROVE_TASK = OperationKind.ADD_TASK.value, OperationKind.IMPROVE_TASK.value
+CLIENT, IDLE = Origin.CLIENT.value, Origin.IDLE.value
+SPEC_EXTRAS = ("dataset_id", "from_version", "origin")  # kept in an operation's spec beside AddTaskSpec
+CHECKPOINT_FORMAT = 2  # a search's checkpoint; an older one is not resumed (the search starts again)
 
 
 class OperationManager:
@@ -63,7 +79,7 @@ class OperationManager:
         self.on_commit = on_commit
         self.on_progress = on_progress
         self.executor_factory = executor_factory  # None: train candidates in this process
-        self._jobs: dict[str, OperationRecord] = {}
+        self._ops: dict[str, OperationRecord] = {}
         self._versions: dict[str, int] = {}
         self._cancel: dict[str, threading.Event] = {}
         self._queue: deque[str] = deque()
@@ -71,31 +87,32 @@ class OperationManager:
         self._stopping = threading.Event()
         self._worker: threading.Thread | None = None
         self._last_persist: dict[str, float] = {}
+        self._clocks: dict[str, Clock] = {}  # running operations' clocks: an idle round's is stopped early
 
     # ---- lifecycle -----------------------------------------------------------------------------
     def start(self, resume: bool = True) -> None:
-        """Load jobs from the store; interrupted ones are resumed (or failed if resume=False).
+        """Load ops from the store; interrupted ones are resumed (or failed if resume=False).
 
         Uploads that never finished (the stream broke, or the process died mid-upload) have an
-        incomplete dataset and no job: they are deleted here.
+        incomplete dataset and no op: they are deleted here.
         """
         with self.store.meta.write() as w:
             for d in w.list_datasets():
                 if not d.complete:
                     log.info("deleting the unfinished upload %s of task %r", d.id, d.task_name)
                     w.delete_dataset(d.id)
-        for job in self.store.meta.list_operations():
-            self._jobs[job.id] = job
-            self._versions[job.id] = 0
-            if job.state in TERMINAL_STATES:
+        for op in self.store.meta.list_operations():
+            self._ops[op.id] = op
+            self._versions[op.id] = 0
+            if op.state in TERMINAL_STATES:
                 continue
             if resume:
-                log.info("resuming interrupted operation %s (%s)", job.id, job.task_name)
-                self._cancel[job.id] = threading.Event()
-                self._queue.append(job.id)
+                log.info("resuming interrupted operation %s (%s)", op.id, op.task_name)
+                self._cancel[op.id] = threading.Event()
+                self._queue.append(op.id)
             else:
                 self._finish(
-                    job.id, "FAILED", error={"code": "ABORTED", "message": "interrupted by a restart"}
+                    op.id, OperationState.FAILED.value, error={"code": "ABORTED", "message": "interrupted by a restart"}
                 )
         self._worker = threading.Thread(target=self._loop, name="munet-operations", daemon=True)
         self._worker.start()
@@ -115,15 +132,17 @@ class OperationManager:
 
     # ---- API -----------------------------------------------------------------------------------
     def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> OperationRecord:
-        """Queue a search; marks the dataset complete and stores the job in one transaction."""
+        """Queue a search; marks the dataset complete and stores the op in one transaction. An idle
+        improvement round gives way at once."""
         with self._cond:
             self.check_can_submit(spec.name)
+            self.yield_idle_rounds()
             now = time.time()
-            job = OperationRecord(
+            op = OperationRecord(
                 id=uuid.uuid4().hex[:16],
-                kind="add_task",
+                kind=ADD_TASK,
                 task_name=spec.name,
-                state="QUEUED",
+                state=OperationState.QUEUED.value,
                 spec={**spec.to_dict(), "dataset_id": dataset.id},
                 progress={"phase": "queued", "examples": dataset.num_examples},
                 error={},
@@ -133,19 +152,21 @@ class OperationManager:
             )
             with self.store.meta.write() as w:
                 w.put_dataset(dataset)
-                w.put_operation(job)
-            self._jobs[job.id] = job
-            self._versions[job.id] = 0
-            self._cancel[job.id] = threading.Event()
-            self._queue.append(job.id)
+                w.put_operation(op)
+            self._ops[op.id] = op
+            self._versions[op.id] = 0
+            self._cancel[op.id] = threading.Event()
+            self._queue.append(op.id)
             self._cond.notify_all()
-            return job
+            return op
 
-    def submit_improve(self, spec: AddTaskSpec) -> OperationRecord:
+    def submit_improve(self, spec: AddTaskSpec, origin: str = CLIENT) -> OperationRecord:
         """Queue muNet's next iteration of a committed task, on the images it was added with."""
         with self._cond:
+            if origin == CLIENT:
+                self.yield_idle_rounds()
             entry = self.system.entry(spec.name)  # NotFound, DataLoss for a damaged task
-            if any(j.task_name == spec.name and j.state not in TERMINAL_STATES for j in self._jobs.values()):
+            if any(j.task_name == spec.name and j.state not in TERMINAL_STATES for j in self._ops.values()):
                 raise FailedPrecondition(f"task {spec.name!r} already has an operation queued or running")
             self._check_queue()
             ds = entry.record.dataset_id
@@ -156,12 +177,12 @@ class OperationManager:
                     "a store that lost them?); delete it and add it again"
                 )
             now = time.time()
-            job = OperationRecord(
+            op = OperationRecord(
                 id=uuid.uuid4().hex[:16],
-                kind="improve_task",
+                kind=IMPROVE_TASK,
                 task_name=spec.name,
-                state="QUEUED",
-                spec={**spec.to_dict(), "dataset_id": ds, "from_version": entry.record.version},
+                state=OperationState.QUEUED.value,
+                spec={**spec.to_dict(), "dataset_id": ds, "from_version": entry.record.version, "origin": origin},
                 progress={"phase": "queued", "examples": ds_rec.num_examples},
                 error={},
                 checkpoint={},
@@ -169,20 +190,20 @@ class OperationManager:
                 updated_at=now,
             )
             with self.store.meta.write() as w:
-                w.put_operation(job)
-            self._jobs[job.id] = job
-            self._versions[job.id] = 0
-            self._cancel[job.id] = threading.Event()
-            self._queue.append(job.id)
+                w.put_operation(op)
+            self._ops[op.id] = op
+            self._versions[op.id] = 0
+            self._cancel[op.id] = threading.Event()
+            self._queue.append(op.id)
             self._cond.notify_all()
-            return job
+            return op
 
     def check_can_submit(self, name: str) -> None:
         """Refuse a duplicate name or a full queue (called before an upload, and again at submit)."""
         with self._cond:
             if name in self.system.tasks or name in self.system.damaged:
                 raise AlreadyExists(f"task {name!r} already exists; choose another name or delete it first")
-            if any(j.task_name == name and j.state not in TERMINAL_STATES for j in self._jobs.values()):
+            if any(j.task_name == name and j.state not in TERMINAL_STATES for j in self._ops.values()):
                 raise AlreadyExists(f"task {name!r} is already being added by another operation")
             self._check_queue()
 
@@ -196,60 +217,98 @@ class OperationManager:
                 )
 
     def active(self) -> int:
-        return sum(1 for j in self._jobs.values() if j.state not in TERMINAL_STATES)
+        return sum(1 for j in self._ops.values() if j.state not in TERMINAL_STATES)
 
-    def get(self, job_id: str) -> OperationRecord:
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"operation {job_id!r} does not exist")
-        return job
+    def cancel_task(self, task: str) -> None:
+        """Cancel every operation of `task` that is queued or running (the task is being deleted)."""
+        with self._cond:
+            for op in list(self._ops.values()):
+                if op.task_name == task and op.state not in TERMINAL_STATES:
+                    self.cancel(op.id)
+
+    def wait_idle_rounds(self, timeout: float) -> None:
+        """Wait (at most `timeout`) for stopped idle rounds to end."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(j.spec.get("origin") == IDLE and j.state not in TERMINAL_STATES for j in self._ops.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(min(left, 0.5))
+
+    def improving(self, task: str) -> bool:
+        """An operation is queued or running for `task`."""
+        return any(j.task_name == task and j.state not in TERMINAL_STATES for j in self._ops.values())
+
+    def idle(self) -> bool:
+        """No operation is queued or running."""
+        return self.active() == 0
+
+    def yield_idle_rounds(self) -> None:
+        """Stop the idle improvement round that runs (it ends at its next step, keeping what it
+        published) and drop queued ones: a client's operation comes first."""
+        with self._cond:
+            for op in list(self._ops.values()):
+                if op.spec.get("origin") != IDLE or op.state in TERMINAL_STATES:
+                    continue
+                if op.state == OperationState.QUEUED.value and op.id in self._queue:
+                    self._queue.remove(op.id)
+                    self._finish(op.id, OperationState.CANCELLED.value, error={"code": "CANCELLED", "message": "gave way to a client's operation"})
+                elif op.id in self._clocks:
+                    self._clocks[op.id].stop()
+
+    def get(self, op_id: str) -> OperationRecord:
+        op = self._ops.get(op_id)
+        if op is None:
+            raise NotFound(f"operation {op_id!r} does not exist")
+        return op
 
     def list(self, task: str = "", state: str = "") -> list[OperationRecord]:
-        jobs = sorted(self._jobs.values(), key=lambda j: j.created_at)
-        return [j for j in jobs if (not task or j.task_name == task) and (not state or j.state == state)]
+        ops = sorted(self._ops.values(), key=lambda j: j.created_at)
+        return [j for j in ops if (not task or j.task_name == task) and (not state or j.state == state)]
 
-    def cancel(self, job_id: str) -> OperationRecord:
+    def cancel(self, op_id: str) -> OperationRecord:
         with self._cond:
-            job = self.get(job_id)
-            if job.state in TERMINAL_STATES:
+            op = self.get(op_id)
+            if op.state in TERMINAL_STATES:
                 raise FailedPrecondition(
-                    f"operation {job_id} already finished ({job.state}); nothing to cancel"
+                    f"operation {op_id} already finished ({op.state}); nothing to cancel"
                 )
-            self._cancel[job_id].set()
-            if job.state == "QUEUED" and job_id in self._queue:
-                self._queue.remove(job_id)
+            self._cancel[op_id].set()
+            if op.state == OperationState.QUEUED.value and op_id in self._queue:
+                self._queue.remove(op_id)
                 self._finish(
-                    job_id, "CANCELLED", error={"code": "CANCELLED", "message": "cancelled by a client"}
+                    op_id, OperationState.CANCELLED.value, error={"code": "CANCELLED", "message": "cancelled by a client"}
                 )
-            return self._jobs[job_id]
+            return self._ops[op_id]
 
     def wait(
-        self, job_id: str, timeout: float | None, alive: Callable[[], bool] = lambda: True
+        self, op_id: str, timeout: float | None, alive: Callable[[], bool] = lambda: True
     ) -> OperationRecord:
         """The record once terminal, or when `timeout` passes or the caller goes away (checked
         every second, so an abandoned wait frees its thread)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while self.get(job_id).state not in TERMINAL_STATES and alive():
+            while self.get(op_id).state not in TERMINAL_STATES and alive():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     break
                 self._cond.wait(1.0 if left is None else min(left, 1.0))
-            return self._jobs[job_id]
+            return self._ops[op_id]
 
-    def watch(self, job_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[OperationRecord]:
+    def watch(self, op_id: str, alive: Callable[[], bool] = lambda: True) -> Iterator[OperationRecord]:
         """Yield the record on every change until it is terminal (or the caller goes away)."""
         seen = -1
         while alive():
             with self._cond:
-                self.get(job_id)
-                if self._versions[job_id] == seen:
+                self.get(op_id)
+                if self._versions[op_id] == seen:
                     self._cond.wait(1.0)
-                version, job = self._versions[job_id], self._jobs[job_id]
+                version, op = self._versions[op_id], self._ops[op_id]
             if version != seen:
                 seen = version
-                yield job
-                if job.state in TERMINAL_STATES:
+                yield op
+                if op.state in TERMINAL_STATES:
                     return
 
     # ---- worker --------------------------------------------------------------------------------
@@ -260,126 +319,91 @@ class OperationManager:
                     self._cond.wait()
                 if self._stopping.is_set():
                     return
-                job_id = self._queue.popleft()
+                op_id = self._queue.popleft()
             try:
-                self._run(job_id)
+                self._run(op_id)
+                self._clocks.pop(op_id, None)
             except Cancelled:
                 if self._stopping.is_set():
-                    log.info("operation %s interrupted by shutdown; it resumes on restart", job_id)
+                    log.info("operation %s interrupted by shutdown; it resumes on restart", op_id)
                     return
                 self._finish(
-                    job_id, "CANCELLED", error={"code": "CANCELLED", "message": "cancelled by a client"}
+                    op_id, OperationState.CANCELLED.value, error={"code": "CANCELLED", "message": "cancelled by a client"}
                 )
             except MunetError as e:
-                log.warning("operation %s failed: %s", job_id, e.message)
-                self._finish(job_id, "FAILED", error={"code": e.code.name, "message": e.message})
+                log.warning("operation %s failed: %s", op_id, e.message)
+                self._finish(op_id, OperationState.FAILED.value, error={"code": e.code.name, "message": e.message})
             except Exception as e:  # an engine bug must not kill the worker
                 full = disk_full(e, self.store.root)
                 if full is not None:
-                    log.warning("operation %s failed: %s", job_id, full.message)
+                    log.warning("operation %s failed: %s", op_id, full.message)
                     try:
                         self._finish(
-                            job_id, "FAILED", error={"code": full.code.name, "message": full.message}
+                            op_id, OperationState.FAILED.value, error={"code": full.code.name, "message": full.message}
                         )
                     except Exception:  # even the final record did not fit: the operation resumes at the next start
-                        log.exception("operation %s: could not record its failure", job_id)
+                        log.exception("operation %s: could not record its failure", op_id)
                     continue
                 incident = uuid.uuid4().hex[:8]
-                log.exception("operation %s crashed (incident %s)", job_id, incident)
+                log.exception("operation %s crashed (incident %s)", op_id, incident)
                 msg = f"internal error ({type(e).__name__}); incident {incident} is in the server log"
-                self._finish(job_id, "FAILED", error={"code": "INTERNAL", "message": msg})
+                self._finish(op_id, OperationState.FAILED.value, error={"code": "INTERNAL", "message": msg})
 
-    def _run(self, job_id: str) -> None:
-        job = self._jobs[job_id]
-        job = self._update(
-            job_id, state="RUNNING", progress={**job.progress, "phase": "loading"}, persist=True
-        )
-        spec = AddTaskSpec.from_dict({k: v for k, v in job.spec.items() if k not in ("dataset_id", "from_version")})
-        dataset_id = job.spec["dataset_id"]
-        cancel = self._cancel.setdefault(job_id, threading.Event())
+    def _run(self, op_id: str) -> None:
+        op = self._ops[op_id]
+        op = self._update(op_id, state=OperationState.RUNNING.value, progress={**op.progress, "phase": "loading"}, persist=True)
+        spec = AddTaskSpec.from_dict({k: v for k, v in op.spec.items() if k not in SPEC_EXTRAS})
+        dataset_id = op.spec["dataset_id"]
         ds_rec = self.store.meta.get_dataset(dataset_id)
         if ds_rec is None or not ds_rec.complete:
-            raise FailedPrecondition(
-                f"the uploaded dataset of operation {job_id} is missing; upload it again"
-            )
-        dataset = build_dataset(
-            self.store.meta.iter_examples(dataset_id), ds_rec.class_names, self.system.storage_size
-        )
-        ckpt = job.checkpoint
+            raise FailedPrecondition(f"the uploaded dataset of operation {op_id} is missing; upload it again")
+        dataset = build_dataset(self.store.meta.iter_examples(dataset_id), ds_rec.class_names, self.system.storage_size)
+        ckpt = op.checkpoint
         resume = None
-        if ckpt.get("state") and ckpt.get("shards"):
+        if ckpt.get("format") == CHECKPOINT_FORMAT and ckpt.get("state") and ckpt.get("shards"):
             resume = (ckpt["state"], self.store.shards.get(ckpt["shards"][0]))
-        hooks: dict[str, Any] = dict(
-            progress=lambda p: self._on_progress(job_id, p),
-            cancel=cancel,
-            executor=self.executor_factory() if self.executor_factory is not None else None,
-            resume=resume,
-            on_generation=lambda state, tensors: self._checkpoint(job_id, state, tensors),
-            before_commit=lambda: self._update(
-                job_id, progress={**self._jobs[job_id].progress, "phase": "committing"}
-            ),
-        )
-        if job.kind == "improve_task":
-            self._improve(job_id, spec, dataset, hooks)
-            return
-        learned = learn_task(self.system, spec, dataset, dataset_id=dataset_id, **hooks)
-        progress = {
-            **self._jobs[job_id].progress,
-            "phase": "done",
-            "params_added": learned.record.metrics["params_added"],
-            "best_validation_accuracy": learned.record.metrics["validation_accuracy"],
-            "result": f"published version {learned.record.version}",
-            "task_version": learned.record.version,
-        }
-        if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find the task serving
-            self.on_commit(spec.name)
-        self._finish(job_id, "SUCCEEDED", progress=progress)
-        m = learned.record.metrics
+        # A task published by this operation before a restart is its champion now, like any served task.
+        champion = champion_of(self.system, spec.name) if spec.name in self.system.tasks else None
+        clock = self._clocks.setdefault(op_id, Clock(spec.budget.seconds, background=op.spec.get("origin") == IDLE))
+        if champion is not None:
+            self._update(op_id, progress={**self._ops[op_id].progress, "task_version": champion.version})
+        learned = learn(
+            self.system, spec, dataset, champion=champion, dataset_id=dataset_id, operation=op_id, clock=clock,
+            progress=lambda p: self._on_progress(op_id, p), cancel=self._cancel.setdefault(op_id, threading.Event()),
+            executor=self.executor_factory() if self.executor_factory is not None else None, resume=resume,
+            on_checkpoint=lambda state, tensors: self._checkpoint(op_id, state, tensors),
+            on_publish=lambda record: self._published(op_id, record),
+        )  # fmt: skip
+        result = _result(learned, champion, clock)
+        progress = {**self._ops[op_id].progress, "phase": "done", "result": result,
+                    "task_version": learned.served_version}  # fmt: skip
+        self._finish(op_id, OperationState.SUCCEEDED.value, progress=progress)
+        logs.event(log, "search_ended", f"task {spec.name!r}: {result}", task=spec.name, operation=op_id,
+                   version=learned.served_version, published=len(learned.records))  # fmt: skip
+
+    def _published(self, op_id: str, record: TaskRecord) -> None:
+        """A version now serves: health and metrics learn it first, then watchers."""
+        if self.on_commit is not None:
+            self.on_commit(record.name)
+        m = TaskMetrics.of(record)
+        op = self._ops[op_id]
+        first = op.progress.get("first_served_at") or time.time()
+        self._update(op_id, progress={**op.progress, "task_version": record.version, "serving_kind": m.kind,
+                                       "serving_accuracy": m.validation_accuracy, "first_served_at": first,
+                                       "published": int(op.progress.get("published", 0)) + 1}, persist=True)  # fmt: skip
         logs.event(
-            log, "task_committed",
-            f"task {spec.name!r} committed: validation accuracy {m['validation_accuracy']:.3f} "
-            f"({m['kind']}), +{m['params_added']:,} params, {m['search_seconds']:.0f} s",
-            task=spec.name, operation=job_id, validation_accuracy=m["validation_accuracy"], kind=m["kind"],
-            params_added=m["params_added"], search_seconds=m["search_seconds"],
+            log, "task_published",
+            f"task {record.name!r} version {record.version} serves: {m.kind}, validation accuracy "
+            f"{m.validation_accuracy:.3f} on {m.holdout_size} images, +{m.params_added:,} params, {m.search_seconds:.0f} s",
+            task=record.name, operation=op_id, version=record.version, validation_accuracy=m.validation_accuracy,
+            kind=m.kind, params_added=m.params_added, search_seconds=m.search_seconds,
         )  # fmt: skip
 
-    def _improve(self, job_id: str, spec: AddTaskSpec, dataset: Any, hooks: dict[str, Any]) -> None:
-        improved = improve_task(self.system, spec, dataset, **hooks)
-        r, rec = improved.result, improved.record
-        if rec is None:
-            vs, cur = r.versus_current, r.current
-            why = (
-                f"the new path scored {vs.trained_accuracy:.3f} vs its {vs.probe_accuracy:.3f} on {vs.size} images"
-                if vs is not None
-                else f"no path beat its recipe ({cur.evaluation.accuracy:.3f} on the holdout)"
-                if cur is not None
-                else "nothing better was found"
-            )
-            result = f"kept version {improved.served_version}: {why}"
-            extra = {"params_added": 0, "best_validation_accuracy": cur.evaluation.accuracy if cur else 0.0}
-        else:
-            result = f"published version {rec.version} (was {rec.metrics.get('improved_from')})"
-            extra = {
-                "params_added": rec.metrics["params_added"],
-                "best_validation_accuracy": rec.metrics["validation_accuracy"],
-            }
-            if self.on_commit is not None:  # before SUCCEEDED is visible: waiters find it serving
-                self.on_commit(spec.name)
-        progress = {
-            **self._jobs[job_id].progress,
-            **extra,
-            "phase": "done",
-            "result": result,
-            "task_version": improved.served_version,
-        }
-        self._finish(job_id, "SUCCEEDED", progress=progress)
-        logs.event(log, "task_improved", f"task {spec.name!r}: {result}", task=spec.name, operation=job_id,
-                   version=improved.served_version, published=rec is not None)  # fmt: skip
-
     # ---- state changes -------------------------------------------------------------------------
-    def _on_progress(self, job_id: str, p: SearchProgress) -> None:
+    def _on_progress(self, op_id: str, p: SearchProgress) -> None:
         progress = {
             "phase": p.phase,
+            "serving_version": p.serving_version,
             "generation": p.generation,
             "generations_total": p.generations_total,
             "candidates_done": p.candidates_done,
@@ -390,61 +414,78 @@ class OperationManager:
             "eta_seconds": p.eta,
         }
         now = time.monotonic()
-        persist = now - self._last_persist.get(job_id, 0.0) > 5.0
+        persist = now - self._last_persist.get(op_id, 0.0) > 5.0
         if persist:
-            self._last_persist[job_id] = now
-        self._update(job_id, progress={**self._jobs[job_id].progress, **progress}, persist=persist)
+            self._last_persist[op_id] = now
+        self._update(op_id, progress={**self._ops[op_id].progress, **progress}, persist=persist)
 
-    def _checkpoint(self, job_id: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
-        old = self._jobs[job_id].checkpoint.get("shards", [])
-        digest = self.store.shards.put(tensors, metadata={"job": job_id}) if tensors else ""
-        self._update(job_id, checkpoint={"state": state, "shards": [digest] if digest else []}, persist=True)
+    def _checkpoint(self, op_id: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        old = self._ops[op_id].checkpoint.get("shards", [])
+        digest = self.store.shards.put(tensors, metadata={"op": op_id}) if tensors else ""
+        checkpoint = {"format": CHECKPOINT_FORMAT, "state": state, "shards": [digest] if digest else []}
+        self._update(op_id, checkpoint=checkpoint, persist=True)
         crash_point("after_checkpoint")
         for d in old:
             if d != digest:
                 self.store.release_shard(d)
 
-    def _update(self, job_id: str, persist: bool = False, **changes: Any) -> OperationRecord:
+    def _update(self, op_id: str, persist: bool = False, **changes: Any) -> OperationRecord:
         with self._cond:
-            job = replace(self._jobs[job_id], updated_at=time.time(), **changes)
-            self._jobs[job_id] = job
-            self._versions[job_id] += 1
+            op = replace(self._ops[op_id], updated_at=time.time(), **changes)
+            self._ops[op_id] = op
+            self._versions[op_id] += 1
             if persist:
                 with self.store.meta.write() as w:
-                    w.put_operation(job)
+                    w.put_operation(op)
             self._cond.notify_all()
         if self.on_progress is not None:
-            self.on_progress(job)
-        return job
+            self.on_progress(op)
+        return op
 
     def _oldest_finished(self, keep: int) -> list[str]:
-        done = sorted((j.updated_at, j.id) for j in self._jobs.values() if j.state in TERMINAL_STATES)
+        done = sorted((j.updated_at, j.id) for j in self._ops.values() if j.state in TERMINAL_STATES)
         return [i for _, i in done[: max(0, len(done) - keep)]]
 
-    def _finish(self, job_id: str, state: str, error: dict[str, str] | None = None, **changes: Any) -> None:
-        job = self._jobs[job_id]
-        shards = job.checkpoint.get("shards", [])
+    def _finish(self, op_id: str, state: str, error: dict[str, str] | None = None, **changes: Any) -> None:
+        op = self._ops[op_id]
+        shards = op.checkpoint.get("shards", [])
         with self._cond:
             done = replace(
-                job, state=state, error=error or {}, checkpoint={}, updated_at=time.time(), **changes
+                op, state=state, error=error or {}, checkpoint={}, updated_at=time.time(), **changes
             )
             old = self._oldest_finished(keep=self.history - 1)
             with self.store.meta.write() as w:
-                if state != "SUCCEEDED" and job.kind == "add_task":
-                    w.delete_dataset(job.spec["dataset_id"])  # the upload dies with its operation
+                if state != OperationState.SUCCEEDED.value and op.kind == ADD_TASK and op.task_name not in self.system.tasks:
+                    w.delete_dataset(op.spec["dataset_id"])  # an upload nothing was published from dies with it
                 w.put_operation(done)
                 for o in old:  # a bounded history: the oldest finished records go
                     w.delete_operation(o)
             for o in old:
-                self._jobs.pop(o, None)
+                self._ops.pop(o, None)
                 self._versions.pop(o, None)
             for d in shards:  # unreferenced now; gone before any waiter sees the final state
                 self.store.release_shard(d)
-            self._jobs[job_id] = done
-            self._versions[job_id] += 1
+            self._ops[op_id] = done
+            self._versions[op_id] += 1
             self._cond.notify_all()
-        if state == "CANCELLED":
-            logs.event(log, "task_cancelled", f"operation {job_id} ({job.task_name!r}) cancelled; nothing was committed",
-                       task=job.task_name, operation=job_id)  # fmt: skip
+        if state == OperationState.CANCELLED.value:
+            kept = self.system.tasks.get(op.task_name)
+            outcome = f"version {kept.record.version} keeps serving" if kept is not None else "nothing was published"
+            logs.event(log, "task_cancelled", f"operation {op_id} ({op.task_name!r}) cancelled; {outcome}",
+                       task=op.task_name, operation=op_id)  # fmt: skip
         if self.on_progress is not None:
             self.on_progress(done)
+
+
+def _result(learned: Learned, champion: Champion | None, clock: Clock) -> str:
+    """What an operation did, in a line: the version serving and how it got there."""
+    if not learned.records:
+        kept = f"kept version {learned.served_version}"
+        judged = learned.state.decisions
+        why = f": {judged[-1].reason}" if judged else ": no challenger beat it on the holdout"
+        return kept + why + (" (stopped early for a client's operation)" if clock.stopped else "")
+    last = TaskMetrics.of(learned.records[-1])
+    versions = ", ".join(str(r.version) for r in learned.records)
+    was = f" (was {champion.version})" if champion is not None else ""
+    return (f"published version{'s' if len(learned.records) > 1 else ''} {versions}{was}; version "
+            f"{learned.served_version} serves ({last.kind}, validation accuracy {last.validation_accuracy:.3f})")

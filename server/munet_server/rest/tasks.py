@@ -62,15 +62,22 @@ def system(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B00
     }
 
 
+@router.get("/improvement", dependencies=reader)
+def improvement(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
+    """Idle improvement: on or off, the round running now, and the order of the tasks next in line."""
+    return svc.improvement_queue()
+
+
 @router.get("/tasks", dependencies=reader)
 def tasks(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
     s = svc.system
-    return {"tasks": [as_json(convert.task_info(s, n, sharers=False)) for n in sorted({*s.tasks, *s.damaged})]}
+    infos = [convert.task_info(s, n, sharers=False, improving=svc.operations.improving(n)) for n in sorted({*s.tasks, *s.damaged})]
+    return {"tasks": [as_json(i) for i in infos]}
 
 
 @router.get("/tasks/{task}", dependencies=reader)
 def task(task: str, svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
-    return as_json(convert.task_info(svc.system, task))
+    return as_json(convert.task_info(svc.system, task, improving=svc.operations.improving(task.split("@")[0])))
 
 
 @router.get("/tasks/{task}/candidates", dependencies=reader)

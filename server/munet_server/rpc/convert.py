@@ -12,6 +12,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.serve.predictor import LabelScore, RawPixels
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import OperationRecord, TaskRecord
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import DamagedTask, MunetSystem
 
 BUDGET_FIELDS = tuple(f.name for f in pb.SearchBudget.DESCRIPTOR.fields)
@@ -45,20 +46,20 @@ def task_spec(msg: pb.TaskSpec, default_budget: Budget) -> AddTaskSpec:
     )
 
 
-def operation(job: OperationRecord) -> pb.Operation:
-    p = job.progress
-    state = dict(pb.Operation.State.items()).get(job.state, pb.Operation.STATE_UNSPECIFIED)
+def operation(op: OperationRecord) -> pb.Operation:
+    p = op.progress
+    state = dict(pb.Operation.State.items()).get(op.state, pb.Operation.STATE_UNSPECIFIED)
     return pb.Operation(
-        name=job.id,
-        kind=job.kind,
-        task=job.task_name,
+        name=op.id,
+        kind=op.kind,
+        task=op.task_name,
         state=state,
-        done=job.terminal,
+        done=op.terminal,
         progress=pb.Progress(
             phase=str(p.get("phase", "")),
             generation=int(p.get("generation", 0)),
             generations_total=int(
-                p.get("generations_total", job.spec.get("budget", {}).get("generations", 0))
+                p.get("generations_total", op.spec.get("budget", {}).get("generations", 0))
             ),
             candidates_done=int(p.get("candidates_done", 0)),
             best_validation_accuracy=_finite(p.get("best_validation_accuracy", 0.0)),
@@ -66,16 +67,22 @@ def operation(job: OperationRecord) -> pb.Operation:
             params_added=int(p.get("params_added", 0)),
             elapsed_seconds=float(p.get("elapsed_seconds", 0.0)),
             eta_seconds=float(p.get("eta_seconds", 0.0)),
-            budget_seconds=float(job.spec.get("budget", {}).get("seconds", 0.0)),
+            budget_seconds=float(op.spec.get("budget", {}).get("seconds", 0.0)),
+            serving_version=int(p.get("task_version", 0)),
+            serving_kind=str(p.get("serving_kind", "")),
+            serving_accuracy=_finite(p.get("serving_accuracy", 0.0)),
+            first_served_seconds=max(0.0, float(p["first_served_at"]) - op.created_at) if p.get("first_served_at") else 0.0,
+            published=int(p.get("published", 0)),
         ),
-        error=pb.Error(code=job.error.get("code", ""), message=job.error.get("message", ""))
-        if job.error
+        error=pb.Error(code=op.error.get("code", ""), message=op.error.get("message", ""))
+        if op.error
         else None,
-        created_at=job.created_at,
-        updated_at=job.updated_at,
+        created_at=op.created_at,
+        updated_at=op.updated_at,
         num_examples=int(p.get("examples", 0)),
-        result=str(p.get("result", "")) if job.state == "SUCCEEDED" else "",
-        task_version=int(p.get("task_version", 0)) if job.state == "SUCCEEDED" else 0,
+        result=str(p.get("result", "")) if op.state == "SUCCEEDED" else "",
+        task_version=int(p.get("task_version", 0)),
+        origin=str(op.spec.get("origin", "client")),
     )
 
 
@@ -84,13 +91,13 @@ def _finite(x: Any) -> float:
     return x if x == x and abs(x) != float("inf") else 0.0
 
 
-def task_info(system: MunetSystem, name: str, sharers: bool = True) -> pb.TaskInfo:
+def task_info(system: MunetSystem, name: str, sharers: bool = True, improving: bool = False) -> pb.TaskInfo:
     """`sharers`: list every other user of each component (DescribeTask); ListTasks sends counts
-    only, which keeps it linear in the number of tasks."""
+    only, which keeps it linear in the number of tasks. `improving`: an operation searches for it."""
     if name in system.damaged:
         return damaged_task_info(system.damaged[name])
     e = system.entry(name)  # "task@2": that stored version
-    rec, m = e.record, e.record.metrics
+    rec, m = e.record, TaskMetrics.of(e.record)
     name = rec.name
     served = system.entry(name).record.version
     versions = [version_info(v, served) for v in system.versions(name)] if sharers else []
@@ -112,54 +119,56 @@ def task_info(system: MunetSystem, name: str, sharers: bool = True) -> pb.TaskIn
         name=rec.name,
         state=rec.state,
         class_names=rec.class_names,
-        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
-        score=float(m.get("score", 0.0)),
-        params_added=int(m.get("params_added", 0)),
+        validation_accuracy=m.validation_accuracy,
+        score=m.score,
+        params_added=m.params_added,
         params_accounted=float(system.accounted_params(e.path, name)),
-        params_total=int(m.get("params_total", e.path.num_params())),
+        params_total=m.params_total or e.path.num_params(),
         path=path,
         hparams={k: json.dumps(v) for k, v in rec.hparams.items()},
         created_at=rec.created_at,
         golden_digest=rec.golden_digest,
-        scale_factor=float(m.get("scale_factor", 1.0)),
-        search_seconds=float(m.get("search_seconds", 0.0)),
-        candidates_trained=int(m.get("candidates", 0)),
-        num_examples=int(m.get("num_examples", 0)),
-        probe_validation_accuracy=float(m.get("probe_validation_accuracy", 0.0)),
-        gain_over_probe=float(m.get("gain_over_probe", 0.0)),
-        holdout_size=int(m.get("holdout_size", 0)),
-        chance_accuracy=float(m.get("chance_accuracy", 0.0)),
-        image_size=int(m.get("image_size", rec.hparams.get("ds_image_size", 0))),
-        probe_cv_accuracy=float(m.get("probe_cv_accuracy", 0.0)),
+        scale_factor=m.scale_factor,
+        search_seconds=m.search_seconds,
+        candidates_trained=m.candidates,
+        num_examples=m.num_examples,
+        probe_validation_accuracy=m.probe_validation_accuracy,
+        gain_over_probe=m.gain_over_probe,
+        holdout_size=m.holdout_size,
+        chance_accuracy=m.chance_accuracy,
+        image_size=m.image_size or int(rec.hparams.get("ds_image_size", 0)),
+        probe_cv_accuracy=m.probe_cv_accuracy,
         version=rec.version,
         versions=versions,
         served_version=served,
+        kind=m.kind,
+        improving=improving,
     )
 
 
 def version_info(rec: TaskRecord, served: int) -> pb.TaskVersion:
-    m = rec.metrics
+    m = TaskMetrics.of(rec)
     return pb.TaskVersion(
         version=rec.version,
         served=rec.version == served,
-        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
-        params_added=int(m.get("params_added", 0)),
+        validation_accuracy=m.validation_accuracy,
+        params_added=m.params_added,
         created_at=rec.created_at,
         golden_digest=rec.golden_digest,
-        kind=str(m.get("kind", "")),
-        improved_from=int(m.get("improved_from") or 0),
+        kind=m.kind,
+        improved_from=m.improved_from,
     )
 
 
 def damaged_task_info(d: DamagedTask) -> pb.TaskInfo:
     """A task whose stored weights are unreadable: listed (so users see it), never served."""
-    rec, m = d.record, d.record.metrics
+    rec, m = d.record, TaskMetrics.of(d.record)
     return pb.TaskInfo(
         name=rec.name,
         state=f"DAMAGED: {d.reason}",
         class_names=rec.class_names,
-        validation_accuracy=float(m.get("validation_accuracy", 0.0)),
-        params_added=int(m.get("params_added", 0)),
+        validation_accuracy=m.validation_accuracy,
+        params_added=m.params_added,
         hparams={k: json.dumps(v) for k, v in rec.hparams.items()},
         created_at=rec.created_at,
         golden_digest=rec.golden_digest,

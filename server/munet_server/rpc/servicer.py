@@ -164,8 +164,8 @@ class MunetServicer(pb_grpc.MunetServicer):
                     for ex in msg.examples.examples:
                         yield ex.image, ex.label
 
-            job = self.service.add_task(spec, examples(), alive=context.is_active)
-            return convert.operation(job)
+            op = self.service.add_task(spec, examples(), alive=context.is_active)
+            return convert.operation(op)
 
     # ---- operations ----------------------------------------------------------------------------
     @unary
@@ -177,9 +177,9 @@ class MunetServicer(pb_grpc.MunetServicer):
         self, request: pb.ListOperationsRequest, context: grpc.ServicerContext
     ) -> pb.ListOperationsResponse:
         state = pb.Operation.State.Name(request.state) if request.state else ""
-        jobs = self.service.operations.list(task=request.task, state=state)  # oldest first
+        ops = self.service.operations.list(task=request.task, state=state)  # oldest first
         page, token = paging.page(
-            jobs, key=lambda j: f"{j.created_at!r}/{j.id}", size=request.page_size, token=request.page_token
+            ops, key=lambda j: f"{j.created_at!r}/{j.id}", size=request.page_size, token=request.page_token
         )
         return pb.ListOperationsResponse(operations=[convert.operation(j) for j in page], next_page_token=token)
 
@@ -192,8 +192,8 @@ class MunetServicer(pb_grpc.MunetServicer):
         if left is not None:  # answer just before the client's deadline rather than after it
             timeout = min(timeout or left, max(0.0, left - 0.2))
         with self.long_calls.hold("WaitOperation"):
-            job = self.service.operations.wait(request.name, timeout, alive=context.is_active)
-        return convert.operation(job)
+            op = self.service.operations.wait(request.name, timeout, alive=context.is_active)
+        return convert.operation(op)
 
     @unary
     def CancelOperation(
@@ -206,8 +206,8 @@ class MunetServicer(pb_grpc.MunetServicer):
         self, request: pb.WatchOperationRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Operation]:
         with self.long_calls.hold("WatchOperation"):
-            for job in self.service.operations.watch(request.name, alive=context.is_active):
-                yield convert.operation(job)
+            for op in self.service.operations.watch(request.name, alive=context.is_active):
+                yield convert.operation(op)
 
     # ---- Predict -------------------------------------------------------------------------------
     @unary
@@ -257,12 +257,12 @@ class MunetServicer(pb_grpc.MunetServicer):
         s = self.system
         names = sorted({*s.tasks, *s.damaged})
         page, token = paging.page(names, key=str, size=request.page_size, token=request.page_token)
-        infos = [convert.task_info(s, n, sharers=False) for n in page]
+        infos = [convert.task_info(s, n, sharers=False, improving=self.service.operations.improving(n)) for n in page]
         return pb.ListTasksResponse(tasks=infos, next_page_token=token)
 
     @unary
     def DescribeTask(self, request: pb.DescribeTaskRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
-        return convert.task_info(self.system, request.name)
+        return convert.task_info(self.system, request.name, improving=self.service.operations.improving(request.name.split("@")[0]))
 
     @unary
     def DeleteTask(

@@ -11,6 +11,7 @@ import functools
 import json
 import logging
 from dataclasses import asdict, dataclass, fields
+from enum import Enum
 from typing import Any, ClassVar, TypeVar
 
 from munet_server.errors import DataLoss, FailedPrecondition, InvalidArgument
@@ -19,8 +20,28 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 RETIRED_KEYS = {"next_seq", "parent_info"}  # written by 0.1, never read: dropped without a warning
-OPERATION_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
-TERMINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
+class OperationState(str, Enum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+
+class OperationKind(str, Enum):
+    ADD_TASK = "add_task"
+    IMPROVE_TASK = "improve_task"
+
+
+class Origin(str, Enum):
+    """Who asked for an operation: a client, or the server's own idle improvement."""
+
+    CLIENT = "client"
+    IDLE = "idle"
+
+
+OPERATION_STATES = tuple(s.value for s in OperationState)
+TERMINAL_STATES = (OperationState.SUCCEEDED, OperationState.FAILED, OperationState.CANCELLED)
 
 R = TypeVar("R", bound="_Record")
 
@@ -171,9 +192,9 @@ class DatasetRecord(_Record):
 class OperationRecord(_Record):
     record_type: ClassVar[str] = "job"
     id: str
-    kind: str
+    kind: str  # an OperationKind's value
     task_name: str
-    state: str  # one of OPERATION_STATES
+    state: str  # an OperationState's value
     spec: dict[str, Any]
     progress: dict[str, Any]
     error: dict[str, Any]  # {"code": str, "message": str} or {}
@@ -187,6 +208,6 @@ class OperationRecord(_Record):
         return self.state in TERMINAL_STATES
 
     def checkpoint_shards(self) -> list[str]:
-        """Shard digests this job's checkpoint keeps alive (malformed entries are ignored)."""
+        """Shard digests this operation's checkpoint keeps alive (malformed entries are ignored)."""
         shards = self.checkpoint.get("shards", [])
         return [s for s in shards if isinstance(s, str)] if isinstance(shards, list) else []
