@@ -50,37 +50,11 @@ start
 [[ "$(docker exec "$NAME" id -u)" != 0 ]] || { echo "the server runs as root"; exit 1; }
 
 echo "== a real task: Fashion-MNIST sandals vs sneakers, 40 images each, 8 held out"
-"$PY" - "$WORK" <<'EOF'
-import sys
-from pathlib import Path
-
-import numpy as np
-
-from server.data import offline
-from server.data.images import encode_png
-
-root = Path(sys.argv[1])
-data = offline.split_fashion_mnist(((5, 7),))[0]
-rng = np.random.default_rng(0)
-for label, name in enumerate(["sandal", "sneaker"]):
-    idx = rng.permutation(np.nonzero(data.labels == label)[0])[:48]
-    for split, part in (("train", idx[:40]), ("held-out", idx[40:])):
-        (root / split / name).mkdir(parents=True, exist_ok=True)
-        for i in part:
-            (root / split / name / f"{i}.png").write_bytes(encode_png(data.images[i]))
-EOF
-munet add-task shoes "$WORK/train" --generations 2 --candidates-per-generation 2 --steps-per-validation 10 --validations 2
+"$PY" -m scripts.smoke_data write "$WORK"
+munet add-task shoes "$WORK/train" --seconds 60
 munet tasks
 munet --json predict shoes "$WORK"/held-out/*/*.png > "$WORK/before.json"
-"$PY" - "$WORK/before.json" <<'EOF'
-import json
-import sys
-
-rows = json.load(open(sys.argv[1]))
-right = sum(r["image"].split("/")[-2] == r["labels"][0]["name"] for r in rows)
-print(f"held-out: {right}/{len(rows)} right")
-assert right > len(rows) // 2, "no better than chance"
-EOF
+"$PY" -m scripts.smoke_data check "$WORK/before.json" || { echo "no better than chance"; exit 1; }
 
 echo "== unauthenticated admin call is refused"
 if "$PY" -m munet_client.cli --target "127.0.0.1:$PORT" delete shoes 2>"$WORK/err"; then

@@ -1,12 +1,18 @@
 """The folder layout is the data flow: every package of munet_server imports only packages below it
-(upload -> store -> learn -> commit -> serve), and no module imports itself back through others."""
+(upload -> store -> learn -> commit -> serve), no module imports itself back through others, and the
+server uses the client package only where it says so.
+
+Imports are read from the source (TYPE_CHECKING ones included: a cycle of types is a cycle of
+design) and resolved to the module they name: `from munet_server.store import snapshot` is an import
+of `munet_server.store.snapshot`, `from munet_server import tokens` one of `munet_server.tokens`."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1] / "server" / "munet_server"
+ROOT = Path(__file__).resolve().parents[1]
+SERVER = ROOT / "server" / "munet_server"
 
 # Lower numbers sit lower; an import must point strictly down (or within its own package).
 RANK = {
@@ -24,16 +30,47 @@ RANK = {
     "__main__": 11,
 }  # fmt: skip
 
+# The client modules the server shares code with (torch-free helpers), and who may use them: the
+# preprocessing an exported model needs (decoding is the server's too), what an ImageFolder is, and
+# the system picture the dashboard and `munet graph` both draw.
+CLIENT_USES = {
+    "munet_client.preprocess": {"data"},
+    "munet_client.images": {"ingest"},
+    "munet_client.graph": {"rest"},
+    "munet_client.types": {"rest"},
+}
+PROTO_USERS = {"rpc", "rest", "app"}  # the generated protocol stays at the transport
+
+
+def _module_name(path: Path, base: Path, package: str) -> str:
+    return ".".join((package, *path.relative_to(base).with_suffix("").parts)).removesuffix(".__init__")
+
+
+def _modules() -> set[str]:
+    out = set()
+    for base, package in ((SERVER, "munet_server"), (ROOT / "client" / "munet_client", "munet_client")):
+        out |= {_module_name(p, base, package) for p in base.rglob("*.py")}
+    return out | {"munet_server", "munet_client"}
+
+
+def _resolve(node: ast.AST, known: set[str]) -> set[str]:
+    """The modules an import statement names (a from-import of a submodule names the submodule)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        subs = {f"{node.module}.{a.name}" for a in node.names}
+        return {s for s in subs if s in known} | ({node.module} if subs - known else set())
+    return set()
+
 
 def _imports() -> dict[str, set[str]]:
+    known = _modules()
     out = {}
-    for p in ROOT.rglob("*.py"):
-        mod = ".".join(("munet_server", *p.relative_to(ROOT).with_suffix("").parts)).removesuffix(".__init__")
-        out[mod] = {
-            n.module
-            for n in ast.walk(ast.parse(p.read_text()))
-            if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("munet_server")
-        }
+    for p in SERVER.rglob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(p.read_text())):
+            deps |= {d for d in _resolve(node, known) if d.split(".")[0] in ("munet_server", "munet_client", "munet_proto")}
+        out[_module_name(p, SERVER, "munet_server")] = deps
     return out
 
 
@@ -51,9 +88,21 @@ def test_imports_only_look_down():
         (m, d)
         for m, deps in _imports().items()
         for d in deps
-        if _package(d) != _package(m) and RANK[_package(d)] >= RANK[_package(m)]
+        if d.startswith("munet_server") and _package(d) != _package(m) and RANK[_package(d)] >= RANK[_package(m)]
     ]
     assert not upward, upward
+
+
+def test_the_server_uses_only_the_client_modules_it_shares():
+    wrong = [
+        (m, d)
+        for m, deps in _imports().items()
+        for d in deps
+        if d.startswith("munet_client") and _package(m) not in CLIENT_USES.get(d, set())
+    ]
+    assert not wrong, wrong
+    proto = [(m, d) for m, deps in _imports().items() for d in deps if d.startswith("munet_proto") and _package(m) not in PROTO_USERS]
+    assert not proto, proto
 
 
 def test_no_import_cycles():
@@ -72,3 +121,14 @@ def test_no_import_cycles():
     for m in graph:
         if m not in state:
             visit(m, [])
+
+
+def test_the_guard_sees_what_it_claims():
+    """The resolution itself: a from-import of a submodule is that submodule, of a name is the module."""
+    known = _modules()
+    submodule = ast.parse("from munet_server.store import snapshot").body[0]
+    name = ast.parse("from munet_server.store.store import Store").body[0]
+    package = ast.parse("from munet_server import tokens, __version__").body[0]
+    assert _resolve(submodule, known) == {"munet_server.store.snapshot"}
+    assert _resolve(name, known) == {"munet_server.store.store"}
+    assert _resolve(package, known) == {"munet_server.tokens", "munet_server"}

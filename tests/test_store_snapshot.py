@@ -24,6 +24,7 @@ from munet_server.errors import (
     MunetError,
     ResourceExhausted,
 )
+from munet_server.store import snapshot
 from munet_server.store.store import Store
 from tests.test_store_commit import component, populate, task, weights
 
@@ -65,13 +66,13 @@ def assert_untouched(store: Store, before: tuple[Any, ...]) -> None:
 
 
 def test_snapshot_restore_round_trip(source: Store, target: Store, tmp_path: Path) -> None:
-    manifest = source.snapshot(tmp_path / "snap")
+    manifest = snapshot.snapshot_to_dir(source, tmp_path / "snap")
     assert manifest["format"] == "munet-snapshot" and manifest["tasks"] == ["a", "b"]
     assert manifest["components"] == 3 and len(manifest["files"]) == 1 + 4  # lmdb + root, a, b, job
     on_disk = json.loads((tmp_path / "snap" / "manifest.json").read_text())
     assert on_disk == manifest
     old_gen = target.generation_dir
-    assert target.restore(tmp_path / "snap")["tasks"] == ["a", "b"]
+    assert snapshot.restore_dir(target, tmp_path / "snap")["tasks"] == ["a", "b"]
     assert dump(target) == dump(source)
     assert not old_gen.exists() and target.generation_dir.exists()
     target.close()
@@ -84,9 +85,9 @@ def test_snapshot_refuses_a_non_empty_destination(source: Store, tmp_path: Path)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("mine")
     with pytest.raises(AlreadyExists):
-        source.snapshot(tmp_path / "full")
+        snapshot.snapshot_to_dir(source, tmp_path / "full")
     (tmp_path / "empty").mkdir()
-    assert source.snapshot(tmp_path / "empty")["tasks"] == ["a", "b"]
+    assert snapshot.snapshot_to_dir(source, tmp_path / "empty")["tasks"] == ["a", "b"]
 
 
 def _shard(snap: Path) -> Path:
@@ -188,11 +189,11 @@ def test_restore_refuses_damage_and_leaves_the_store_unchanged(
 ) -> None:
     tamper, error = TAMPERS[name]
     snap = tmp_path / "snap"
-    source.snapshot(snap)
+    snapshot.snapshot_to_dir(source, snap)
     tamper(snap)
     before = dump(target)
     with pytest.raises(error) as e:
-        target.restore(snap)
+        snapshot.restore_dir(target, snap)
     assert e.value.message
     assert_untouched(target, before)
     source.gc()
@@ -200,13 +201,13 @@ def test_restore_refuses_damage_and_leaves_the_store_unchanged(
 
 
 def test_archive_round_trip(source: Store, target: Store, tmp_path: Path) -> None:
-    manifest = source.snapshot_archive(tmp_path / "snap.tar")
+    manifest = snapshot.snapshot_to_archive(source, tmp_path / "snap.tar")
     with tarfile.open(tmp_path / "snap.tar") as tf:  # a standard tar any tool can read
         names = tf.getnames()
     assert names == ["manifest.json", *manifest["files"]]
-    chunks = list(source.iter_snapshot_archive(chunk_size=4096))
+    chunks = list(snapshot.iter_archive(source, chunk_size=4096))
     assert all(len(c) == 4096 for c in chunks[:-1])
-    target.restore_archive(iter(chunks), max_bytes=1 << 30)
+    snapshot.restore_from_archive(target, iter(chunks), max_bytes=1 << 30)
     assert dump(target) == dump(source)
     assert not [p for p in source.root.iterdir() if p.name.startswith("staging-")]
 
@@ -219,7 +220,7 @@ def _snapshot_temps() -> list[Path]:
 
 def test_abandoned_archive_stream_cleans_up(source: Store) -> None:
     before = _snapshot_temps()
-    stream = source.iter_snapshot_archive(chunk_size=512)
+    stream = snapshot.iter_archive(source, chunk_size=512)
     next(stream)
     # Nothing is staged on the store's disk (a nearly full store can still be streamed off); only
     # the metadata copy sits in TMPDIR.
@@ -235,7 +236,7 @@ def test_a_task_deleted_during_a_stream_keeps_its_shards_until_the_stream_ends(
     expected = dump(source)
     victim = source.meta.get_task("b")  # its block and shard are its own (a's head is shared)
     assert victim is not None
-    stream = source.iter_snapshot_archive(chunk_size=512)
+    stream = snapshot.iter_archive(source, chunk_size=512)
     chunks = [next(stream)]
     source.delete_task(victim.name)
     assert all(source.shards.path(d).exists() for d in victim.shards)  # pinned by the stream
@@ -244,7 +245,7 @@ def test_a_task_deleted_during_a_stream_keeps_its_shards_until_the_stream_ends(
     chunks += list(stream)
     with source.meta.read() as v:
         assert source.shards.digests() == source.referenced_shards(v)  # ...and go when it ends
-    target.restore_archive(iter(chunks), max_bytes=1 << 30)
+    snapshot.restore_from_archive(target, iter(chunks), max_bytes=1 << 30)
     assert dump(target) == expected  # the archive is the store as it was when the stream began
 
 
@@ -257,7 +258,7 @@ def _tar(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
 
 
 def _valid_members(store: Store) -> list[tuple[tarfile.TarInfo, bytes | None]]:
-    data = b"".join(store.iter_snapshot_archive())
+    data = b"".join(snapshot.iter_archive(store))
     with tarfile.open(fileobj=io.BytesIO(data)) as tf:
         return [(m, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
 
@@ -287,14 +288,14 @@ def test_restore_archive_refuses_hostile_members(
     archive = _tar([hostile, *_valid_members(source)])
     before = dump(target)
     with pytest.raises(InvalidArgument):
-        target.restore_archive([archive[i : i + 1000] for i in range(0, len(archive), 1000)], 1 << 30)
+        snapshot.restore_from_archive(target, [archive[i : i + 1000] for i in range(0, len(archive), 1000)], 1 << 30)
     assert_untouched(target, before)
     assert not (tmp_path / "evil").exists() and not (target.root / "evil").exists()
     assert not Path("/tmp/munet-evil").exists()
 
 
 def test_restore_archive_limits_and_garbage(source: Store, target: Store) -> None:
-    archive = b"".join(source.iter_snapshot_archive())
+    archive = b"".join(snapshot.iter_archive(source))
     before = dump(target)
     cases: list[tuple[list[bytes], int, type[MunetError]]] = [
         ([archive], len(archive) - 1, ResourceExhausted),
@@ -304,7 +305,7 @@ def test_restore_archive_limits_and_garbage(source: Store, target: Store) -> Non
     ]
     for chunks, limit, error in cases:
         with pytest.raises(error):
-            target.restore_archive(chunks, limit)
+            snapshot.restore_from_archive(target, chunks, limit)
         assert_untouched(target, before)
 
 
@@ -343,6 +344,7 @@ _CHILD = """
 import os, signal, sys, torch
 from pathlib import Path
 import munet_server.store.store as m
+from munet_server.store import snapshot
 from tests.test_store_commit import component, task, weights
 mode, root = sys.argv[1], Path(sys.argv[2])
 die = lambda *_: os.kill(os.getpid(), signal.SIGKILL)
@@ -352,7 +354,7 @@ if mode == "commit":
     store.commit_task(task("c", [("head", "head-c")]), [(component("head-c", "c"), weights(3))])
 elif mode == "restore":
     m._before_current_switch = die
-    store.restore(Path(sys.argv[3]))
+    snapshot.restore_dir(store, Path(sys.argv[3]))
 elif mode == "hold":
     print("locked", flush=True)
     sys.stdin.read()
@@ -370,7 +372,7 @@ def test_kill_9_mid_operation_leaves_a_complete_generation(source: Store, tmp_pa
     snap = tmp_path / "snap"
     other = Store(tmp_path / "other")
     other.commit_task(task("x", [("head", "head-x")]), [(component("head-x", "x"), weights(5))])
-    other.snapshot(snap)
+    snapshot.snapshot_to_dir(other, snap)
     before, root = dump(source), source.root
     source.close()
     proc = _child(mode, str(root), str(snap))

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import lmdb
 
@@ -31,11 +31,9 @@ from munet_server.errors import (
 )
 from munet_server.faults import crash_point
 from munet_server.store import archive, layout
+from munet_server.store.generation import LiveGeneration
 from munet_server.store.metadata import MetadataStore
 from munet_server.store.shards import SUFFIX, is_digest, sha256_file, validate_shard_file
-
-if TYPE_CHECKING:
-    from munet_server.store.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +70,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def _copy_metadata(store: Store, meta_dir: Path) -> tuple[list[str], int, set[str], set[str]]:
+def _copy_metadata(store: LiveGeneration, meta_dir: Path) -> tuple[list[str], int, set[str], set[str]]:
     """A compacted LMDB copy into `meta_dir`, and in the same read txn (so they agree) the task
     names, the number of components, and the (required, optional) shards it references."""
     meta_dir.mkdir(parents=True)
@@ -87,7 +85,7 @@ def _copy_metadata(store: Store, meta_dir: Path) -> tuple[list[str], int, set[st
     return tasks, n_components, required, optional
 
 
-def _checked_shard(store: Store, digest: str, copy: Path, required: bool) -> dict[str, Any] | None:
+def _checked_shard(store: LiveGeneration, digest: str, copy: Path, required: bool) -> dict[str, Any] | None:
     """sha256 and size of the shard as found at `copy` (never hand out a damaged snapshot); None for
     a checkpoint shard whose operation moved on meanwhile."""
     try:
@@ -113,7 +111,7 @@ def _manifest(tasks: list[str], n_components: int, files: dict[str, dict[str, An
     }
 
 
-def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
+def build_snapshot(store: LiveGeneration, dest: Path) -> dict[str, Any]:
     """Write a complete snapshot into the new dir `dest`; return its manifest."""
     tasks, n_components, required, optional = _copy_metadata(store, dest / "meta.lmdb")
     (dest / "shards").mkdir()
@@ -133,7 +131,7 @@ def build_snapshot(store: Store, dest: Path) -> dict[str, Any]:
     return manifest
 
 
-def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
+def snapshot_to_dir(store: LiveGeneration, dest: Path) -> dict[str, Any]:
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise AlreadyExists(f"{dest} already exists and is not empty; choose a new snapshot directory")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +150,7 @@ def snapshot_to_dir(store: Store, dest: Path) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _stream_sources(store: Store) -> Iterator[tuple[dict[str, Path], dict[str, Any]]]:
+def _stream_sources(store: LiveGeneration) -> Iterator[tuple[dict[str, Path], dict[str, Any]]]:
     """What a streamed snapshot reads: the metadata copy and the manifest in a temporary dir outside
     the store (TMPDIR: a store whose disk is full can still be streamed off to a backup), and the
     shard files where they are, pinned so that a task deleted meanwhile keeps its shards until the
@@ -177,13 +175,13 @@ def _stream_sources(store: Store) -> Iterator[tuple[dict[str, Path], dict[str, A
         yield sources, manifest
 
 
-def iter_archive(store: Store, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+def iter_archive(store: LiveGeneration, chunk_size: int = 1 << 20) -> Iterator[bytes]:
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise InvalidArgument(f"chunk_size must be a positive int, not {chunk_size!r}")
     return _iter_archive(store, chunk_size)
 
 
-def _iter_archive(store: Store, chunk_size: int) -> Iterator[bytes]:
+def _iter_archive(store: LiveGeneration, chunk_size: int) -> Iterator[bytes]:
     # A generator: the metadata copy is made on the first next() and removed (and the shards
     # unpinned) when the stream ends or is closed (a client that disconnects closes it).
     with _stream_sources(store) as (sources, manifest):
@@ -193,7 +191,7 @@ def _iter_archive(store: Store, chunk_size: int) -> Iterator[bytes]:
                 crash_point("during_snapshot")
 
 
-def snapshot_to_archive(store: Store, dest_file: Path) -> dict[str, Any]:
+def snapshot_to_archive(store: LiveGeneration, dest_file: Path) -> dict[str, Any]:
     if dest_file.exists():
         raise AlreadyExists(f"{dest_file} already exists; choose a new archive name")
     dest_file.parent.mkdir(parents=True, exist_ok=True)
@@ -323,7 +321,7 @@ def _copy_dir(src: Path, staging: Path) -> None:
         shutil.copyfile(src / rel, out, follow_symlinks=False)  # a swapped-in link stays a link: refused
 
 
-def publish_staged(store: Store, staging: Path) -> dict[str, Any]:
+def publish_staged(store: LiveGeneration, staging: Path) -> dict[str, Any]:
     """Verify a filled staging dir (see `staged_restore`) and switch it in; on any error nothing changed."""
     with store.exclusive():
         manifest = verify_snapshot_dir(staging, store.map_size)
@@ -334,7 +332,7 @@ def publish_staged(store: Store, staging: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def staged_restore(
-    store: Store, *, src_dir: Path | None = None, chunks: Iterable[bytes] | None = None, max_bytes: int = 0
+    store: LiveGeneration, *, src_dir: Path | None = None, chunks: Iterable[bytes] | None = None, max_bytes: int = 0
 ) -> Iterator[Path]:
     """Phase 1 of a restore: copy a snapshot dir, or receive a tar stream, into a staging dir.
 
@@ -353,11 +351,11 @@ def staged_restore(
         yield staging
 
 
-def restore_dir(store: Store, src: Path) -> dict[str, Any]:
+def restore_dir(store: LiveGeneration, src: Path) -> dict[str, Any]:
     with staged_restore(store, src_dir=src) as staging:
         return publish_staged(store, staging)
 
 
-def restore_from_archive(store: Store, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
+def restore_from_archive(store: LiveGeneration, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
     with staged_restore(store, chunks=chunks, max_bytes=max_bytes) as staging:
         return publish_staged(store, staging)

@@ -2,7 +2,7 @@
 
 `commit_task` is the only writer of tasks: tensors go to one new shard first, then one LMDB
 transaction publishes components and task together, so a crash in between leaves at most an
-unreferenced shard for `gc`. Snapshot and restore live in `server.store.snapshot`.
+unreferenced shard for `gc`. Snapshots and restores are `munet_server.store.snapshot`'s, called with a store.
 """
 
 from __future__ import annotations
@@ -14,10 +14,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -423,22 +422,6 @@ class Store:
             if any(counts.values()):
                 log.info("store gc: %s", counts)
             return counts
-
-    # ---- snapshot / restore (see server/store/snapshot.py) -------------------------------------
-    def snapshot(self, dest_dir: Path) -> dict[str, Any]:
-        return snapshot.snapshot_to_dir(self, Path(dest_dir))
-
-    def snapshot_archive(self, dest_file: Path) -> dict[str, Any]:
-        return snapshot.snapshot_to_archive(self, Path(dest_file))
-
-    def iter_snapshot_archive(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        return snapshot.iter_archive(self, chunk_size)
-
-    def restore(self, src_dir: Path) -> dict[str, Any]:
-        return snapshot.restore_dir(self, Path(src_dir))
-
-    def restore_archive(self, chunks: Iterable[bytes], max_bytes: int) -> dict[str, Any]:
-        return snapshot.restore_from_archive(self, chunks, max_bytes)
 
 
 def _shard_tensors(

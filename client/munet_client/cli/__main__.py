@@ -1,0 +1,5 @@
+import sys
+
+from munet_client.cli.main import main
+
+sys.exit(main())
