@@ -14,7 +14,7 @@ ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 MUNET_STORE=/data MUNET_HOST=0.0.0.0 M
 WORKDIR /app
 LABEL org.opencontainers.image.title="munet-server" \
       org.opencontainers.image.description="A gRPC service that learns image-classification tasks as paths through one growing multitask network (muNet), without forgetting" \
-      org.opencontainers.image.version="0.1.0" \
+      org.opencontainers.image.version="0.3.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN apt-get update && apt-get install -y --no-install-recommends tini && rm -rf /var/lib/apt/lists/*
 
