@@ -80,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     )
     from munet_server import __version__
 
+    D = ServerConfig  # the defaults are the dataclass's, stated once
+
     p.add_argument("--version", action="version", version=f"munet-server {__version__}")
     p.add_argument(
         "--store",
@@ -89,13 +91,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--host",
-        default=os.environ.get("MUNET_HOST", "127.0.0.1"),
+        default=os.environ.get("MUNET_HOST", D.host),
         help="address to bind, 0.0.0.0 to expose [env MUNET_HOST]",
     )
     p.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("MUNET_PORT", 50051)),
+        default=int(os.environ.get("MUNET_PORT", D.port)),
         help="gRPC port, 0 picks a free one [env MUNET_PORT]",
     )
     p.add_argument(
@@ -107,10 +109,10 @@ def parser() -> argparse.ArgumentParser:
         help=f"{BUILTIN_LITE0}, a .safetensors/.pth file, 'hub' or 'random'",
     )
     p.add_argument("--root-kwargs", default="{}", help="timm kwargs as JSON, e.g. '{\"img_size\": 32}'")
-    p.add_argument("--image-size", type=int, default=64, help="default image size of new paths")
-    p.add_argument("--min-image-size", type=int, default=32, help="smallest image size the search tries")
-    p.add_argument("--max-image-size", type=int, default=112, help="largest image size the search tries; uploads are stored as sent and decoded at this size")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--image-size", type=int, default=RootConfig.image_size, help="default image size of new paths")
+    p.add_argument("--min-image-size", type=int, default=RootConfig.min_image_size, help="smallest image size the search tries")
+    p.add_argument("--max-image-size", type=int, default=RootConfig.max_image_size, help="largest image size the search tries; uploads are stored as sent and decoded at this size")
+    p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N")
     p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN (prefer the file flag)")
     p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN (prefer the file flag)")
     p.add_argument(
@@ -123,7 +125,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-key", type=Path, default=os.environ.get("MUNET_TLS_KEY") or None, help="[env MUNET_TLS_KEY]"
     )
-    p.add_argument("--max-message-mb", type=int, default=64, help="largest gRPC message, in MiB")
+    p.add_argument("--max-message-mb", type=int, default=D.max_message_mb, help="largest gRPC message, in MiB")
     p.add_argument(
         "--http-port",
         type=int,
@@ -144,36 +146,36 @@ def parser() -> argparse.ArgumentParser:
         help="address the metrics port listens on (e.g. 127.0.0.1 beside a public --host); empty: --host "
         "[env MUNET_METRICS_HOST]",
     )
-    p.add_argument("--max-batch", type=int, default=64, help="Predict: images per forward pass")
+    p.add_argument("--max-batch", type=int, default=D.max_batch, help="Predict: images per forward pass")
     p.add_argument(
-        "--batch-wait-ms", type=float, default=2.0,
+        "--batch-wait-ms", type=float, default=D.batch_wait_ms,
         help="Predict: how long a batch waits for callers of the same task still decoding (a lone caller never waits)",
     )
     p.add_argument(
-        "--predict-threads", type=int, default=0, help="CPU threads for large Predict batches (0: all)"
+        "--predict-threads", type=int, default=D.predict_threads, help="CPU threads for large Predict batches (0: all)"
     )
     p.add_argument(
-        "--max-resident-mb", type=float, default=0.0,
+        "--max-resident-mb", type=float, default=D.max_resident_mb,
         help="tasks' own layers kept in memory (least recently used go back to disk); 0: all",
     )
     p.add_argument(
-        "--training-yield-ms", type=float, default=100.0,
+        "--training-yield-ms", type=float, default=D.training_yield_ms,
         help="a search on this server pauses up to this long per training step while Predict runs, and on a CPU trains on one thread while Predict traffic is recent; 0: neither",
     )
     p.add_argument(
-        "--max-queued-images", type=int, default=1024, help="Predict images waiting; more: RESOURCE_EXHAUSTED"
+        "--max-queued-images", type=int, default=D.max_queued_images, help="Predict images waiting; more: RESOURCE_EXHAUSTED"
     )
     p.add_argument(
         "--max-long-calls",
         type=int,
-        default=12,
+        default=D.max_long_calls,
         help="uploads, restores, snapshots, waits and watches at once (below the 16 RPC threads)",
     )
     p.add_argument(
-        "--upload-idle-seconds", type=float, default=60.0, help="end an upload or restore that sends nothing"
+        "--upload-idle-seconds", type=float, default=UploadLimits.idle_seconds, help="end an upload or restore that sends nothing"
     )
     p.add_argument(
-        "--max-pending-operations", type=int, default=8, help="queued AddTasks; more get RESOURCE_EXHAUSTED"
+        "--max-pending-operations", type=int, default=D.max_pending_operations, help="queued AddTasks; more get RESOURCE_EXHAUSTED"
     )
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument(
@@ -182,9 +184,9 @@ def parser() -> argparse.ArgumentParser:
         help="while no operation runs and Predict is quiet, improve the tasks in rounds (ImproveTask, "
         "published only when better); a client's call comes first [env MUNET_IDLE_IMPROVEMENT]",
     )  # fmt: skip
-    p.add_argument("--idle-round-seconds", type=float, default=120.0, help="the budget of one idle round")
+    p.add_argument("--idle-round-seconds", type=float, default=D.idle_round_seconds, help="the budget of one idle round")
     p.add_argument(
-        "--idle-quiet-seconds", type=float, default=10.0,
+        "--idle-quiet-seconds", type=float, default=D.idle_quiet_seconds,
         help="Predict quiet this long, and no operation queued or running, before an idle round starts",
     )  # fmt: skip
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
@@ -198,13 +200,13 @@ def parser() -> argparse.ArgumentParser:
         help="serve the newest complete snapshot under DIR (a primary's Snapshot target) and switch to newer "
         "ones as they appear; implies --read-only",
     )
-    p.add_argument("--follow-interval", type=float, default=5.0, help="seconds between looks for a newer snapshot")
+    p.add_argument("--follow-interval", type=float, default=D.follow_interval, help="seconds between looks for a newer snapshot")
     p.add_argument(
-        "--executor", choices=("local", "ray"), default="local", help="where a generation's candidates train"
+        "--executor", choices=("local", "ray"), default=D.executor, help="where a generation's candidates train"
     )
     p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
     p.add_argument(
-        "--ray-gpus-per-candidate", type=float, default=0.0, help="GPUs a Ray candidate asks for (fractions share)"
+        "--ray-gpus-per-candidate", type=float, default=D.ray_gpus_per_candidate, help="GPUs a Ray candidate asks for (fractions share)"
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     p.add_argument(
