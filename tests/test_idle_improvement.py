@@ -30,7 +30,8 @@ def _idle_ops(client: MunetClient):
 
 @pytest.mark.slow
 def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
-    app = make_app(tmp_path / "store", tiny_vit, http_port=0, idle_improvement=True, idle_quiet_seconds=0.5,
+    # Quiet for an hour before a round: none starts while the test sets its tasks up.
+    app = make_app(tmp_path / "store", tiny_vit, http_port=0, idle_improvement=True, idle_quiet_seconds=3600.0,
                    idle_round_seconds=600.0)  # fmt: skip
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
     try:
@@ -49,6 +50,7 @@ def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
         b_answers = client.predict("b", images, top_k=2)
 
         # A round starts on its own, over "a", and says so in the operations and the queue.
+        app.service.improver.quiet_seconds = 0.5
         idle = _until(lambda: _idle_ops(client), what="an idle round")[0]
         assert idle.kind == "improve_task" and idle.task == "a"
         _until(lambda: client.operation(idle.name).progress.phase == "searching", what="the round to train")

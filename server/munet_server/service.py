@@ -249,8 +249,9 @@ class MunetService:
             return self._switch(staging)
 
     def _switch(self, staging: Path) -> dict[str, Any]:
-        """Phase 2 of a restore: refuse while work is in flight, then verify, switch and reopen."""
-        with self._restore_lock:
+        """Phase 2 of a restore: refuse while a client's work is in flight (idle rounds give way),
+        then verify, switch and reopen."""
+        with self._restore_lock, self._idle_rounds_held():
             self.operations.yield_idle_rounds()
             self.operations.wait_idle_rounds(self.config.grace_seconds)
             with self._state:
@@ -278,3 +279,14 @@ class MunetService:
             finally:
                 with self._state:
                     self._restoring = False
+
+    @contextlib.contextmanager
+    def _idle_rounds_held(self) -> Iterator[None]:
+        """No idle round starts meanwhile (a restore replaces the system under it)."""
+        if self.improver is not None:
+            self.improver.held.set()
+        try:
+            yield
+        finally:
+            if self.improver is not None:
+                self.improver.held.clear()

@@ -53,6 +53,7 @@ class IdleImprover:
         self.rounds: dict[str, _Rounds] = {}
         self._running: str | None = None  # the operation id of the round in flight
         self._stop = threading.Event()
+        self.held = threading.Event()  # set: start no round (a restore is switching the system)
         self._thread = threading.Thread(target=self._loop, name="munet-idle-improvement", daemon=True)
 
     def start(self) -> None:
@@ -85,7 +86,7 @@ class IdleImprover:
                 published = int(op.progress.get("published", 0)) > 0  # it published at least one version
                 r.last, r.fruitless = time.monotonic(), 0 if published else r.fruitless + 1
             self._running = None
-        if not ops.idle() or not self.predict_quiet(self.quiet_seconds):
+        if self.held.is_set() or not ops.idle() or not self.predict_quiet(self.quiet_seconds):
             return None
         task = self.next_task()
         if task is None:
