@@ -208,6 +208,11 @@ def report(out: Path, results_md: Path | None = None) -> str:
     text = "\n".join(lines)
     if results_md is not None:
         _plot(munet, tasks, seeds, marks, lp, ft)
+        when = rows[-1].get("date", "")
+        head = ("## Anytime learning: the served version's test accuracy against seconds of AddTask\n\n"
+                f"`.venv/bin/python -m bench.anytime --seeds {seeds[0]}-{seeds[-1]}` (muNet), `--baselines`, "
+                f"`--first-answer`, then `--report`{'; ' + when if when else ''}.\n\n")  # fmt: skip
+        machine.update_section(str(results_md), "anytime", head + text + "\n\n![anytime](anytime.png)")
     return text
 
 
@@ -247,7 +252,7 @@ def main() -> None:
         return
     machine.prepare_process()
     torch.set_num_threads(os.cpu_count() or 1)
-    env = {"machine": machine.describe()}
+    env = {"machine": machine.describe(), "date": time.strftime("%Y-%m-%d")}
     seeds = _seeds(a.seeds)
     tasks = tuple(a.tasks.split(","))
     root = RootConfig()

@@ -80,9 +80,15 @@ def parser() -> argparse.ArgumentParser:
     )
     from munet_server import __version__
 
-    D = ServerConfig  # the defaults are the dataclass's, stated once
-
     p.add_argument("--version", action="version", version=f"munet-server {__version__}")
+    for group in (_where, _security, _serving, _learning, _operations):
+        group(p)
+    return p
+
+
+def _where(p: argparse.ArgumentParser) -> None:
+    """The store, the addresses, the root model and the device."""
+    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument(
         "--store",
         type=Path,
@@ -113,6 +119,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-image-size", type=int, default=RootConfig.min_image_size, help="smallest image size the search tries")
     p.add_argument("--max-image-size", type=int, default=RootConfig.max_image_size, help="largest image size the search tries; uploads are stored as sent and decoded at this size")
     p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N")
+
+
+def _security(p: argparse.ArgumentParser) -> None:
+    """Tokens and TLS."""
     p.add_argument("--admin-token", default="", help="or env MUNET_ADMIN_TOKEN (prefer the file flag)")
     p.add_argument("--predict-token", default="", help="or env MUNET_PREDICT_TOKEN (prefer the file flag)")
     p.add_argument(
@@ -125,6 +135,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tls-key", type=Path, default=os.environ.get("MUNET_TLS_KEY") or None, help="[env MUNET_TLS_KEY]"
     )
+
+
+def _serving(p: argparse.ArgumentParser) -> None:
+    """Message and batch limits, ports beside gRPC, bounds on long calls and queues."""
+    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--max-message-mb", type=int, default=D.max_message_mb, help="largest gRPC message, in MiB")
     p.add_argument(
         "--http-port",
@@ -177,6 +192,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-pending-operations", type=int, default=D.max_pending_operations, help="queued AddTasks; more get RESOURCE_EXHAUSTED"
     )
+
+
+def _learning(p: argparse.ArgumentParser) -> None:
+    """Resuming interrupted searches and improving tasks while idle."""
+    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument(
         "--idle-improvement", action=argparse.BooleanOptionalAction,
@@ -189,6 +209,11 @@ def parser() -> argparse.ArgumentParser:
         "--idle-quiet-seconds", type=float, default=D.idle_quiet_seconds,
         help="Predict quiet this long, and no operation queued or running, before an idle round starts",
     )  # fmt: skip
+
+
+def _operations(p: argparse.ArgumentParser) -> None:
+    """Snapshots, replicas, the executor and logging."""
+    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
     p.add_argument(
         "--read-only", action="store_true", help="a replica: serve, and refuse AddTask, delete, restore, ..."
@@ -212,7 +237,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-format", choices=("text", "json"), default="text", help="json: one JSON object per line"
     )
-    return p
+
+
 
 
 def _token(flag: str, value: str, file: Path | None, env_value: str) -> str:

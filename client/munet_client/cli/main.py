@@ -110,6 +110,16 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
+    _learning_commands(add)
+    _task_and_system_commands(add)
+    return p
+
+
+Add = Callable[[str, Callable, str], argparse.ArgumentParser]
+
+
+def _learning_commands(add: Add) -> None:
+    """health and system; adding, predicting, evaluating and improving tasks."""
     sp = add("health", cmd_health, "is the server (or one task) serving?")
     sp.add_argument("task", nargs="?", help="one task (default: the whole server)")
     add("system", cmd_system, "root model, device and sizes")
@@ -153,6 +163,10 @@ def parser() -> argparse.ArgumentParser:
     budget_options(sp)
     sp.add_argument("--seed", type=int, help="the search's seed (default: the served version's number)")
     sp.add_argument("--no-wait", action="store_true", help="return once the operation is queued")
+
+
+def _task_and_system_commands(add: Add) -> None:
+    """versions, deletion, graph, verification, export, snapshots and operations."""
     sp = add("versions", cmd_versions, "a task's stored versions: which is served, accuracy, parameters")
     sp.add_argument("task", help="the task's name")
     sp = add("set-version", cmd_set_version, "serve another stored version of a task (roll back)")
@@ -184,7 +198,7 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout-s", type=float, default=0.0, help="give up after this long (0: follow it to the end)")
     sp = add("cancel", cmd_cancel, "cancel an operation (the system stays as it was)")
     sp.add_argument("operation", help="its name, as add-task printed it")
-    return p
+
 
 
 def main(argv: list[str] | None = None) -> int:
