@@ -32,7 +32,7 @@ from munet_server.model.path import TaskPath
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import TaskRecord
 from munet_server.store.task_metrics import TaskMetrics
-from munet_server.system import PROBE_EXAMPLES, MunetSystem
+from munet_server.system import GOLDEN_IMAGES, MunetSystem
 
 Checkpoint = tuple[dict[str, Any], dict[str, torch.Tensor]]
 T = TypeVar("T")
@@ -95,7 +95,7 @@ def learn(
         if learned.records or champion is not None:
             record = system.commit_version(spec.name, path, metrics)
         else:
-            golden = dataset.images[search.holdout_idx[:PROBE_EXAMPLES]]
+            golden = dataset.images[search.holdout_idx[:GOLDEN_IMAGES]]
             record = system.commit(spec.name, dataset.class_names, path, metrics, dataset_id, golden)
         learned.records.append(record)
         learned.served_version = record.version

@@ -35,7 +35,7 @@ from munet_server.store.records import ComponentRecord, SystemRecord, TaskRecord
 from munet_server.store.store import Store
 
 log = logging.getLogger(__name__)
-PROBE_EXAMPLES = 16
+GOLDEN_IMAGES = 16  # the images whose outputs a version's golden digest hashes (stored as "probe/images")
 
 
 @dataclass(frozen=True)
@@ -236,22 +236,22 @@ class MunetSystem:
         path: TaskPath,
         metrics: dict[str, Any],
         dataset_id: str,
-        probe_images: torch.Tensor,
+        golden_images: torch.Tensor,
     ) -> TaskRecord:
         """Freeze the path's drafts, write one shard + one LMDB transaction, then publish in memory."""
         with self._lock:
             if task in self.tasks or task in self.damaged:
                 raise AlreadyExists(f"task {task!r} already exists; choose another name or delete it first")
-            return self._commit(task, class_names, path, metrics, dataset_id, probe_images, new_version=False)
+            return self._commit(task, class_names, path, metrics, dataset_id, golden_images, new_version=False)
 
     def commit_version(self, task: str, path: TaskPath, metrics: dict[str, Any]) -> TaskRecord:
         """Publish a new version of a committed task (ImproveTask) and serve it; the task's earlier
         versions stay stored, and nothing of any other task changes."""
         with self._lock:
             current = self.entry(task).record
-            probe = self.store.load_task_tensors(current)["probe/images"]
+            golden = self.store.load_task_tensors(current)["probe/images"]
             return self._commit(
-                task, current.class_names, path, metrics, current.dataset_id, probe, new_version=True
+                task, current.class_names, path, metrics, current.dataset_id, golden, new_version=True
             )
 
     def _commit(
@@ -261,7 +261,7 @@ class MunetSystem:
         path: TaskPath,
         metrics: dict[str, Any],
         dataset_id: str,
-        probe_images: torch.Tensor,
+        golden_images: torch.Tensor,
         new_version: bool,
     ) -> TaskRecord:
         t0 = time.monotonic()
@@ -279,9 +279,9 @@ class MunetSystem:
             path.components = comps
             path.parent = None
             model = path.build(self.arch).eval()
-            probe = probe_images[:PROBE_EXAMPLES].contiguous()
+            inputs = golden_images[:GOLDEN_IMAGES].contiguous()
             with self.residency.use(comps):  # shared layers of other tasks may be on disk
-                golden = self.golden_digest(model, path.hparams, probe)
+                golden = self.golden_digest(model, path.hparams, inputs)
             now = time.time()
             metrics = {
                 **metrics,
@@ -297,13 +297,13 @@ class MunetSystem:
                 metrics=metrics,
                 shards=[],
                 golden_digest=golden,
-                probe={"num_examples": int(probe.shape[0])},
+                probe={"num_examples": int(inputs.shape[0])},
                 dataset_id=dataset_id,
                 created_at=now,
             )
             recs = [(_component_record(c, shard="", now=now), tensors_of(c.module)) for c in new]
             write = self.store.commit_version if new_version else self.store.commit_task
-            record = write(record, recs, extra_tensors={"probe/images": probe})
+            record = write(record, recs, extra_tensors={"probe/images": inputs})
             for c in new:
                 self.pool[c.id] = c
                 self.residency.add(c)
@@ -416,24 +416,24 @@ class MunetSystem:
             return {t: y.float().cpu() for t, y in forward_shared(chains, inputs).items()}
 
     @torch.no_grad()
-    def golden_digest(self, model: PathModel, hp: dict[str, Any], probe: torch.Tensor) -> str:
-        x = preprocess(probe, int(hp["ds_image_size"])).to(self.device)
+    def golden_digest(self, model: PathModel, hp: dict[str, Any], images: torch.Tensor) -> str:
+        x = preprocess(images, int(hp["ds_image_size"])).to(self.device)
         out = model(x).float().cpu().contiguous()
         return hashlib.sha256(out.numpy().tobytes()).hexdigest()
 
-    def probe_images(self, task: str) -> torch.Tensor:
+    def golden_images(self, task: str) -> torch.Tensor:
         return self.store.load_task_tensors(self.entry(task).record)["probe/images"]
 
     def verify_task(self, task: str) -> bool:
-        """Recompute the task's outputs on its stored probe inputs: bit-identical or not."""
+        """Recompute the task's outputs on its golden images: bit-identical or not."""
         return self.digest_now(task)[0] == self.entry(task).record.golden_digest
 
     def digest_now(self, task: str) -> tuple[str, int]:
-        """(the golden digest of the task's outputs computed now, how many probe images it covers)."""
+        """(the golden digest of the task's outputs computed now, how many golden images it covers)."""
         e = self.entry(task)
-        probe = self.probe_images(task)
+        images = self.golden_images(task)
         with self.residency.use(e.path.components):
-            return self.golden_digest(e.model, e.path.hparams, probe), len(probe)
+            return self.golden_digest(e.model, e.path.hparams, images), len(images)
 
     def _stored_tensors(self, cid: str) -> dict[str, torch.Tensor]:
         """A committed component's tensors from its shard (to bring it back into memory)."""

@@ -159,9 +159,6 @@ class MetaView:
     def list_tasks(self) -> list[TaskRecord]:
         return sorted(self._list("tasks", TaskRecord), key=lambda t: (t.created_at, t.name))
 
-    def get_version(self, name: str, version: int) -> TaskRecord | None:
-        return self._get("versions", _version_key(name, version), TaskRecord)
-
     def list_versions(self, name: str) -> list[TaskRecord]:
         """Every stored version of a task, oldest first (a task committed before versions existed
         has none: its current record is its version 1)."""
