@@ -16,7 +16,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.evolve.executors import Candidate
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
-from munet_server.evolve.mutations import MutationConfig, Mutator
+from munet_server.evolve.mutations import FirstGeneration, MutationConfig, Mutator
 from munet_server.evolve.offspring import Brood, first_generation
 from munet_server.evolve.population import Kind
 from munet_server.evolve.recipes import RecipeFitter
@@ -267,7 +267,7 @@ def test_a_refit_below_its_estimate_is_not_published(vit_system, monkeypatch):
     search = _search(vit_system, "diverged", ds, published=published, generations=0, epochs=2)
     search.run()
     base = search.population.probes()[0]
-    cands = first_generation(Brood("diverged", 4, 1, 0), base, search.mutator, "structured", 1)
+    cands = first_generation(Brood("diverged", 4, 1, 0), base, search.mutator, FirstGeneration.STRUCTURED, 1)
     for c in cands:
         c.parent_member = None  # joins whatever its holdout score
     search._train_generation(cands)

@@ -185,12 +185,13 @@ def test_the_clock_is_honoured_by_both_executors(system, split, ray_executor):
     search = _search(system, split, LocalExecutor(), budget=Budget(seconds=600, generations=0))
     search.run()  # the probes: the feature cache and a population to build children from
     from munet_server.evolve.executors import TrainContext
+    from munet_server.evolve.mutations import FirstGeneration
     from munet_server.evolve.offspring import Brood, first_generation
     from munet_server.evolve.train import Batches
 
     brood = Brood("digits", split.num_classes, 1, 0)
     base = search.population.probes()[0]
-    cands = first_generation(brood, base, search.mutator, "structured", 2)
+    cands = first_generation(brood, base, search.mutator, FirstGeneration.STRUCTURED, 2)
     batches = Batches(search.cache, search.labels, split.num_classes, search.train_idx, search.holdout_idx,
                       search.views(cands[0].path.hparams))  # fmt: skip
     stopped = Clock(600)

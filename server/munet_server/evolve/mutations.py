@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import random
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from munet_server.errors import InvalidArgument
@@ -29,6 +30,15 @@ from munet_server.model.arch import Architecture
 from munet_server.model.components import Component, content_id, tensors_of
 from munet_server.model.hparams import DS_KEYS, OPT_KEYS, SearchSpace, mu_step
 from munet_server.model.path import TaskPath
+
+
+class FirstGeneration(str, Enum):
+    """What a search trains right after the probes."""
+
+    STRUCTURED = "structured"  # muNet's actions from the best probe: top blocks cloned, adapters, ...
+    FINETUNE = "finetune"  # a fine-tuning baseline's learning-rate sweep
+    ADAPTERS = "adapters"  # an adapter baseline's learning-rate sweep
+    NONE = ""  # nothing: the probes only
 
 
 @dataclass(frozen=True)
@@ -39,7 +49,7 @@ class Policy:
     name: str
     description: str
     cross_task_seeds: bool = True  # other tasks' paths are seeds (else the root only)
-    first_generation: str = "structured"  # after the probes: "structured" | "finetune" | "adapters" | ""
+    first_generation: FirstGeneration = FirstGeneration.STRUCTURED
     mutate_architecture: bool = True  # later generations clone, insert and remove layers
     clone_prob: float | None = None  # None: μ per component; 1.0: every component (fine-tuning)
     force_clone: tuple[str, ...] = ("norm",)  # muNet's always fine-tuned `encoder_norm`
@@ -63,7 +73,7 @@ register_policy(
         "finetune",
         "fine-tune every layer of the root (a standard transfer baseline)",
         cross_task_seeds=False,
-        first_generation="finetune",
+        first_generation=FirstGeneration.FINETUNE,
         mutate_architecture=False,
         clone_prob=1.0,
     )
@@ -73,7 +83,7 @@ register_policy(
         "linear_probe",
         "a converged linear head on the frozen root",
         cross_task_seeds=False,
-        first_generation="",
+        first_generation=FirstGeneration.NONE,
         mutate_architecture=False,
         clone_prob=0.0,
         force_clone=(),
@@ -85,7 +95,7 @@ register_policy(
         "adapters",
         "residual adapters before every block, plus the final norm and the head",
         cross_task_seeds=False,
-        first_generation="adapters",
+        first_generation=FirstGeneration.ADAPTERS,
         mutate_architecture=False,
         clone_prob=0.0,
         adapters_everywhere=True,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from munet_server.evolve.executors import Candidate
-from munet_server.evolve.mutations import Mutator
+from munet_server.evolve.mutations import FirstGeneration, Mutator
 from munet_server.evolve.population import Member, Population
 from munet_server.evolve.train import split_path
 from munet_server.model.arch import Architecture
@@ -47,7 +47,7 @@ class Brood:
         )
 
 
-def first_generation(brood: Brood, base: Member, mutator: Mutator, kind: str, limit: int) -> list[Candidate]:
+def first_generation(brood: Brood, base: Member, mutator: Mutator, kind: FirstGeneration, limit: int) -> list[Candidate]:
     """muNet's actions from the best probe, as plans: clone the top blocks, insert an adapter before
     every block, clone the last block, fine-tune the final norm alone (at μ = 0.1 a contiguous suffix
     of clones is practically never drawn in a short budget). A baseline policy sweeps its own
@@ -55,11 +55,11 @@ def first_generation(brood: Brood, base: Member, mutator: Mutator, kind: str, li
     arch, n = mutator.arch, mutator.arch.num_blocks
     floor = min(mutator.cfg.clone_floor, n - 1)
     plans: list[tuple[dict[str, Any], tuple[str, ...]]] = []  # (hparam changes, extra clones)
-    if kind == "structured":
+    if kind == FirstGeneration.STRUCTURED:
         top = [f"block_{i}" for i in range(n - 1, floor - 1, -1)]
         half = max(2, (n - floor) // 4)
         plans = [({}, tuple(top[:half])), ({"adapters": list(range(floor, n))}, ()), ({}, tuple(top[:1])), ({}, ())]
-    elif kind in ("finetune", "adapters"):
+    elif kind in (FirstGeneration.FINETUNE, FirstGeneration.ADAPTERS):
         plans = [({"opt_lr": lr}, ()) for lr in FINETUNE_LRS]
     cands = []
     for changes, clones in plans[:limit]:

@@ -36,7 +36,7 @@ from munet_server.evolve.executors import Candidate, Executor, LocalExecutor, Tr
 from munet_server.evolve.features import FeatureCache, View, train_views
 from munet_server.evolve.heads import cross_validate, evaluate_logits
 from munet_server.evolve.judge import Decision, Judge
-from munet_server.evolve.mutations import MutationConfig, Mutator
+from munet_server.evolve.mutations import FirstGeneration, MutationConfig, Mutator
 from munet_server.evolve.offspring import Brood, evolved_generation, first_generation, head_only
 from munet_server.evolve.population import CandidateLog, Kind, Member, Population
 from munet_server.evolve.probes import Probe, probe_folds, probe_seeds
@@ -196,7 +196,7 @@ class Search:
         if self.clock.expired() or g > self.budget.generations:
             return False
         if g == 1:
-            return bool(self.policy.first_generation) or self.policy.evolve
+            return self.policy.first_generation != FirstGeneration.NONE or self.policy.evolve
         return self.policy.evolve
 
     def _end_generation(self) -> None:
