@@ -210,7 +210,7 @@ def report(out: Path, results_md: Path | None = None) -> str:
         _plot(munet, tasks, seeds, marks, lp, ft)
         when = rows[-1].get("date", "")
         head = ("## Anytime learning: the served version's test accuracy against seconds of AddTask\n\n"
-                f"`.venv/bin/python -m bench.anytime --seeds {seeds[0]}-{seeds[-1]}` (muNet), `--baselines`, "
+                f"`.venv/bin/python -m bench.anytime --seeds {','.join(map(str, seeds))}` (muNet), `--baselines`, "
                 f"`--first-answer`, then `--report`{'; ' + when if when else ''}.\n\n")  # fmt: skip
         machine.update_section(str(results_md), "anytime", head + text + "\n\n![anytime](anytime.png)")
     return text
@@ -223,18 +223,24 @@ def _plot(munet: dict, tasks: list[str], seeds: list[int], marks: list[int], lp:
     import matplotlib.pyplot as plt
 
     grid = np.geomspace(1, max(marks), 200)
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4))
     for t in tasks:
-        ys = [np.nanmean([(served_at(munet[t][s], g) or {"test_accuracy": np.nan})["test_accuracy"] for s in seeds]) for g in grid]
+        ys = [_mean_or_nan([(served_at(munet[t][s], g) or {"test_accuracy": np.nan})["test_accuracy"] for s in seeds]) for g in grid]
         ax.step(grid, 100 * np.array(ys), where="post", label=t, alpha=0.8)
     ax.axhline(100 * lp, color="grey", ls="--", lw=1, label="linear probe (mean)")
     ax.axhline(100 * ft, color="black", ls=":", lw=1, label="fine-tuning (mean)")
     ax.set_xscale("log")
     ax.set_xlabel("seconds into AddTask (2-core CPU)")
     ax.set_ylabel("test accuracy of the serving version, %")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(BENCH / "anytime.png", dpi=110)
+
+
+def _mean_or_nan(values: list[float]) -> float:
+    """The mean of what is known (nan before anything served)."""
+    known = [v for v in values if not np.isnan(v)]
+    return float(np.mean(known)) if known else float("nan")
 
 
 def main() -> None:

@@ -49,7 +49,7 @@ def test_versions_publish_pin_roll_back_and_delete(two_tasks, tmp_path, tiny_vit
 
     # ImproveTask on the weak served version: the search beats its recipe and publishes version 3.
     improved = improve(system, "a", ds_a, seed=0)
-    rec, decision = improved.record, improved.state.decisions[-1]
+    rec, decision = improved.record, next(d for d in improved.state.decisions if d.publish)
     assert rec is not None and rec.version == 3 and improved.served_version == 3
     assert decision.publish and decision.challenger_accuracy > decision.champion_accuracy
     assert rec.metrics["improved_from"] == 2 and rec.metrics["validation_accuracy"] == decision.challenger_accuracy

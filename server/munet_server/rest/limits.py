@@ -38,7 +38,7 @@ class BodyLimit:
         limit = self.limit_for(scope["method"], scope["path"])
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            await _refuse(send, 413, _too_large(limit), "RESOURCE_EXHAUSTED")
+            await _refuse(send, 413, _too_large(limit), "RESOURCE_EXHAUSTED", close=False)
             return
         seen = 0
         body_done = False
@@ -68,7 +68,7 @@ class BodyLimit:
             await self.app(scope, limited, tracked)
         except _TooLarge:
             if not started:
-                await _refuse(send, 413, _too_large(limit), "RESOURCE_EXHAUSTED")
+                await _refuse(send, 413, _too_large(limit), "RESOURCE_EXHAUSTED", close=False)
         except _Stalled:
             if not started:
                 await _refuse(
@@ -81,9 +81,12 @@ def _too_large(limit: int) -> str:
     return f"the request body is over {limit:,} bytes (the limit of this route: --max-message-mb, or the upload limit)"
 
 
-async def _refuse(send: Send, status: int, error: str, code: str) -> None:
+async def _refuse(send: Send, status: int, error: str, code: str, close: bool = True) -> None:
+    """An error answer; `close=False` for a client still sending: the server then reads the rest of
+    the body and drops it, so that the client (which sends it all before it reads) gets the answer."""
     body = json.dumps({"error": error, "code": code}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]  # fmt: skip
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
