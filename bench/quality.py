@@ -74,7 +74,7 @@ def run_learned(
     budget: Budget | None = None,
     scale_factor: float = DEFAULT_SCALE_FACTOR,
 ) -> list[dict[str, Any]]:
-    """muNet (or the adapters policy) through learn_task, task after task, into one system."""
+    """muNet (or the adapters policy) through `learn`, task after task, into one system."""
     policy = "adapters" if method == "adapters" else "munet"
     if budget is None:
         budget = Budget(seconds=120.0, epochs=15) if method == "adapters" else Budget(seconds=MUNET_BUDGETS[method])
