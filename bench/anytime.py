@@ -173,8 +173,10 @@ def report(out: Path, results_md: Path | None = None) -> str:
     def curve(t: str, c: float) -> np.ndarray:
         return np.array([(served_at(munet[t][s], c) or {"test_accuracy": np.nan})["test_accuracy"] for s in seeds])
 
-    lines = [f"Machine: {rows[-1].get('machine', '?')}. Seeds {seeds}; test accuracy in % of the version serving at "
-             f"each second of AddTask (mean over seeds; `-`: nothing served yet).", "",
+    base_seeds = sorted({s for m in base.values() for t in tasks for s in m[t] if s in seeds})
+    lines = [f"Machine: {rows[-1].get('machine', '?')}. muNet seeds {seeds}, baseline seeds {base_seeds}; test "
+             f"accuracy in % of the version serving at each second of AddTask (mean over seeds; `-`: nothing "
+             f"served yet); the baselines on the same splits.", "",
              "| task | " + " | ".join(f"{c} s" for c in marks) + " | linear probe | fine-tune |",
              "|---|" + "---:|" * (len(marks) + 2)]  # fmt: skip
 
@@ -192,6 +194,17 @@ def report(out: Path, results_md: Path | None = None) -> str:
     lp = np.nanmean([baseline("linear_probe", t).mean() for t in tasks])
     ft = np.nanmean([baseline("finetune", t).mean() for t in tasks])
     lines.append("| **mean** | " + " | ".join(cell(mean_curve[c]) for c in marks) + f" | {100 * lp:.1f} | {100 * ft:.1f} |")
+    if base_seeds and 90 in marks:
+        def on(c: float) -> float:
+            return float(np.mean([[(served_at(munet[t][s], c) or {"test_accuracy": np.nan})["test_accuracy"]
+                                   for s in base_seeds] for t in tasks]))  # fmt: skip
+
+        best = float(np.mean([max(np.mean([base[m][t][s]["test_accuracy"] for s in base_seeds if s in base[m][t]] or [0.0])
+                                  for m in ("linear_probe", "finetune")) for t in tasks]))  # fmt: skip
+        last = max(marks)
+        lines += ["", f"Paired on the baseline seeds {base_seeds}: the served version {100 * on(90):.1f} % at 90 s and "
+                  f"{100 * on(last):.1f} % at {last} s, against {100 * best:.1f} % for the better of the linear probe and "
+                  f"fine-tuning on each task ({100 * (on(90) - best):+.1f} and {100 * (on(last) - best):+.1f} pt)."]  # fmt: skip
     pubs = [(t, s, p, q) for t in tasks for s in seeds for p, q in zip(munet[t][s]["publications"], munet[t][s]["publications"][1:])]
     worse = [x for x in pubs if x[3]["test_accuracy"] < x[2]["test_accuracy"]]
     params = [munet[t][s]["publications"][-1]["params_added"] for t in tasks for s in seeds]
