@@ -72,6 +72,9 @@ class ServerConfig:
             )
 
 
+D = ServerConfig  # the flags' defaults are the dataclass's, stated once
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="munet-server",
@@ -88,7 +91,6 @@ def parser() -> argparse.ArgumentParser:
 
 def _where(p: argparse.ArgumentParser) -> None:
     """The store, the addresses, the root model and the device."""
-    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument(
         "--store",
         type=Path,
@@ -139,7 +141,6 @@ def _security(p: argparse.ArgumentParser) -> None:
 
 def _serving(p: argparse.ArgumentParser) -> None:
     """Message and batch limits, ports beside gRPC, bounds on long calls and queues."""
-    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--max-message-mb", type=int, default=D.max_message_mb, help="largest gRPC message, in MiB")
     p.add_argument(
         "--http-port",
@@ -196,7 +197,6 @@ def _serving(p: argparse.ArgumentParser) -> None:
 
 def _learning(p: argparse.ArgumentParser) -> None:
     """Resuming interrupted searches and improving tasks while idle."""
-    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--no-resume", action="store_true", help="fail interrupted operations at start-up")
     p.add_argument(
         "--idle-improvement", action=argparse.BooleanOptionalAction,
@@ -213,7 +213,6 @@ def _learning(p: argparse.ArgumentParser) -> None:
 
 def _operations(p: argparse.ArgumentParser) -> None:
     """Snapshots, replicas, the executor and logging."""
-    D = ServerConfig  # the defaults are the dataclass's, stated once
     p.add_argument("--snapshot-root", type=Path, default=None, help="confine server-side snapshot dirs")
     p.add_argument(
         "--read-only", action="store_true", help="a replica: serve, and refuse AddTask, delete, restore, ..."

@@ -29,7 +29,7 @@ from munet_server.serve.export import Piece, export_archive, export_task
 from munet_server.serve.predictor import Predictor, SystemRef
 from munet_server.spec import AddTaskSpec
 from munet_server.store import snapshot
-from munet_server.store.records import OperationRecord
+from munet_server.store.records import OperationRecord, Origin
 from munet_server.store.snapshot import publish_staged, staged_restore
 from munet_server.store.store import Store
 from munet_server.store.task_metrics import TaskMetrics
@@ -129,7 +129,7 @@ class MunetService:
     def improvement_queue(self) -> dict[str, Any]:
         """What idle improvement will do: on or off, the task of the round running, the tasks next."""
         cfg, imp = self.config, self.improver
-        running = [j.task_name for j in self.operations.list() if j.spec.get("origin") == "idle" and not j.terminal]
+        running = [j.task_name for j in self.operations.list() if j.spec.get("origin") == Origin.IDLE.value and not j.terminal]
         return {"enabled": imp is not None, "running": running[0] if running else "", "next": imp.queue() if imp else [],
                 "round_seconds": cfg.idle_round_seconds, "quiet_seconds": cfg.idle_quiet_seconds}  # fmt: skip
 

@@ -118,20 +118,18 @@ def cmd_set_version(c: MunetClient, a: argparse.Namespace) -> int:
 
 
 def cmd_delete_version(c: MunetClient, a: argparse.Namespace) -> int:
-    freed, params = c.delete_task_version(a.task, a.version)
-    if a.json:
-        print_json({"freed_components": freed, "params_freed": params})
-    else:
-        console.print(f"deleted version {a.version} of {a.task}: freed {len(freed)} components ({params:,} params)")
-    return 0
+    return _report_freed(a, f"version {a.version} of {a.task}", *c.delete_task_version(a.task, a.version))
 
 
 def cmd_delete(c: MunetClient, a: argparse.Namespace) -> int:
-    freed, params = c.delete_task(a.task)
+    return _report_freed(a, a.task, *c.delete_task(a.task))
+
+
+def _report_freed(a: argparse.Namespace, what: str, freed: list[str], params: int) -> int:
     if a.json:
         print_json({"freed_components": freed, "params_freed": params})
     else:
-        console.print(f"deleted {a.task}: freed {len(freed)} components ({params:,} params)")
+        console.print(f"deleted {what}: freed {len(freed)} components ({params:,} params)")
     return 0
 
 

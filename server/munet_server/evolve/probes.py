@@ -82,13 +82,12 @@ def probe_seeds(
     cache: FeatureCache,
     views: Callable[[dict[str, Any]], list[View]],
     clock: Clock,
-    seed: int,
+    folds: list[torch.Tensor],
     cancel: threading.Event | None = None,
 ) -> Iterator[Probe]:
     """Yield each probe as it is fitted: the root's at every size, then each other seed's at the
     root's best size. `seeds`: muNet's order, newest tasks first and the root last."""
     root, others = seeds[-1], seeds[:-1]
-    folds = probe_folds(labels, seed)
     default = int(root.hparams["ds_image_size"])
     best: tuple[float, float] | None = None
     best_size = default

@@ -140,7 +140,7 @@ class Search:
     ) -> None:
         self.ctx, self.task, self.cfg, self.budget = ctx, task, config, config.budget
         self.labels, self.num_classes = dataset.labels, dataset.num_classes
-        self.publish_fn, self.incumbent = publish, champion
+        self.publish_fn, self.served = publish, champion
         self.clock = clock or Clock(config.budget.seconds)
         self.progress, self.cancel, self.on_checkpoint = progress, cancel, on_checkpoint
         self.executor: Executor = executor or LocalExecutor()
@@ -156,14 +156,15 @@ class Search:
         self.fitter = RecipeFitter(ctx.arch, ctx.pool, self.cache, self.labels, self.num_classes, self.views,
                                    self.train_cfg, config.seed, cancel, self.clock)  # fmt: skip
         self.judge = Judge(self.fitter, self.train_idx, self.all_idx, self.labels, config.seed, self.score)
+        self.probe_folds = probe_folds(self.labels, config.seed)  # every probe's CV, seeds' and children's
         self.population = Population()
         self.state = SearchState()
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> SearchState:
         if self.state.generation == 0:
-            if self.incumbent is not None and self.state.champion is None:
-                self._add_champion(self.incumbent)
+            if self.served is not None and self.state.champion is None:
+                self._add_champion(self.served)
             self._report("probing")
             self._probe_generation()
             self._challenge()
@@ -240,7 +241,7 @@ class Search:
     def _probe_generation(self) -> None:
         probes = probe_seeds(
             self._seeds(), self.task, self.labels, self.num_classes, arch=self.ctx.arch, space=self.ctx.space,
-            mutator=self.mutator, cache=self.cache, views=self.views, clock=self.clock, seed=self.cfg.seed,
+            mutator=self.mutator, cache=self.cache, views=self.views, clock=self.clock, folds=self.probe_folds,
             cancel=self.cancel,
         )  # fmt: skip
         for p in probes:
@@ -316,7 +317,7 @@ class Search:
         and the best of its checkpoints on the holdout flatters it."""
         t0 = time.monotonic()
         feats = probe_features(cand.path, self.ctx.arch, self.cache, self.views(cand.path.hparams))
-        cv = cross_validate(feats, self.labels, self.num_classes, probe_folds(self.labels, self.cfg.seed))
+        cv = cross_validate(feats, self.labels, self.num_classes, self.probe_folds)
         self._add_probe(Probe(cand.path, cand.parent, feats, cv, time.monotonic() - t0))
         self.state.candidates_done += 1
 
@@ -460,6 +461,6 @@ class Search:
         r = state.rng
         if r:
             self.rng.setstate((r[0], tuple(r[1]), r[2]))
-        if self.incumbent is not None and self.incumbent.version != state.champion_version:
-            self._add_champion(self.incumbent)
+        if self.served is not None and self.served.version != state.champion_version:
+            self._add_champion(self.served)
 

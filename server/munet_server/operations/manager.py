@@ -236,9 +236,9 @@ class OperationManager:
                     return
                 self._cond.wait(min(left, 0.5))
 
-    def improving(self, task: str) -> bool:
-        """An operation is queued or running for `task`."""
-        return any(j.task_name == task and j.state not in TERMINAL_STATES for j in self._ops.values())
+    def improving(self) -> set[str]:
+        """The tasks an operation is queued or running for."""
+        return {j.task_name for j in self._ops.values() if j.state not in TERMINAL_STATES}
 
     def idle(self) -> bool:
         """No operation is queued or running."""

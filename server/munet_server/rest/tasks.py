@@ -5,7 +5,6 @@ proto3 JSON mapping of the gRPC messages."""
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -71,13 +70,14 @@ def improvement(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa
 @router.get("/tasks", dependencies=reader)
 def tasks(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
     s = svc.system
-    infos = [convert.task_info(s, n, sharers=False, improving=svc.operations.improving(n)) for n in sorted({*s.tasks, *s.damaged})]
+    improving = svc.operations.improving()
+    infos = [convert.task_info(s, n, sharers=False, improving=n in improving) for n in sorted({*s.tasks, *s.damaged})]
     return {"tasks": [as_json(i) for i in infos]}
 
 
 @router.get("/tasks/{task}", dependencies=reader)
 def task(task: str, svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
-    return as_json(convert.task_info(svc.system, task, improving=svc.operations.improving(task.split("@")[0])))
+    return as_json(convert.task_info(svc.system, task, improving=task.split("@")[0] in svc.operations.improving()))
 
 
 @router.get("/tasks/{task}/candidates", dependencies=reader)
@@ -185,19 +185,15 @@ def _form_number(value: Any, name: str, kind: type) -> Any:
 
 def _add_task(svc: MunetService, task: str, images: UploadFile, seconds: float | None, seed: int | None) -> dict[str, Any]:
     limits = svc.config.upload
-    with tempfile.TemporaryFile() as spool:
-        size = 0
-        while block := images.file.read(1 << 20):
-            size += len(block)
-            if size > limits.max_bytes:
-                raise ResourceExhausted(f"the upload is over {limits.max_bytes:,} bytes, the limit of one upload")
-            spool.write(block)
-        spool.seek(0)
-        with ZipFolder.open(spool, images.filename or "", limits.max_image_bytes) as folder:
-            budget = svc.config.default_budget
-            if seconds is not None:
-                budget = dataclasses.replace(budget, seconds=seconds)
-            spec = AddTaskSpec(name=task, class_names=folder.class_names, budget=budget, seed=seed or 0)
-            op = svc.add_task(spec, folder.examples(), alive=lambda: True)
-            skipped = folder.skipped_files
+    size = images.file.seek(0, 2)  # the form parser spooled the file (to disk past 1 MiB): no second copy
+    images.file.seek(0)
+    if size > limits.max_bytes:
+        raise ResourceExhausted(f"the upload is over {limits.max_bytes:,} bytes, the limit of one upload")
+    with ZipFolder.open(images.file, images.filename or "", limits.max_image_bytes) as folder:
+        budget = svc.config.default_budget
+        if seconds is not None:
+            budget = dataclasses.replace(budget, seconds=seconds)
+        spec = AddTaskSpec(name=task, class_names=folder.class_names, budget=budget, seed=seed or 0)
+        op = svc.add_task(spec, folder.examples(), alive=lambda: True)
+        skipped = folder.skipped_files
     return {**as_json(convert.operation(op)), "skipped_files": skipped[:SKIPPED_SHOWN], "skipped_count": len(skipped)}

@@ -257,12 +257,14 @@ class MunetServicer(pb_grpc.MunetServicer):
         s = self.system
         names = sorted({*s.tasks, *s.damaged})
         page, token = paging.page(names, key=str, size=request.page_size, token=request.page_token)
-        infos = [convert.task_info(s, n, sharers=False, improving=self.service.operations.improving(n)) for n in page]
+        improving = self.service.operations.improving()
+        infos = [convert.task_info(s, n, sharers=False, improving=n in improving) for n in page]
         return pb.ListTasksResponse(tasks=infos, next_page_token=token)
 
     @unary
     def DescribeTask(self, request: pb.DescribeTaskRequest, context: grpc.ServicerContext) -> pb.TaskInfo:
-        return convert.task_info(self.system, request.name, improving=self.service.operations.improving(request.name.split("@")[0]))
+        improving = request.name.split("@")[0] in self.service.operations.improving()
+        return convert.task_info(self.system, request.name, improving=improving)
 
     @unary
     def DeleteTask(
