@@ -25,9 +25,10 @@ RANK = {
     "learn": 5, "serve": 5,
     "operations": 6,
     "service": 7,
-    "rpc": 8, "replica": 8, "rest": 9, "preflight": 9,
-    "app": 10,
-    "__main__": 11,
+    "oip": 8,
+    "rpc": 9, "replica": 9, "rest": 10, "preflight": 10,
+    "app": 11,
+    "__main__": 12,
 }  # fmt: skip
 
 # The client modules the server shares code with (torch-free helpers), and who may use them: the

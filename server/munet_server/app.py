@@ -1,5 +1,5 @@
-"""Wiring: the service (store -> system -> operations + predictor) behind a gRPC server with health,
-reflection, token auth and Prometheus metrics.
+"""Wiring: the service (store -> system -> operations + predictor) behind a gRPC server (munet.v1 and
+the inference protocol, with health, reflection and token auth), HTTP and Prometheus metrics.
 
 upload (AddTask) -> ingest -> store (LMDB) -> operations -> learn -> system.commit
 Predict -> serve/predictor -> serve/batcher -> system.logits
@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from munet_proto.v1 import munet_pb2, munet_pb2_grpc
 from munet_server.config import ServerConfig
@@ -24,7 +23,9 @@ from munet_server.metrics import Metrics
 from munet_server.operations.manager import OperationManager
 from munet_server.preflight import cannot_bind, cannot_serve
 from munet_server.priority import GATE
+from munet_server.rpc import inference, reflection
 from munet_server.rpc.auth import ReadOnly, TokenAuth
+from munet_server.rpc.inference import InferenceServicer
 from munet_server.rpc.servicer import MunetServicer
 from munet_server.serve.predictor import SystemRef
 from munet_server.service import MunetService
@@ -100,9 +101,10 @@ class MunetApp:
         )
         self.servicer = MunetServicer(self.service)
         munet_pb2_grpc.add_MunetServicer_to_server(self.servicer, self.server)
+        self.server.add_generic_rpc_handlers((inference.handler(InferenceServicer(self.service)),))
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        reflection.enable(
+            self.server, (SERVICE_NAME, health.SERVICE_NAME), (munet_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR)
         )
         address = f"{cfg.host}:{cfg.port}"
         try:

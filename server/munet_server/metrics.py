@@ -1,4 +1,5 @@
-"""Prometheus metrics (served on --metrics-port when set). Labels stay bounded: RPC method, task name."""
+"""Prometheus metrics (served on --metrics-port when set). Labels stay bounded: RPC method, task name
+and version (a deleted task's or version's series are dropped)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ class Metrics:
         )
         self.predict_latency = Histogram(
             "munet_predict_latency_seconds",
-            "Predict latency per task",
-            ["task"],
+            "Predict latency per task and served version, from every door (gRPC, HTTP, inference protocol)",
+            ["task", "version"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -35,7 +36,10 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.predict_images = Counter("munet_predict_images", "Images predicted", ["task"], registry=r)
+        self.predict_images = Counter(
+            "munet_predict_images", "Images predicted per task and served version", ["task", "version"], registry=r
+        )
+        self._versions: dict[str, set[str]] = {}  # the versions each task's predict series hold
         self.predict_passes = Counter(
             "munet_predict_passes",
             "Forward passes run by the Predict batcher, by how many tasks shared the pass",
@@ -64,12 +68,25 @@ class Metrics:
         """How often and how long searches paused for Predict (priority.ServingGate)."""
         self.registry.register(_GateCollector(gate))
 
-    def forget_task(self, task: str) -> None:
-        """Drop a deleted task's series, so scrapes do not report it (or grow) forever."""
-        for family in (self.predict_latency, self.predict_images, self.evolution_generation,
-                       self.evolution_best_accuracy):  # fmt: skip
-            with contextlib.suppress(KeyError):
-                family.remove(task)
+    def observe_predict(self, task: str, version: int, images: int, seconds: float) -> None:
+        v = str(version)
+        self._versions.setdefault(task, set()).add(v)
+        self.predict_latency.labels(task, v).observe(seconds)
+        self.predict_images.labels(task, v).inc(images)
+
+    def forget_task(self, task: str, version: int | None = None) -> None:
+        """Drop a deleted task's (or version's) series, so scrapes do not report it (or grow) forever."""
+        seen = self._versions.get(task, set())
+        for v in sorted(seen if version is None else seen & {str(version)}):
+            for family in (self.predict_latency, self.predict_images):
+                with contextlib.suppress(KeyError):
+                    family.remove(task, v)
+            seen.discard(v)
+        if version is None:
+            self._versions.pop(task, None)
+            for family in (self.evolution_generation, self.evolution_best_accuracy):
+                with contextlib.suppress(KeyError):
+                    family.remove(task)
 
     def serve(self, port: int, host: str) -> None:
         start_http_server(port, addr=host, registry=self.registry)

@@ -12,10 +12,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from munet_server import logs
 from munet_server.config import ServerConfig
@@ -25,8 +28,9 @@ from munet_server.metrics import Metrics
 from munet_server.operations.improver import IdleImprover
 from munet_server.operations.manager import OperationManager
 from munet_server.priority import GATE
+from munet_server.serve.batcher import OnAbandon
 from munet_server.serve.export import Piece, export_archive, export_task
-from munet_server.serve.predictor import Predictor, SystemRef
+from munet_server.serve.predictor import LabelScore, Predictor, RawPixels, SystemRef, ranked
 from munet_server.spec import AddTaskSpec
 from munet_server.store import snapshot
 from munet_server.store.records import OperationRecord, Origin
@@ -37,6 +41,23 @@ from munet_server.system import MunetSystem
 
 log = logging.getLogger(__name__)
 TasksChanged = Callable[[list[str]], None]  # called with the names of deleted tasks
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One request's answer: every class's probability, and the version of the task that gave it."""
+
+    task: str
+    version: int
+    class_names: list[str]
+    probabilities: torch.Tensor  # [images, classes], float32
+
+    def ranked(self, top_k: int) -> list[list[LabelScore]]:
+        """The top_k most probable classes of each image (0: one)."""
+        k = top_k or 1
+        if not 1 <= k <= len(self.class_names):
+            raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(self.class_names)} classes")
+        return ranked(self.probabilities, self.class_names, k)
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,22 @@ class MunetService:
     @property
     def system(self) -> MunetSystem:  # the live one: a restore replaces it
         return self.ref.system
+
+    def predict(
+        self,
+        task_ref: str,
+        encoded: list[bytes],
+        raw: list[RawPixels],
+        timeout: float | None = None,
+        on_abandon: OnAbandon | None = None,
+    ) -> Prediction:
+        """Predict for every door (gRPC Predict, HTTP, the inference protocol); `task_ref` is "task"
+        (the served version) or "task@N"."""
+        t0 = time.perf_counter()
+        record = self.system.entry(task_ref).record
+        probabilities = self.predictor.probabilities(task_ref, encoded, raw, timeout, on_abandon)
+        self.metrics.observe_predict(record.name, record.version, len(probabilities), time.perf_counter() - t0)
+        return Prediction(record.name, record.version, record.class_names, probabilities)
 
     def _make_operations(self) -> OperationManager:
         return OperationManager(
@@ -199,6 +236,7 @@ class MunetService:
         freed = self.system.delete_version(name, version)
         logs.event(log, "task_version_deleted", f"task {name!r}: version {version} deleted; "
                    f"{len(freed)} components freed", task=name, version=version)  # fmt: skip
+        self.metrics.forget_task(name, version)
         return Deleted(freed, sum(sizes.get(c, 0) for c in freed))
 
     # ---- tasks ---------------------------------------------------------------------------------

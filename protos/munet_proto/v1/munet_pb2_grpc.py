@@ -5,7 +5,7 @@ import warnings
 
 from munet_proto.v1 import munet_pb2 as munet__proto_dot_v1_dot_munet__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 

@@ -18,9 +18,9 @@ from munet_client.types import TaskInfo
 from munet_server import __version__
 from munet_server.errors import InvalidArgument, ResourceExhausted
 from munet_server.ingest.zipfolder import ZipFolder
+from munet_server.oip.model import task_ref, version_number
 from munet_server.rest.bodies import json_object, read_json
 from munet_server.rest.context import admin_auth, predict_auth, service, writable
-from munet_server.rest.protocol import task_ref, version_number
 from munet_server.rpc import convert
 from munet_server.service import MunetService
 from munet_server.spec import AddTaskSpec

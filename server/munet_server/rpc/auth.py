@@ -3,9 +3,11 @@
 - admin RPCs (AddTask, ImproveTask, Cancel, Delete, versions, Export, Snapshot, Restore) need the
   admin token, or the predict token when that is the only one configured (a predict token alone must
   not leave the store open);
-- every other munet RPC (Predict, ListTasks, DescribeTask, operations) needs the predict token when
-  one is set; the admin token is accepted wherever the predict token is.
-Health and reflection stay open (load balancers and grpcurl probe them).
+- every other munet RPC (Predict, ListTasks, DescribeTask, operations) and the inference protocol's
+  (ModelInfer, metadata) need the predict token when one is set; the admin token is accepted wherever
+  the predict token is.
+Health, reflection and the inference protocol's ServerLive and ServerReady stay open (load balancers
+and grpcurl probe them).
 
 Tokens travel as `authorization: Bearer <token>` metadata and are compared in constant time.
 Unauthenticated: no token sent. PermissionDenied: a token that is not good enough for the call.
@@ -17,10 +19,13 @@ from collections.abc import Callable
 
 import grpc
 
+from munet_proto import inference
 from munet_proto.v1 import munet_pb2 as pb
 from munet_server import tokens
 
 SERVICE = f"/{pb.DESCRIPTOR.services_by_name['Munet'].full_name}/"  # "/munet.v1.Munet/"
+INFERENCE = f"/{inference.SERVICE}/"
+OPEN_METHODS = frozenset({INFERENCE + "ServerLive", INFERENCE + "ServerReady"})
 ADMIN_METHODS = frozenset(
     SERVICE + m
     for m in (
@@ -53,7 +58,7 @@ class TokenAuth(grpc.ServerInterceptor):
 
     def _required(self, method: str) -> list[str]:
         """The tokens accepted for `method`; empty: open (health and reflection always are)."""
-        if not method.startswith(SERVICE):
+        if not method.startswith((SERVICE, INFERENCE)) or method in OPEN_METHODS:
             return []
         return tokens.accepted(self.admin, self.predict, admin_call=method in ADMIN_METHODS)
 

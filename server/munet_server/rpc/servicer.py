@@ -214,20 +214,14 @@ class MunetServicer(pb_grpc.MunetServicer):
     def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         if not request.task:
             raise InvalidArgument("name the task to predict with (PredictRequest.task)")
-        t0 = time.perf_counter()
-        raw = convert.raw_pixels(request.raw_images)
-        task = convert.task_ref(request.task, request.version)
-        preds = self.service.predictor.predict(
-            task,
+        prediction = self.service.predict(
+            convert.task_ref(request.task, request.version),
             list(request.images),
-            raw,
-            request.top_k,
+            convert.raw_pixels(request.raw_images),
             timeout=time_left(context),
             on_abandon=context.add_callback,
         )
-        m = self.service.metrics
-        m.predict_latency.labels(request.task).observe(time.perf_counter() - t0)
-        m.predict_images.labels(request.task).inc(len(preds))
+        preds = prediction.ranked(request.top_k)
         return convert.predict_response(request.task, preds)
 
     @unary
@@ -245,10 +239,9 @@ class MunetServicer(pb_grpc.MunetServicer):
             timeout=time_left(context),
             on_abandon=context.add_callback,
         )
-        m = self.service.metrics
+        seconds = time.perf_counter() - t0
         for t in tasks:  # each task answered every image in the time of the whole call
-            m.predict_latency.labels(t).observe(time.perf_counter() - t0)
-            m.predict_images.labels(t).inc(len(preds[t]))
+            self.service.metrics.observe_predict(t, self.system.entry(t).record.version, len(preds[t]), seconds)
         return pb.PredictManyResponse(results=[convert.predict_response(t, preds[t]) for t in tasks])
 
     # ---- tasks ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Predict: decode a request's images, run them through the task's path (batched), return top-k."""
+"""Predict: decode a request's images, run them through the task's path (batched), give each class's
+probability; `ranked` orders them."""
 
 from __future__ import annotations
 
@@ -116,22 +117,19 @@ class Predictor:
             out.append(to_storage(_raw_to_pil(i, r), size))
         return torch.stack(out)
 
-    def predict(
+    def probabilities(
         self,
         task: str,
         encoded: list[bytes],
         raw: list[RawPixels],
-        top_k: int,
         timeout: float | None = None,
         on_abandon: OnAbandon | None = None,
-    ) -> list[list[LabelScore]]:
-        names = self.ref.system.entry(task).record.class_names  # NotFound before any decoding work
-        k = top_k or 1
-        if not 1 <= k <= len(names):
-            raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(names)} classes")
+    ) -> torch.Tensor:
+        """Every class's probability, [images, classes] float32: what `ranked` ranks."""
+        self.ref.system.entry(task)  # NotFound before any decoding work
         with GATE.serving(), self.batcher.announce(task) as coming:  # a search on these cores waits
             images = self.decode(encoded, raw)
-            return _top_k(self.batcher(task, images, timeout, on_abandon, coming), names, k)
+            return torch.softmax(self.batcher(task, images, timeout, on_abandon, coming).float(), dim=-1)
 
     def predict_many(
         self,
@@ -161,11 +159,15 @@ class Predictor:
         if logits.shape[1] != sum(widths):  # a task was deleted and re-added meanwhile
             raise Aborted("a task was deleted and added again during the call; retry it")
         parts = torch.split(logits, widths, dim=1)
-        return {t: _top_k(part, names[t], min(top_k or 1, len(names[t]))) for t, part in zip(tasks, parts)}
+        return {
+            t: ranked(torch.softmax(part.float(), dim=-1), names[t], min(top_k or 1, len(names[t])))
+            for t, part in zip(tasks, parts)
+        }
 
 
-def _top_k(logits: torch.Tensor, names: list[str], k: int) -> list[list[LabelScore]]:
-    p, idx = torch.softmax(logits.float(), dim=-1).topk(k, dim=-1)
+def ranked(probabilities: torch.Tensor, names: list[str], k: int) -> list[list[LabelScore]]:
+    """The k most probable classes of each image, most probable first."""
+    p, idx = probabilities.topk(k, dim=-1)
     return [
         [LabelScore(names[j], j, float(q)) for q, j in zip(row_p.tolist(), row_i.tolist())]
         for row_p, row_i in zip(p, idx)
