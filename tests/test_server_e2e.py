@@ -185,7 +185,7 @@ def test_metrics_endpoint(served):
     app.metrics.serve(port, "127.0.0.1")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'munet_rpc_requests_total{code="OK",method="Predict"}' in text
-    assert 'munet_predict_latency_seconds_bucket{le="0.1",task="digits"}' in text
+    assert 'munet_predict_latency_seconds_bucket{le="0.1",task="digits",version="1"}' in text
     assert "munet_tasks " in text
 
 

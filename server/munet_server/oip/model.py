@@ -14,9 +14,9 @@ from munet_server.service import MunetService
 PLATFORM = "munet"
 EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "model_repository", "munet"]
 INPUT = "image"
-# Outputs: every class's probability, and the top_k most probable classes (parameter top_k, default 1).
-PROBABILITIES, LABEL, PROBABILITY, INDEX = "probabilities", "label", "probability", "index"
-OUTPUTS = (PROBABILITIES, LABEL, PROBABILITY, INDEX)
+# Outputs: the top_k most probable classes (parameter top_k, default 1), and every class's probability.
+LABEL, PROBABILITY, INDEX, PROBABILITIES = "label", "probability", "index", "probabilities"
+OUTPUTS = (LABEL, PROBABILITY, INDEX, PROBABILITIES)
 
 
 @dataclass(frozen=True)
@@ -64,10 +64,10 @@ def inputs() -> list[TensorInfo]:
 
 def outputs(classes: int) -> list[TensorInfo]:
     return [
-        TensorInfo(PROBABILITIES, "FP32", [-1, classes]),
         TensorInfo(LABEL, "BYTES", [-1, -1]),
         TensorInfo(PROBABILITY, "FP32", [-1, -1]),
         TensorInfo(INDEX, "INT64", [-1, -1]),
+        TensorInfo(PROBABILITIES, "FP32", [-1, classes]),
     ]
 
 
