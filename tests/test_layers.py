@@ -17,7 +17,7 @@ SERVER = ROOT / "server" / "munet_server"
 # Lower numbers sit lower; an import must point strictly down (or within its own package).
 RANK = {
     "__init__": 0, "errors": 0, "faults": 0, "metrics": 0, "logs": 0, "tokens": 0, "priority": 0,
-    "allocator": 0,
+    "allocator": 0, "config_file": 0,
     "data": 1,
     "store": 2, "model": 2,
     "ingest": 3, "evolve": 3, "residency": 3,

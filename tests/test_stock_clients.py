@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton_grpc
@@ -170,3 +171,75 @@ def test_kserve_clients_equal_predict(served):
         full = np.frombuffer(bytes.fromhex(a["probabilities"]), dtype=np.float32).reshape(6, 3)
         assert np.take_along_axis(full, np.int64(indices).reshape(6, 2), 1).ravel().tobytes() == probs.tobytes(), door
     assert got["grpc_missing"].startswith("NOT_FOUND") and "does not exist" in got["grpc_missing"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_lists_both_services(served, version):
+    """grpcurl and Postman ask reflection v1 first: it answers, for munet.v1 and the inference protocol
+    alike (v1's messages are v1alpha's, field for field)."""
+    import grpc
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2 as r
+
+    app = served[0]
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        call = channel.stream_stream(f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+                                     request_serializer=r.ServerReflectionRequest.SerializeToString,
+                                     response_deserializer=r.ServerReflectionResponse.FromString)  # fmt: skip
+        listed, described = call(iter([
+            r.ServerReflectionRequest(list_services=""),
+            r.ServerReflectionRequest(file_containing_symbol="inference.GRPCInferenceService"),
+        ]), timeout=30)  # fmt: skip
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"munet.v1.Munet", "inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
+    file = descriptor_pb2.FileDescriptorProto.FromString(described.file_descriptor_response.file_descriptor_proto[0])
+    assert "ModelInfer" in [m.name for s in file.service for m in s.method]
+
+
+def _binary_body(pngs: list[bytes], declared: int | None = None, lie: int = 0) -> tuple[bytes, dict[str, str]]:
+    data = b"".join(len(p).to_bytes(4, "little") + p for p in pngs)
+    head = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [len(pngs)],
+                                   "parameters": {"binary_data_size": (declared or len(data))}}]}).encode()  # fmt: skip
+    if lie:  # the first element claims more bytes than follow
+        data = (len(pngs[0]) + lie).to_bytes(4, "little") + data[4:]
+    return head + data, {**auth(), "Inference-Header-Content-Length": str(len(head))}
+
+
+def test_malformed_tensor_data_is_refused_with_its_reason(served):
+    import grpc
+
+    from munet_proto import inference as pb
+
+    app, _, pngs, _ = served
+    url = f"http://127.0.0.1:{app.http_port}/v2/models/digits/infer"
+    body, headers = _binary_body(pngs[:2])
+    assert httpx.post(url, content=body, headers=headers, timeout=60).status_code == 200
+    cases = [
+        (body, {**headers, "Inference-Header-Content-Length": str(len(body) + 1)}, "within the body"),
+        (body, {**headers, "Inference-Header-Content-Length": "x"}, "is not a length"),
+        (body + b"junk", headers, "bytes of binary data follow"),
+        (*_binary_body(pngs[:2], declared=10**6), "are left"),
+        (*_binary_body(pngs[:2], lie=100), "only"),
+        (body, {**headers, "Content-Encoding": "gzip"}, "Content-Encoding"),
+    ]
+    for content, h, message in cases:
+        r = httpx.post(url, content=content, headers=h, timeout=60)
+        assert r.status_code == 400 and message in r.json()["error"], (message, r.text)
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                    request_serializer=pb.ModelInferRequest.SerializeToString,
+                                    response_deserializer=pb.ModelInferResponse.FromString)  # fmt: skip
+        meta = (("authorization", f"Bearer {TOKEN}"),)
+        image = {"name": "image", "datatype": "BYTES", "shape": [2]}
+        uint8 = {**image, "datatype": "UINT8", "shape": [1, 1, 1, 1], "contents": {"uint_contents": [300]}}
+        two = {**image, "contents": {"bytes_contents": pngs[:2]}}
+        bad = [
+            (pb.ModelInferRequest(model_name="digits", inputs=[image], raw_input_contents=[b"", b""]), "raw_input_contents"),
+            (pb.ModelInferRequest(model_name="digits", inputs=[uint8]), "each 0-255"),
+            (pb.ModelInferRequest(model_name="digits", inputs=[image]), "needs 2 elements, got 0"),
+            (pb.ModelInferRequest(model_name="digits", model_version="01", inputs=[two]), "must be a number"),
+        ]
+        for request, message in bad:
+            with pytest.raises(grpc.RpcError) as e:
+                infer(request, metadata=meta, timeout=60)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and message in e.value.details(), message

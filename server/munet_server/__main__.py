@@ -9,12 +9,12 @@ import threading
 
 from munet_server import logs, preflight
 from munet_server.allocator import keep_freed_memory
-from munet_server.config import from_args, parser
+from munet_server.config import from_args, parse
 from munet_server.errors import MunetError
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    args = parse(argv, dict(os.environ))
     logs.configure(args.log_level, args.log_format)
     keep_freed_memory()  # before torch allocates: passes reuse their memory instead of page-faulting it in
     config = from_args(args, dict(os.environ))
@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> None:
         where = f" ({e.filename})" if getattr(e, "filename", None) else ""
         raise SystemExit(f"munet-server: {e.strerror or e}{where}") from None
     print(f"munet-server listening on {config.host}:{port}", flush=True)
+    for line in app.listening()[1:]:
+        print(f"munet-server listening on {line}", flush=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -143,15 +143,19 @@ class MunetApp:
         self.server.start()
         self.on_tasks_changed([])
         s = self.service.system
-        log.info(
-            "serving %d tasks on %s:%d (root %s, device %s)",
-            len(s.tasks),
-            cfg.host,
-            self.port,
-            s.root.config.model_name,
-            s.device,
-        )
+        log.info("serving %d tasks (root %s, device %s); %s", len(s.tasks), s.root.config.model_name, s.device,
+                 "; ".join(self.listening()))  # fmt: skip
         return self.port
+
+    def listening(self) -> list[str]:
+        """Every address the server listens on, and what it serves there."""
+        cfg = self.config
+        out = [f"gRPC {cfg.host}:{self.port} (munet.v1, inference protocol, health, reflection)"]
+        if self.http is not None:
+            out.append(f"HTTP {cfg.host}:{self.http_port} (inference protocol, /munet/v1, dashboard)")
+        if cfg.metrics_port:
+            out.append(f"metrics {cfg.metrics_host or cfg.host}:{cfg.metrics_port} (/metrics)")
+        return out
 
     def stop(self, grace: float | None = None) -> bool:
         """Graceful: report NOT_SERVING, refuse new calls, finish in-flight ones, pause searches.
@@ -185,7 +189,6 @@ class MunetApp:
             raise FailedPrecondition(cannot_serve("HTTP", cfg.host, cfg.http_port, e.strerror or str(e))) from None
         self.http.start()
         self.http_port = self.http.port
-        log.info("HTTP (Open Inference Protocol) on %s:%d", cfg.host, self.http_port)
 
     def wait(self) -> None:
         assert self.server is not None

@@ -1,13 +1,16 @@
-"""Server configuration: one dataclass, filled from command-line flags (or built directly in tests)."""
+"""Server configuration: one dataclass, filled from command-line flags, their environment variables
+and a TOML file (`--config`, see config_file), or built directly in tests."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from munet_server import config_file
 from munet_server.evolve.budget import Budget
 from munet_server.ingest.limits import UploadLimits
 from munet_server.model.root_config import BUILTIN_LITE0, RootConfig
@@ -84,6 +87,10 @@ def parser() -> argparse.ArgumentParser:
     from munet_server import __version__
 
     p.add_argument("--version", action="version", version=f"munet-server {__version__}")
+    p.add_argument(
+        "--config", type=Path, default=None,
+        help="a TOML file of settings named as the flags (http-port = 8000); flags and environment win over it",
+    )  # fmt: skip
     for group in (_where, _security, _serving, _learning, _operations):
         group(p)
     return p
@@ -145,9 +152,9 @@ def _serving(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--http-port",
         type=int,
-        default=int(os.environ["MUNET_HTTP_PORT"]) if os.environ.get("MUNET_HTTP_PORT") else None,
+        default=None if os.environ.get("MUNET_HTTP_PORT", "off") in ("", "off") else int(os.environ["MUNET_HTTP_PORT"]),
         help="also serve HTTP/REST (Open Inference Protocol, /munet/v1) on this port, same host, tokens "
-        "and TLS; off when not given [env MUNET_HTTP_PORT]",
+        "and TLS; off when not given [env MUNET_HTTP_PORT, 'off': off]",
     )
     p.add_argument(
         "--metrics-port",
@@ -238,6 +245,17 @@ def _operations(p: argparse.ArgumentParser) -> None:
     )
 
 
+
+
+def parse(argv: list[str] | None, env: dict[str, str]) -> argparse.Namespace:
+    """The command line, after the settings of its --config file (so that flags win)."""
+    p = parser()
+    argv = sys.argv[1:] if argv is None else argv
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--config", type=Path, default=None)
+    known, _ = first.parse_known_args(argv)
+    from_file = config_file.as_args(known.config, p, env) if known.config is not None else []
+    return p.parse_args([*from_file, *argv])
 
 
 def _token(flag: str, value: str, file: Path | None, env_value: str) -> str:

@@ -1,5 +1,6 @@
-"""One error body for every HTTP answer that is not a success: `{"error": message, "code": NAME}`,
-with the status mapped from the gRPC code, so that both doors answer alike. A request is never
+"""One error body for every HTTP answer that is not a success: `{"error": message, "code": NAME}` (the
+protocol's `{"error"}` plus the gRPC code's name), with the status mapped from the gRPC code, and
+failures classified as the gRPC servicer does (a full disk, an incident id), so both doors answer alike. A request is never
 echoed back, and an unexpected failure is logged with an incident id that the answer names."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from munet_server.errors import MunetError
+from munet_server.errors import MunetError, disk_full
 
 log = logging.getLogger("munet.http")
 
@@ -66,6 +67,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def crashed(request: Request, e: Exception) -> JSONResponse:
+        full = disk_full(e, request.app.state.munet.service.config.store)  # as the gRPC servicer classifies
+        if full is not None:
+            return error_response(HTTP_STATUS[full.code], full.message, full.code.name)
         incident = uuid.uuid4().hex[:8]
         log.exception("%s %s failed (incident %s)", request.method, request.url.path, incident)
         return error_response(500, f"internal error ({type(e).__name__}); incident {incident} in the server log")
