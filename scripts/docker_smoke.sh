@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build the Docker image and check it as a user would: the container becomes healthy as a non-root
-# user, learns a small real task sent from the host with the `munet` CLI, and after the container
-# is replaced the task is still on the volume and predicts the same.
+# user, serves HTTP beside gRPC on its default ports, learns a small real task sent from the host with
+# the `munet` CLI, and after the container is replaced the task is still on the volume and predicts
+# the same.
 #
 # Needs a Docker engine and the project's venv (bash scripts/setup.sh) for the client side.
 #   BASE=image        build on another base (default: the Dockerfile's CUDA PyTorch image)
-#   DOCKER_NETWORK=host  for engines without a bridge network (the port is then published as is)
+#   DOCKER_NETWORK=host  for engines without a bridge network (the ports are then published as is)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -13,6 +14,7 @@ IMAGE=${IMAGE:-munet-server:smoke}
 NAME=munet-smoke-$$
 VOLUME=munet-smoke-$$
 PORT=${PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
+HTTP_PORT=${HTTP_PORT:-$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 WORK=$(mktemp -d)
 TOKEN=smoke-$RANDOM$RANDOM
 munet() { "$PY" -m munet_client.cli --target "127.0.0.1:$PORT" --token "$TOKEN" "$@"; }
@@ -25,17 +27,17 @@ trap cleanup EXIT
 
 build_args=()
 [[ -n "${BASE:-}" ]] && build_args+=(--build-arg "BASE=$BASE")
-net_args=(-p "127.0.0.1:$PORT:50051")
+net_args=(-p "127.0.0.1:$PORT:8001" -p "127.0.0.1:$HTTP_PORT:8000")  # the image's gRPC and HTTP ports
 [[ "${DOCKER_NETWORK:-}" == host ]] && net_args=(--network host)
 
 echo "== build $IMAGE"
 time docker build --network "${DOCKER_NETWORK:-default}" "${build_args[@]}" -t "$IMAGE" .
 
 start() {
-  local port=50051
-  [[ "${DOCKER_NETWORK:-}" == host ]] && port=$PORT
+  local port=8001 http_port=8000
+  [[ "${DOCKER_NETWORK:-}" == host ]] && port=$PORT http_port=$HTTP_PORT
   docker run -d --name "$NAME" "${net_args[@]}" -v "$VOLUME:/data" -e MUNET_ADMIN_TOKEN="$TOKEN" \
-    -e MUNET_PORT="$port" "$IMAGE" >/dev/null
+    -e MUNET_PORT="$port" -e MUNET_HTTP_PORT="$http_port" -e MUNET_METRICS_PORT=0 "$IMAGE" >/dev/null
   echo "== waiting for the container's HEALTHCHECK"
   for _ in $(seq 150); do
     status=$(docker inspect -f '{{.State.Health.Status}}' "$NAME")
@@ -48,6 +50,8 @@ start() {
 
 start
 [[ "$(docker exec "$NAME" id -u)" != 0 ]] || { echo "the server runs as root"; exit 1; }
+"$PY" -c "import httpx, sys; sys.exit(httpx.get('http://127.0.0.1:$HTTP_PORT/v2/health/ready').json() != {'ready': True})" \
+  || { echo "HTTP is not served on the image's port"; exit 1; }
 
 echo "== a real task: Fashion-MNIST sandals vs sneakers, 40 images each, 8 held out"
 "$PY" -m scripts.smoke_data write "$WORK"
