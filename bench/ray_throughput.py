@@ -23,7 +23,7 @@ from munet_server.model.pretrain import pretrain_root
 from munet_server.model.root import tiny_vit_config
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import animal_shapes_at, digits_dataset
+from tests.helpers import animal_shapes_at, digits_dataset
 
 
 def _search(system: MunetSystem, data, executor: Executor, budget: Budget) -> Search:

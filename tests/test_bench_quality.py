@@ -12,7 +12,7 @@ from bench import baselines
 from bench.quality import report, run_baseline, run_learned
 from bench.tasks import TaskData
 from munet_server.evolve.budget import Budget
-from tests.conftest import digits_dataset
+from tests.helpers import digits_dataset
 
 
 def _task(name: str, classes: int) -> TaskData:

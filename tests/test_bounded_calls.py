@@ -19,8 +19,7 @@ from munet_server.data.images import encode_png
 from munet_server.errors import Cancelled, ResourceExhausted, Unavailable
 from munet_server.ingest.upload import UploadLimits
 from munet_server.serve.batcher import Batcher
-from tests.conftest import image_folder, make_app
-from tests.helpers import store_state
+from tests.helpers import image_folder, make_app, store_state
 
 
 def _stalled_upload(stub, name: str, release: threading.Event):

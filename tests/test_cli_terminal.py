@@ -19,8 +19,7 @@ import time
 import pyte
 import pytest
 
-from tests.conftest import image_folder, make_app
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, image_folder, make_app
 
 COLS, ROWS = 200, 60
 

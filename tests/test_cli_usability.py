@@ -15,7 +15,7 @@ from munet_client.cli import main as cli
 from munet_client.cli import parser
 from munet_client.client import normalize_target
 from munet_client.images import ImageFolder
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import pytest
 
 from munet_client import MunetError
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, image_folder
 
 pytestmark = pytest.mark.slow
 

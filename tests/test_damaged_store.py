@@ -13,8 +13,7 @@ import pytest
 
 from munet_client import MunetError
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder
-from tests.helpers import ServerProcess, free_port, server_command
+from tests.helpers import ServerProcess, free_port, image_folder, server_command
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from munet_client import MunetClient
 from munet_client.cli import main as cli
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

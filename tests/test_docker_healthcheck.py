@@ -11,8 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import make_app
-from tests.helpers import self_signed_cert
+from tests.helpers import make_app, self_signed_cert
 
 DOCKERFILE = Path(__file__).resolve().parents[1] / "Dockerfile"
 

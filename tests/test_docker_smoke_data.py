@@ -12,7 +12,7 @@ from munet_client import MunetClient
 from munet_client.cli import main as cli
 from munet_server.data import offline
 from scripts.smoke_data import held_out_right, main, write_shoes
-from tests.conftest import make_app
+from tests.helpers import make_app
 
 
 @pytest.mark.skipif(not offline.available().get("fashion_mnist"), reason="needs the Debian dataset-fashion-mnist package")

@@ -15,8 +15,7 @@ from munet_server.operations.manager import OperationManager
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import digits_dataset
-from tests.helpers import learn
+from tests.helpers import digits_dataset, learn
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from munet_server.model.root_config import RootConfig, tiny_vit_config
 from munet_server.serve import export
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from munet_client import MunetClient
 from munet_server.data.images import encode_png
 from munet_server.ingest.limits import UploadLimits
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 TOKENS = {"admin": "Bearer adm", "predict": "Bearer pre", "none": None}
 

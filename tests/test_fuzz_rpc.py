@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from munet_client import MunetClient, MunetError
 from munet_proto.v1 import munet_pb2 as pb
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder, make_app
-from tests.helpers import store_state
+from tests.helpers import image_folder, make_app, store_state
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 PNG = encode_png(np.arange(64, dtype=np.uint8).reshape(8, 8))

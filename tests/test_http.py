@@ -15,7 +15,7 @@ import pytest
 
 from munet_client import MunetClient
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 @pytest.fixture(scope="module")

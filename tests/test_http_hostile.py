@@ -16,7 +16,7 @@ import pytest
 
 from munet_server.data.images import encode_png
 from munet_server.ingest.limits import UploadLimits
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 ADMIN = {"Authorization": "Bearer adm"}
 LIMITS = UploadLimits(max_image_bytes=1 << 20, idle_seconds=2.0)

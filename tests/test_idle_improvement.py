@@ -12,8 +12,7 @@ from munet_client import MunetClient
 from munet_server.data.dataset import build_dataset
 from munet_server.data.images import encode_png
 from munet_server.priority import GATE
-from tests.conftest import image_folder, make_app
-from tests.helpers import commit_poor_version
+from tests.helpers import commit_poor_version, image_folder, make_app
 
 
 def _until(cond, timeout=300.0, what="condition"):

@@ -14,7 +14,7 @@ from PIL import Image
 
 from munet_client import MunetClient
 from munet_server.data.images import decode_image
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 def _png(img: Image.Image, **kw) -> bytes:

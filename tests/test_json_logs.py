@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import re
 
-from tests.conftest import image_folder
-from tests.helpers import ServerProcess
+from tests.helpers import ServerProcess, image_folder
 
 
 def test_json_log_lines_for_a_tasks_life(tmp_path, tiny_vit_weights):

@@ -26,8 +26,7 @@ from munet_server.evolve.train import Batches, CandidateTrainer, TrainConfig, sp
 from munet_server.model.root_config import RootConfig
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import digits_dataset
-from tests.helpers import TINY_BUDGET, learn
+from tests.helpers import TINY_BUDGET, digits_dataset, learn
 
 
 @pytest.fixture(scope="module")

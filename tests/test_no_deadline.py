@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 pytestmark = pytest.mark.timeout(600)  # a call that hangs instead of answering fails the test
 

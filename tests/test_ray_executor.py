@@ -24,7 +24,7 @@ from munet_server.evolve.search import Search, SearchConfig
 from munet_server.evolve.train import TrainResult
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import digits_dataset
+from tests.helpers import digits_dataset
 
 SMALL = Budget(seconds=600, generations=2, candidates_per_generation=2, epochs=2, batch_size=16)
 
@@ -219,7 +219,7 @@ def test_server_with_ray_executor_end_to_end(tmp_path, tiny_vit, ray_executor):
     """`--executor ray` through the real server and client: the task commits and serves."""
     from munet_client import MunetClient
     from munet_server.data.images import encode_png
-    from tests.conftest import image_folder, make_app
+    from tests.helpers import image_folder, make_app
 
     app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: ray_executor)
     try:

@@ -12,7 +12,7 @@ import pytest
 from munet_client import MunetClient, MunetError
 from munet_server.data.images import encode_png
 from munet_server.replica import newest_snapshot
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 def _until(cond, timeout=60.0):

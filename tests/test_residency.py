@@ -104,8 +104,7 @@ def test_layers_go_to_disk_and_come_back_bit_identical(store_dir):
 
 def test_the_server_serves_within_the_bound_and_reports_it(tmp_path, store_dir):
     from munet_client import MunetClient
-    from tests.conftest import make_app
-    from tests.helpers import free_port
+    from tests.helpers import free_port, make_app
 
     pngs = []
     for i in range(4):

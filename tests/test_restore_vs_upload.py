@@ -11,7 +11,7 @@ import pytest
 from munet_client import MunetClient, MunetError
 from munet_proto.v1 import munet_pb2 as pb
 from munet_proto.v1 import munet_pb2_grpc as pb_grpc
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 pytestmark = pytest.mark.slow
 

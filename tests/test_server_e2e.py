@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from munet_client import MunetClient, MunetError
 from munet_client.cli import main as cli
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import pytest
 from munet_client import MunetClient, MunetError
 from munet_server.data.images import encode_png
 from munet_server.ingest.upload import UploadLimits
-from tests.conftest import image_folder, make_app
-from tests.helpers import self_signed_cert, store_state
+from tests.helpers import image_folder, make_app, self_signed_cert, store_state
 
 
 @pytest.fixture(scope="module")

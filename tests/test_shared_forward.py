@@ -18,8 +18,7 @@ from munet_server.model.components import Component
 from munet_server.model.path import TaskPath
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import digits_dataset, image_folder, make_app
-from tests.helpers import learn
+from tests.helpers import digits_dataset, image_folder, learn, make_app
 
 
 def _add_twin(system: MunetSystem, of: str, name: str, probe: torch.Tensor) -> None:

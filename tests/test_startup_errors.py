@@ -89,8 +89,7 @@ def test_metrics_listen_on_their_own_address(tmp_path, tiny_vit):
     import urllib.error
     import urllib.request
 
-    from tests.conftest import make_app
-    from tests.helpers import free_port
+    from tests.helpers import free_port, make_app
 
     port = free_port()
     app = make_app(tmp_path / "store", tiny_vit, host="127.0.0.1", metrics_port=port, metrics_host="127.0.0.2")

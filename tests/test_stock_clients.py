@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from munet_client import MunetClient
 from munet_server.data.images import encode_png
-from tests.conftest import image_folder, make_app
+from tests.helpers import image_folder, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "pred"

@@ -17,8 +17,7 @@ from munet_server.learn import learn as learn_task
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
 from munet_server.system import MunetSystem
-from tests.conftest import digits_dataset
-from tests.helpers import commit_poor_version, learn
+from tests.helpers import commit_poor_version, digits_dataset, learn
 
 PROBE_ONLY = dict(generations=0, seconds=60.0)
 def improve(system: MunetSystem, name: str, ds, seed: int = 0, **budget):
@@ -100,7 +99,7 @@ def test_improve_and_versions_over_grpc_cli_and_http(tmp_path, tiny_vit, capsys)
     from munet_client import MunetClient, MunetError
     from munet_client.cli import main as cli
     from munet_server.data.dataset import build_dataset
-    from tests.conftest import image_folder, make_app
+    from tests.helpers import image_folder, make_app
 
     app = make_app(tmp_path / "store", tiny_vit, http_port=0)
     target = f"127.0.0.1:{app.port}"

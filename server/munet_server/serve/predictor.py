@@ -17,7 +17,7 @@ from munet_server.priority import GATE
 from munet_server.serve.batcher import Batcher, Observe, OnAbandon
 from munet_server.system import MunetSystem
 
-SMALL_BATCH = 8  # below this, one CPU thread is faster in the server (measured: bench/serving.py)
+SMALL_BATCH = 8  # below this many images a CPU forward pass runs on one thread
 MAX_TASKS_PER_CALL = 64
 TASKS_SEP = "\x00"  # joins a PredictMany's tasks into one batcher key (task names cannot hold it)
 
@@ -53,10 +53,8 @@ class Predictor:
         self.observe = observe  # (stage, seconds) for "decode", "queue" and "forward": where time goes
         self.max_images = max_images
         self.on_pass = on_pass  # called with the number of tasks after every forward pass
-        # On a CPU, small batches run single-threaded. Measured (bench/serving.py, 2 cores): once
-        # another thread (the search) owns an OpenMP team, two teams contend and a batch-1 forward
-        # takes 3x longer than single-threaded; and even with no search, a batch-1 forward on two
-        # threads took 25 ms in the server against 12.5 ms on one (11 ms on two in a bare process).
+        # On a CPU, batches below SMALL_BATCH run on one thread: two OpenMP teams (Predict's and a
+        # search's) on the same cores slow each other (docs/ENGINE.md, "Serving next to a search").
         self.cpu = system_ref.system.device.type == "cpu"
         self.threads = threads or torch.get_num_threads()
         self._current = 0
