@@ -133,3 +133,17 @@ def test_the_guard_sees_what_it_claims():
     assert _resolve(submodule, known) == {"munet_server.store.snapshot"}
     assert _resolve(name, known) == {"munet_server.store.store"}
     assert _resolve(package, known) == {"munet_server.tokens", "munet_server"}
+
+
+def test_modules_and_functions_stay_small():
+    """A module a newcomer can read in one sitting (500 lines), a function on one screen (80)."""
+    too_long = []
+    for base in (SERVER, ROOT / "client" / "munet_client"):
+        for p in base.rglob("*.py"):
+            source = p.read_text()
+            if source.count("\n") > 500:
+                too_long.append(f"{p.relative_to(ROOT)}: {source.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(source)):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
+                    too_long.append(f"{p.relative_to(ROOT)}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, too_long

@@ -210,7 +210,7 @@ def test_malformed_tensor_data_is_refused_with_its_reason(served):
 
     from munet_proto import inference as pb
 
-    app, _, pngs, _ = served
+    app, client, pngs, _ = served
     url = f"http://127.0.0.1:{app.http_port}/v2/models/digits/infer"
     body, headers = _binary_body(pngs[:2])
     assert httpx.post(url, content=body, headers=headers, timeout=60).status_code == 200
@@ -233,6 +233,13 @@ def test_malformed_tensor_data_is_refused_with_its_reason(served):
         image = {"name": "image", "datatype": "BYTES", "shape": [2]}
         uint8 = {**image, "datatype": "UINT8", "shape": [1, 1, 1, 1], "contents": {"uint_contents": [300]}}
         two = {**image, "contents": {"bytes_contents": pngs[:2]}}
+        # Typed contents (the clients above send raw_input_contents) answer as Predict does.
+        answer = infer(pb.ModelInferRequest(model_name="digits", inputs=[two], outputs=[{"name": "label"}]),
+                       metadata=meta, timeout=60)  # fmt: skip
+        assert [o.name for o in answer.outputs] == ["label"]
+        assert answer.raw_output_contents[0] == b"".join(
+            len(lb.name).to_bytes(4, "little") + lb.name.encode() for p in client.predict("digits", pngs[:2]) for lb in p
+        )
         bad = [
             (pb.ModelInferRequest(model_name="digits", inputs=[image], raw_input_contents=[b"", b""]), "raw_input_contents"),
             (pb.ModelInferRequest(model_name="digits", inputs=[uint8]), "each 0-255"),
