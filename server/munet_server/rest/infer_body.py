@@ -11,7 +11,14 @@ from typing import Any
 
 from munet_server.errors import InvalidArgument
 from munet_server.oip import tensors
-from munet_server.oip.infer import InferRequest, InferResponse, parameter_bool, parameter_int, requested
+from munet_server.oip.infer import (
+    InferRequest,
+    InferResponse,
+    Requested,
+    parameter_bool,
+    parameter_int,
+    requested,
+)
 from munet_server.oip.model import OUTPUTS
 from munet_server.oip.tensors import Datatype, Input
 from munet_server.rest.bodies import json_object, parse_json
@@ -21,41 +28,41 @@ INPUT_TYPES = (Datatype.BYTES, Datatype.UINT8)
 
 
 def parse(body: bytes, header_length: str | None, model: str, version: str) -> InferRequest:
-    if header_length is None:
-        header, binary = body, b""
-    else:
-        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
-            raise InvalidArgument(
-                f"{HEADER_LENGTH}: {header_length!r} is not a length within the body's {len(body)} bytes"
-            )
-        header, binary = body[: int(header_length)], body[int(header_length) :]
-    if not header.strip():
-        raise InvalidArgument("the infer request needs a JSON body with `inputs`")
+    header, binary = _split(body, header_length)
     req = json_object(parse_json(header), "the infer request")
     params = json_object(req.get("parameters", {}), "parameters")
     inputs, used = _inputs(req.get("inputs"), binary)
     if used != len(binary):
-        raise InvalidArgument(
-            f"{len(binary) - used} bytes of binary data follow the inputs that declare theirs"
-        )
-    binary_out = parameter_bool(params, "binary_data_output")
-    outputs = req.get("outputs", [])
-    if not isinstance(outputs, list):
-        raise InvalidArgument('`outputs` must be a list of {"name": ...} objects')
-    wanted = []
-    for i, o in enumerate(outputs):
-        o = json_object(o, f"outputs[{i}]")
-        wanted.append(
-            requested(
-                o.get("name"), json_object(o.get("parameters", {}), f"outputs[{i}].parameters"), binary_out
-            )
-        )
+        raise InvalidArgument(f"{len(binary) - used} bytes of binary data follow the inputs that declare theirs")
     request_id = req.get("id", "")
     if not isinstance(request_id, str):
         raise InvalidArgument("`id` must be a string")
-    top_k = parameter_int(params, "top_k", 1, 1)
-    wanted = wanted or [requested(name, {}, binary_out) for name in OUTPUTS]
-    return InferRequest(model, version, inputs, wanted, top_k, request_id)
+    wanted = _outputs(req.get("outputs", []), parameter_bool(params, "binary_data_output"))
+    return InferRequest(model, version, inputs, wanted, parameter_int(params, "top_k", 1, 1), request_id)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON header and the binary data after it."""
+    if header_length is None:
+        header, binary = body, b""
+    elif not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
+        raise InvalidArgument(f"{HEADER_LENGTH}: {header_length!r} is not a length within the body's {len(body)} bytes")
+    else:
+        header, binary = body[: int(header_length)], body[int(header_length) :]
+    if not header.strip():
+        raise InvalidArgument("the infer request needs a JSON body with `inputs`")
+    return header, binary
+
+
+def _outputs(value: Any, binary_out: bool) -> list[Requested]:
+    """The outputs asked for (none named: every output)."""
+    if not isinstance(value, list):
+        raise InvalidArgument('`outputs` must be a list of {"name": ...} objects')
+    wanted = []
+    for i, o in enumerate(value):
+        o = json_object(o, f"outputs[{i}]")
+        wanted.append(requested(o.get("name"), json_object(o.get("parameters", {}), f"outputs[{i}].parameters"), binary_out))
+    return wanted or [requested(name, {}, binary_out) for name in OUTPUTS]
 
 
 def _inputs(value: Any, binary: bytes) -> tuple[list[Input], int]:

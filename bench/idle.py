@@ -1,0 +1,147 @@
+"""Idle improvement: what the server adds to its tasks when nobody asks it anything.
+
+For each seed, a real `munet-server` (idle improvement on, its default rounds) learns the benchmark's
+five tasks one after another through AddTask with the default budget (90 s), as a user would. Then
+nobody calls it for --minutes; it runs its own ImproveTask rounds. Afterwards the server is stopped
+and its store opened in-process: the version each task served when AddTask ended and the one it
+serves now are scored on the task's test images (pinned, task@N), and every version of every task is
+re-verified against its golden digest (nothing forgotten, by construction and checked).
+
+    .venv/bin/python -m bench.idle --seeds 0 --minutes 20   # ~30 min a seed on 2 CPU cores
+    .venv/bin/python -m bench.idle --report
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
+
+import argparse
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench import machine
+from bench.anytime import TASKS, _free_port, _seeds, _wait_serving
+from bench.quality import append, done_rows, log
+from bench.tasks import TaskData, load_task
+from munet_server.data import offline
+from munet_server.model.root import RootConfig
+from munet_server.store.store import Store
+from munet_server.system import MunetSystem
+
+OUT = Path(__file__).resolve().parent / "out" / "idle.jsonl"
+
+
+def run_seed(seed: int, stream: list[TaskData], minutes: float, add_seconds: float, tmp: Path) -> list[dict[str, Any]]:
+    from munet_client import MunetClient
+
+    folders = {}
+    for data in stream:  # written before the server starts: no quiet gap between the AddTasks
+        raw = offline.RawImages(data.train.images.permute(0, 2, 3, 1).numpy(), data.train.labels.numpy(), data.class_names)
+        folders[data.name] = offline.write_image_folder(raw, tmp / data.name)
+    port = _free_port()
+    cmd = [sys.executable, "-m", "munet_server", "--store", str(tmp / "store"), "--port", str(port),
+           "--idle-improvement", "--log-level", "WARNING"]  # fmt: skip
+    proc = subprocess.Popen(cmd)
+    try:
+        client = MunetClient(f"127.0.0.1:{port}", timeout=120)
+        _wait_serving(client)
+        before = {}
+        for data in stream:
+            op = client.add_task_from_folder(data.name, folders[data.name], budget={"seconds": add_seconds}, seed=seed)
+            before[data.name] = client.wait(op.name, timeout=add_seconds * 4 + 300).task_version
+            log(f"  {data.name}: AddTask left version {before[data.name]}")
+        idle_from = time.monotonic()
+        time.sleep(minutes * 60)
+        after = {d.name: client.describe_task(d.name).served_version for d in stream}
+        rounds = [op for op in client.operations() if op.origin == "idle"]
+        idle_seconds = time.monotonic() - idle_from
+        client.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    system = MunetSystem.open(Store(tmp / "store"), RootConfig(), device="cpu")
+    verified = all(system.verify_task(f"{n}@{v.version}") for n in system.tasks for v in system.versions(n))
+    rows = []
+    for data in stream:
+        n = data.name
+        row = {"method": "idle", "task": n, "minutes": minutes, "idle_seconds": idle_seconds,
+               "before_version": before[n], "after_version": after[n],
+               "before_test": test_accuracy(system, f"{n}@{before[n]}", data),
+               "after_test": test_accuracy(system, f"{n}@{after[n]}", data),
+               "rounds": sum(op.task == n for op in rounds),
+               "published": sum(op.progress.published for op in rounds if op.task == n),
+               "all_versions_verified": verified}  # fmt: skip
+        rows.append(row)
+        log(f"  {n}: v{before[n]} {row['before_test']:.3f} -> v{after[n]} {row['after_test']:.3f} "
+            f"({row['rounds']} rounds, {row['published']} published)")  # fmt: skip
+    system.store.close()
+    return rows
+
+
+def test_accuracy(system: MunetSystem, ref: str, data: TaskData) -> float:
+    """On the task's test images, with the labels in the order the upload gave them (the server numbers
+    an ImageFolder's classes by their sorted folder names)."""
+    names = system.entry(ref).record.class_names
+    order = torch.tensor([names.index(offline.safe_dirname(n, i)) for i, n in enumerate(data.class_names)])
+    x, y = data.test.images, order[data.test.labels]
+    logits = torch.cat([system.logits(ref, x[i : i + 64]) for i in range(0, len(x), 64)])
+    return float((logits.argmax(1) == y).float().mean())
+
+
+def report(out: Path) -> str:
+    rows = [r for r in done_rows(out) if r["method"] == "idle"]
+    if not rows:
+        return "no rows yet"
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"Seeds {', '.join(map(str, seeds))}; {rows[0]['minutes']:.0f} minutes idle after the stream; "
+             f"{rows[0]['machine']}; {rows[0]['date']}.", "",
+             "| task | after AddTask (90 s) | after idle | gain (pt) | rounds | published |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for task in dict.fromkeys(r["task"] for r in rows):
+        rs = [r for r in rows if r["task"] == task]
+        b, a = np.mean([r["before_test"] for r in rs]), np.mean([r["after_test"] for r in rs])
+        lines.append(f"| {task} | {100 * b:.1f} % | {100 * a:.1f} % | {100 * (a - b):+.1f} | "
+                     f"{sum(r['rounds'] for r in rs)} | {sum(r['published'] for r in rs)} |")  # fmt: skip
+    b, a = np.mean([r["before_test"] for r in rows]), np.mean([r["after_test"] for r in rows])
+    ok = all(r["all_versions_verified"] for r in rows)
+    lines.append(f"| **mean** | {100 * b:.1f} % | {100 * a:.1f} % | **{100 * (a - b):+.1f}** | | |")
+    lines += ["", f"Every version of every task verified against its golden digest afterwards: {'yes' if ok else 'NO'}."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seeds", default="0", help="e.g. 0-4 or 0,2")
+    p.add_argument("--tasks", default=",".join(TASKS))
+    p.add_argument("--minutes", type=float, default=20.0, help="how long the server is left idle")
+    p.add_argument("--add-seconds", type=float, default=90.0, help="each AddTask's budget")
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--out", type=Path, default=OUT)
+    a = p.parse_args()
+    if a.report:
+        print(report(a.out))
+        return
+    machine.prepare_process()
+    torch.set_num_threads(os.cpu_count() or 1)
+    env = {"machine": machine.describe(), "date": time.strftime("%Y-%m-%d")}
+    for seed in _seeds(a.seeds):
+        if any(r["seed"] == seed for r in done_rows(a.out)):
+            continue
+        stream = [load_task(t, seed) for t in a.tasks.split(",")]
+        log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = run_seed(seed, stream, a.minutes, a.add_seconds, Path(tmp))
+        append(a.out, [{**r, "seed": seed, **env} for r in rows])
+
+
+if __name__ == "__main__":
+    main()
