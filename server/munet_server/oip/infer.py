@@ -8,6 +8,8 @@ The outputs: `probabilities` (FP32 [N, classes]), and the `top_k` most probable 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,9 +17,9 @@ import numpy as np
 
 from munet_server.errors import InvalidArgument
 from munet_server.oip.model import INDEX, INPUT, LABEL, OUTPUTS, PROBABILITIES, PROBABILITY, task_ref
-from munet_server.oip.tensors import Datatype, Input, Output
+from munet_server.oip.tensors import Datatype, Tensor
 from munet_server.serve.batcher import OnAbandon
-from munet_server.serve.predictor import RawPixels
+from munet_server.serve.predictor import LabelScore, RawPixels
 from munet_server.service import MunetService, Prediction
 
 
@@ -34,7 +36,7 @@ class Requested:
 class InferRequest:
     model: str
     version: str  # "" : the version the task serves
-    inputs: list[Input]
+    inputs: list[Tensor]
     outputs: list[Requested] = field(default_factory=list)  # empty: every output
     top_k: int = 1
     id: str = ""
@@ -45,7 +47,7 @@ class InferResponse:
     model: str
     version: str  # the version that answered
     id: str
-    outputs: list[tuple[Requested, Output]]
+    outputs: list[tuple[Requested, Tensor]]
 
 
 def parameter_int(params: dict[str, Any], key: str, default: int, least: int) -> int:
@@ -81,30 +83,31 @@ def infer(
     if repeated:
         raise InvalidArgument(f"each output at most once; repeated: {', '.join(repeated)}")
     p = svc.predict(task_ref(req.model, req.version), encoded, raw, timeout, on_abandon)
-    return InferResponse(req.model, str(p.version), req.id, [(o, _output(p, o, req.top_k)) for o in wanted])
+    ranked = functools.cache(p.ranked)  # label, probability and index share one ranking
+    return InferResponse(req.model, str(p.version), req.id, [(o, _output(p, ranked, o, req.top_k)) for o in wanted])
 
 
-def _output(p: Prediction, o: Requested, top_k: int) -> Output:
+def _output(p: Prediction, ranked: Callable[[int], list[list[LabelScore]]], o: Requested, top_k: int) -> Tensor:
     n, classes = p.probabilities.shape
     if o.classification:
         if o.classification > classes:
             raise InvalidArgument(f"classification={o.classification}: the task has {classes} classes")
-        rows = p.ranked(o.classification)
+        rows = ranked(o.classification)
         data = [f"{s.probability:f}:{s.index}:{s.name}".encode() for row in rows for s in row]
-        return Output(o.name, Datatype.BYTES, (n, o.classification), data)
+        return Tensor(o.name, Datatype.BYTES, (n, o.classification), data)
     if o.name == PROBABILITIES:
-        return Output(o.name, Datatype.FP32, (n, classes), p.probabilities.numpy().reshape(-1))
-    rows = p.ranked(top_k)
+        return Tensor(o.name, Datatype.FP32, (n, classes), p.probabilities.numpy().reshape(-1))
+    rows = ranked(top_k)
     shape = (n, len(rows[0]))
     if o.name == LABEL:
-        return Output(o.name, Datatype.BYTES, shape, [s.name.encode() for row in rows for s in row])
+        return Tensor(o.name, Datatype.BYTES, shape, [s.name.encode() for row in rows for s in row])
     if o.name == PROBABILITY:
-        return Output(o.name, Datatype.FP32, shape, np.float32([s.probability for row in rows for s in row]))
+        return Tensor(o.name, Datatype.FP32, shape, np.float32([s.probability for row in rows for s in row]))
     assert o.name == INDEX
-    return Output(o.name, Datatype.INT64, shape, np.int64([s.index for row in rows for s in row]))
+    return Tensor(o.name, Datatype.INT64, shape, np.int64([s.index for row in rows for s in row]))
 
 
-def images(inputs: list[Input]) -> tuple[list[bytes], list[RawPixels]]:
+def images(inputs: list[Tensor]) -> tuple[list[bytes], list[RawPixels]]:
     """The one input: encoded images as BYTES [N] (or [N, 1]), or pixels as UINT8 [N, H, W, C]."""
     if len(inputs) != 1:
         raise InvalidArgument(

@@ -27,18 +27,8 @@ NUMPY = {Datatype.UINT8: np.dtype("<u1"), Datatype.FP32: np.dtype("<f4"), Dataty
 
 
 @dataclass(frozen=True)
-class Input:
-    """One input tensor. BYTES: one bytes object per element; numeric: a flat numpy array."""
-
-    name: str
-    datatype: Datatype
-    shape: tuple[int, ...]
-    data: list[bytes] | np.ndarray
-
-
-@dataclass(frozen=True)
-class Output:
-    """One output tensor, flat. BYTES: a list of bytes; numeric: a numpy array of its dtype."""
+class Tensor:
+    """One tensor, flat: BYTES as one bytes object per element, numeric as a numpy array of its dtype."""
 
     name: str
     datatype: Datatype
@@ -75,7 +65,7 @@ def elements(shape: tuple[int, ...]) -> int:
     return int(np.prod(shape, dtype=np.int64)) if shape else 1
 
 
-def from_json(name: str, dtype: Datatype, shape: tuple[int, ...], data: Any) -> Input:
+def from_json(name: str, dtype: Datatype, shape: tuple[int, ...], data: Any) -> Tensor:
     """JSON data, flat or nested as the shape: BYTES as base64 strings, UINT8 as integers 0-255."""
     flat = _flatten(data, name)
     if len(flat) != elements(shape):
@@ -83,13 +73,13 @@ def from_json(name: str, dtype: Datatype, shape: tuple[int, ...], data: Any) -> 
             f"input {name!r}: shape {list(shape)} needs {elements(shape)} values, got {len(flat)}"
         )
     if dtype is Datatype.BYTES:
-        return Input(name, dtype, shape, [_base64(name, i, v) for i, v in enumerate(flat)])
+        return Tensor(name, dtype, shape, [_base64(name, i, v) for i, v in enumerate(flat)])
     if not all(type(v) is int and 0 <= v <= 255 for v in flat):  # bool is an int subclass: type()
         raise InvalidArgument(f"input {name!r}: UINT8 data must be integers in [0, 255]")
-    return Input(name, dtype, shape, np.asarray(flat, dtype=np.uint8))
+    return Tensor(name, dtype, shape, np.asarray(flat, dtype=np.uint8))
 
 
-def from_bytes(name: str, dtype: Datatype, shape: tuple[int, ...], raw: bytes) -> Input:
+def from_bytes(name: str, dtype: Datatype, shape: tuple[int, ...], raw: bytes) -> Tensor:
     """The binary form (HTTP's binary tensor data, gRPC's raw_input_contents)."""
     n = elements(shape)
     if dtype is Datatype.BYTES:
@@ -98,13 +88,13 @@ def from_bytes(name: str, dtype: Datatype, shape: tuple[int, ...], raw: bytes) -
             raise InvalidArgument(
                 f"input {name!r}: shape {list(shape)} needs {n} elements, the data holds {len(items)}"
             )
-        return Input(name, dtype, shape, items)
+        return Tensor(name, dtype, shape, items)
     want = n * NUMPY[dtype].itemsize
     if len(raw) != want:
         raise InvalidArgument(
             f"input {name!r}: shape {list(shape)} of {dtype.value} needs {want} bytes, got {len(raw)}"
         )
-    return Input(name, dtype, shape, np.frombuffer(raw, dtype=NUMPY[dtype]))
+    return Tensor(name, dtype, shape, np.frombuffer(raw, dtype=NUMPY[dtype]))
 
 
 def split_bytes(raw: bytes, name: str) -> list[bytes]:

@@ -20,7 +20,7 @@ from munet_server.oip.infer import (
     requested,
 )
 from munet_server.oip.model import OUTPUTS
-from munet_server.oip.tensors import Datatype, Input
+from munet_server.oip.tensors import Datatype, Tensor
 from munet_server.rest.bodies import json_object, parse_json
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -65,7 +65,7 @@ def _outputs(value: Any, binary_out: bool) -> list[Requested]:
     return wanted or [requested(name, {}, binary_out) for name in OUTPUTS]
 
 
-def _inputs(value: Any, binary: bytes) -> tuple[list[Input], int]:
+def _inputs(value: Any, binary: bytes) -> tuple[list[Tensor], int]:
     if not isinstance(value, list) or not value:
         raise InvalidArgument(
             'give `inputs`: [{"name": "image", "datatype": "BYTES", "shape": [N], "data": [...]}]'

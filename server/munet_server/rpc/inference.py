@@ -14,7 +14,7 @@ from munet_server.errors import InvalidArgument
 from munet_server.oip import model, tensors
 from munet_server.oip.infer import InferRequest, parameter_int, requested
 from munet_server.oip.infer import infer as run_infer
-from munet_server.oip.tensors import Datatype, Input
+from munet_server.oip.tensors import Datatype, Tensor
 from munet_server.rpc.servicer import time_left, unary
 from munet_server.service import MunetService
 
@@ -100,7 +100,7 @@ def infer_request(r: Any) -> InferRequest:
     return InferRequest(r.model_name, r.model_version, inputs, wanted, top_k, r.id)
 
 
-def _input(t: Any, raw: bytes | None) -> Input:
+def _input(t: Any, raw: bytes | None) -> Tensor:
     dtype = tensors.datatype(t.datatype, INPUT_TYPES)
     shape = tensors.shape_of(list(t.shape), f"input {t.name!r}")
     if raw is not None:
@@ -109,10 +109,10 @@ def _input(t: Any, raw: bytes | None) -> Input:
         items = list(t.contents.bytes_contents)
         if len(items) != tensors.elements(shape):
             raise InvalidArgument(f"input {t.name!r}: shape {list(shape)} needs {tensors.elements(shape)} elements, got {len(items)}")
-        return Input(t.name, dtype, shape, items)
+        return Tensor(t.name, dtype, shape, items)
     values = list(t.contents.uint_contents)
     if len(values) != tensors.elements(shape) or any(v > 255 for v in values):
         raise InvalidArgument(
             f"input {t.name!r}: UINT8 [{', '.join(map(str, shape))}] needs {tensors.elements(shape)} values in uint_contents, each 0-255"
         )
-    return Input(t.name, dtype, shape, np.asarray(values, dtype=np.uint8))
+    return Tensor(t.name, dtype, shape, np.asarray(values, dtype=np.uint8))
