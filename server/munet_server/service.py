@@ -54,10 +54,13 @@ class Prediction:
 
     def ranked(self, top_k: int) -> list[list[LabelScore]]:
         """The top_k most probable classes of each image (0: one)."""
-        k = top_k or 1
-        if not 1 <= k <= len(self.class_names):
-            raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {len(self.class_names)} classes")
-        return ranked(self.probabilities, self.class_names, k)
+        check_top_k(top_k, len(self.class_names))
+        return ranked(self.probabilities, self.class_names, top_k or 1)
+
+
+def check_top_k(top_k: int, classes: int) -> None:
+    if not 1 <= (top_k or 1) <= classes:
+        raise InvalidArgument(f"top_k={top_k} must be between 1 and the task's {classes} classes")
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,14 @@ class MunetService:
         raw: list[RawPixels],
         timeout: float | None = None,
         on_abandon: OnAbandon | None = None,
+        top_k: int = 1,
     ) -> Prediction:
         """Predict for every door (gRPC Predict, HTTP, the inference protocol); `task_ref` is "task"
-        (the served version) or "task@N"."""
+        (the served version) or "task@N". `top_k`: the most the caller will rank, checked before any
+        image is decoded."""
         t0 = time.perf_counter()
         record = self.system.entry(task_ref).record
+        check_top_k(top_k, len(record.class_names))
         probabilities = self.predictor.probabilities(task_ref, encoded, raw, timeout, on_abandon)
         self.metrics.observe_predict(record.name, record.version, len(probabilities), time.perf_counter() - t0)
         return Prediction(record.name, record.version, record.class_names, probabilities)

@@ -20,7 +20,7 @@ from munet_server.oip.model import INDEX, INPUT, LABEL, OUTPUTS, PROBABILITIES, 
 from munet_server.oip.tensors import Datatype, Tensor
 from munet_server.serve.batcher import OnAbandon
 from munet_server.serve.predictor import LabelScore, RawPixels
-from munet_server.service import MunetService, Prediction
+from munet_server.service import MunetService, Prediction, check_top_k
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,14 @@ def infer(
     repeated = sorted({o.name for o in wanted if [w.name for w in wanted].count(o.name) > 1})
     if repeated:
         raise InvalidArgument(f"each output at most once; repeated: {', '.join(repeated)}")
-    p = svc.predict(task_ref(req.model, req.version), encoded, raw, timeout, on_abandon)
+    ref = task_ref(req.model, req.version)
+    classes = len(svc.system.entry(ref).record.class_names)  # ranks are checked before any image is decoded
+    for o in wanted:
+        if o.classification > classes:
+            raise InvalidArgument(f"classification={o.classification}: the task has {classes} classes")
+    if any(not o.classification and o.name != PROBABILITIES for o in wanted):
+        check_top_k(req.top_k, classes)
+    p = svc.predict(ref, encoded, raw, timeout, on_abandon)
     ranked = functools.cache(p.ranked)  # label, probability and index share one ranking
     return InferResponse(req.model, str(p.version), req.id, [(o, _output(p, ranked, o, req.top_k)) for o in wanted])
 
@@ -90,8 +97,6 @@ def infer(
 def _output(p: Prediction, ranked: Callable[[int], list[list[LabelScore]]], o: Requested, top_k: int) -> Tensor:
     n, classes = p.probabilities.shape
     if o.classification:
-        if o.classification > classes:
-            raise InvalidArgument(f"classification={o.classification}: the task has {classes} classes")
         rows = ranked(o.classification)
         data = [f"{s.probability:f}:{s.index}:{s.name}".encode() for row in rows for s in row]
         return Tensor(o.name, Datatype.BYTES, (n, o.classification), data)

@@ -220,6 +220,7 @@ class MunetServicer(pb_grpc.MunetServicer):
             convert.raw_pixels(request.raw_images),
             timeout=time_left(context),
             on_abandon=context.add_callback,
+            top_k=request.top_k,
         )
         preds = prediction.ranked(request.top_k)
         return convert.predict_response(request.task, preds)
