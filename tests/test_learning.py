@@ -221,6 +221,41 @@ def test_a_tie_keeps_the_champion(vit_system):
     assert not d.publish and d.challenger_score < d.champion_score
 
 
+def test_the_margin_grows_with_the_judgements_on_the_same_images(vit_system):
+    """Two more images right and none fewer: a win at a search's first judgement, not at its tenth,
+    where the luckiest of ten equals would win by as much."""
+    search = _search(vit_system, "margin", digits_dataset(classes=4, per_class=40), generations=0)
+    search.run()
+    champion = search.population[search.state.champion]
+    same = search.recipe(champion)
+    n = len(search.judge.images)
+    search.judge._right[996] = torch.arange(n) >= 2  # the champion: all but two right
+    search.judge._right[997] = torch.ones(n, dtype=torch.bool)  # the challenger: every one
+    first = search.judge.decide((997, same), (996, same), trials=1)
+    tenth = search.judge.decide((997, same), (996, same), trials=10)
+    assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (2, 0)
+    assert first.publish and not tenth.publish and tenth.margin > first.margin
+
+
+def test_challengers_are_nominated_on_the_holdout_only(vit_system):
+    """A probe's cross-validation counts the images the judge will see, so a probe is nominated by its
+    holdout score like every member, and one of each kind is judged per round."""
+    search = _search(vit_system, "nominate", digits_dataset(classes=4, per_class=40), generations=0)
+    search.run()
+    champion = search.population[search.state.champion]
+    assert champion.cv is not None
+    for m in search.population.members:
+        m.judged = True
+    base = replace(champion, judged=False)
+    holdout_better = search.population.add(replace(base, id=0, score=champion.score + 0.1,
+                                                   cv=replace(champion.cv, accuracy=0.0)))  # fmt: skip
+    cv_better = search.population.add(replace(base, id=0, score=champion.score - 0.1,
+                                              cv=replace(champion.cv, accuracy=1.0)))  # fmt: skip
+    also_better = search.population.add(replace(base, id=0, score=champion.score + 0.05))
+    assert search._challengers() == [holdout_better]
+    assert cv_better not in search._challengers() and also_better.judged is False
+
+
 def test_a_judgement_sees_no_image_a_model_trained_on(vit_system, monkeypatch):
     """Each judged image is classified by both recipes retrained on every other labelled image, and
     the judged images are the training part (not the holdout that chose the challenger)."""

@@ -1,8 +1,9 @@
 """The one rule for every publication: a challenger replaces the champion (the served version) only if
 it beats it on images neither was selected on, on the score with its parameter penalty, clearly (more
-than a tie or a narrow win). The images are the training part, k-fold: each fold is classified by both recipes retrained on
-every other labelled image (the holdout included), so no image is judged by a model that trained on
-it, nor by the holdout comparison that chose the challenger."""
+than a tie or a narrow win). Every challenger is nominated on the holdout; the judged images are the
+training part, k-fold: each fold is classified by both recipes retrained on every other labelled image
+(the holdout included), so no image is judged by a model that trained on it, nor by the comparison
+that nominated the challenger."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import torch
 
@@ -19,9 +21,15 @@ from munet_server.model.path import TaskPath
 
 JUDGE_FOLDS = 2
 # A win counts when the images the challenger alone gets right outnumber those the champion alone gets
-# right by this many standard deviations of that difference (McNemar), and by at least one image: a
-# search judges many challengers on the same images, and the luckiest of equals would win by a few.
-MARGIN_SD = 1.0
+# right by a margin (McNemar) that a challenger no better than the champion passes with probability
+# FALSE_WIN / n, n the judgements on these images so far: a search judges many challengers on the
+# same images, and the luckiest of n equals would otherwise win (Bonferroni). The first needs 1 SD.
+FALSE_WIN = 0.16
+
+
+def margin_sd(trials: int) -> float:
+    """Standard deviations of the McNemar difference a win needs at the `trials`-th judgement."""
+    return NormalDist().inv_cdf(1.0 - FALSE_WIN / max(1, trials))
 
 
 @dataclass(frozen=True)
@@ -39,13 +47,14 @@ class Decision:
     wins: int  # images the challenger gets right and the champion wrong
     losses: int
     seconds: float
+    margin: float = 1.0  # the standard deviations a win needed (it grows with the judgements before it)
 
     @property
     def reason(self) -> str:
         verdict = "publishes" if self.publish else "keeps the champion"
         return (f"challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
                 f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
-                f"{self.champion_score:.4f}): {verdict}")  # fmt: skip
+                f"{self.champion_score:.4f}; a win needs {self.margin:.2f} SD): {verdict}")  # fmt: skip
 
 
 class Judge:
@@ -77,19 +86,22 @@ class Judge:
     def known(self, key: int) -> bool:
         return key in self._right
 
-    def decide(self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe]) -> Decision:
-        """OutOfTime when the clock runs out first (the champion then stays)."""
+    def decide(self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe], trials: int = 1) -> Decision:
+        """`trials`: this judgement's number among those on these images. OutOfTime when the clock
+        runs out first (the champion then stays)."""
         t0 = time.monotonic()
         (ck, cr), (pk, pr) = challenger, champion
         a, b = self.right(pk, pr), self.right(ck, cr)
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
-        clear = wins - losses >= max(1.0, MARGIN_SD * math.sqrt(wins + losses))
+        margin = margin_sd(trials)
+        clear = wins - losses >= max(1.0, margin * math.sqrt(wins + losses))
         return Decision(
             publish=s_c > s_p and clear,  # a tie, a narrow win, or one bought with parameters keeps the champion
             size=len(b), challenger=ck, champion=pk, challenger_accuracy=acc_c, champion_accuracy=acc_p,
-            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, seconds=time.monotonic() - t0,
+            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, margin=margin,
+            seconds=time.monotonic() - t0,
         )  # fmt: skip
 
     def retrainings(self) -> float:

@@ -323,8 +323,8 @@ class Search:
 
     # ---- champion and challengers --------------------------------------------------------------
     def _challenge(self) -> None:
-        """Judge the members that promise to beat the champion, and publish one that does: every such
-        probe (cheap: head fits), then the best such trained member (one a generation)."""
+        """Judge the members that promise to beat the champion, and publish one that does: the best
+        such probe (cheap: head fits), then the best such trained member."""
         for m in self._challengers():
             if self.state.champion is None:
                 return
@@ -335,7 +335,8 @@ class Search:
             self._report("judging")
             m.judged = True
             try:
-                decision = self.judge.decide((m.id, self.recipe(m)), (champion.id, self.recipe(champion)))
+                decision = self.judge.decide((m.id, self.recipe(m)), (champion.id, self.recipe(champion)),
+                                             trials=len(self.state.decisions) + 1)  # fmt: skip
             except OutOfTime:
                 log.info("task %s: the clock ran out while judging member %d; the champion stays", self.task, m.id)
                 return
@@ -345,20 +346,14 @@ class Search:
                 self._publish(m, decision)
 
     def _challengers(self) -> list[Member]:
-        """Unjudged members that beat the champion where they can be compared: probes by their
-        cross-validation over every labelled image (a far steadier estimate than the holdout), the
-        others by the holdout score; probes first, then the best trained one."""
+        """The best unjudged probe and trained member that beat the champion on the holdout: nominated
+        there, judged on the other images. One of each: every judgement raises the margin of the next
+        (judge.py). A probe's cross-validation counts the judged images, so it nominates none."""
         if self.state.champion is None:
             return []
         champion = self.population[self.state.champion]
-
-        def promising(m: Member) -> bool:
-            if m.kind == Kind.PROBE and m.cv is not None and champion.cv is not None:
-                return m.cv.key() > champion.cv.key()
-            return m.key() > champion.key()
-
-        fresh = [m for m in self.population.ranked() if not m.judged and m is not champion and promising(m)]
-        probes = sorted((m for m in fresh if m.kind == Kind.PROBE), key=lambda m: m.cv.key() if m.cv else m.key(), reverse=True)
+        fresh = [m for m in self.population.ranked() if not m.judged and m is not champion and m.key() > champion.key()]
+        probes = [m for m in fresh if m.kind == Kind.PROBE][:1]
         trained = [m for m in fresh if m.kind != Kind.PROBE][:1]
         return probes + trained
 
