@@ -78,3 +78,51 @@ def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
     finally:
         client.close()
         app.stop(0)
+
+
+@pytest.mark.slow
+def test_with_ray_rounds_over_different_tasks_run_at_once(tmp_path, tiny_vit):
+    """With --executor ray the cluster trains the candidates, so idle rounds over two tasks run at the
+    same time (each its own operation); the task without a round stays bit-identical."""
+    pytest.importorskip("ray")
+    from munet_server.evolve.ray_executor import RayExecutor
+    from munet_server.spec import Budget
+
+    executor = RayExecutor(local_num_cpus=2)
+    endless = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)  # rounds run until stopped
+    app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: executor, executor="ray",
+                   default_budget=endless, idle_improvement=True, idle_quiet_seconds=3600.0,
+                   idle_round_seconds=600.0)  # fmt: skip
+    client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
+    try:
+        improver = app.service.improver
+        assert app.service.operations.workers == improver.parallel == 2
+        for name, classes, seed in (("a", 4, 0), ("b", 3, 1), ("c", 3, 2)):
+            folder, _ = image_folder(tmp_path / name, classes=classes, per_class=20, seed=seed)
+            op = client.add_task_from_folder(name, folder, budget={"generations": 0, "seconds": 2}, seed=seed)
+            assert client.wait(op.name, timeout=300).state == "SUCCEEDED"
+        system = app.ref.system
+        before = {n: (system.entry(n).record.version, system.entry(n).record.golden_digest) for n in ("a", "b", "c")}
+
+        improver.quiet_seconds = 0.5
+
+        def two_running() -> set[str] | None:
+            tasks = [o.task for o in _idle_ops(client) if o.state == "RUNNING"]
+            return set(tasks) if len(tasks) == 2 else None
+
+        running = _until(two_running, what="two rounds at once")
+        queue = __import__("httpx").get(f"http://127.0.0.1:{app.http_port}/munet/v1/improvement").json()
+        assert len(running) == 2 and set(queue["running"]) == running
+
+        improver.held.set()  # no further round; both stop as for a client's call, keeping what they published
+        app.service.operations.yield_idle_rounds()
+        for op in _idle_ops(client):
+            assert client.wait(op.name, timeout=120).state == "SUCCEEDED"
+        (idle_task,) = {"a", "b", "c"} - running
+        assert (system.entry(idle_task).record.version, system.entry(idle_task).record.golden_digest) == before[idle_task]
+        for name in ("a", "b", "c"):
+            assert all(client.verify_task(f"{name}@{v.version}").identical for v in client.describe_task(name).versions)
+    finally:
+        client.close()
+        app.stop(0)
+        executor.close()

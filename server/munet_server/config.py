@@ -56,6 +56,7 @@ class ServerConfig:
     default_budget: Budget = field(default_factory=Budget)
     upload: UploadLimits = field(default_factory=UploadLimits)
     executor: str = "local"  # or "ray"
+    parallel_searches: int = 0  # operations (AddTask, ImproveTask, idle rounds) at once; 0: 1 local, 2 with Ray
     ray_address: str = ""
     ray_gpus_per_candidate: float = 0.0
     grace_seconds: float = 10.0
@@ -73,6 +74,14 @@ class ServerConfig:
                 f"max_queued_images={self.max_queued_images} must be at least max_predict_images="
                 f"{self.max_predict_images} (one full request)"
             )
+        if self.parallel_searches < 0:
+            raise ValueError(f"parallel_searches={self.parallel_searches} must be 0 (by the executor) or more")
+
+    @property
+    def searches_at_once(self) -> int:
+        """Operations that search at the same time: a local search fills the machine; with Ray the
+        cluster trains the candidates, so several tasks can improve together."""
+        return self.parallel_searches or (2 if self.executor == "ray" else 1)
 
 
 D = ServerConfig  # the flags' defaults are the dataclass's, stated once
@@ -237,6 +246,11 @@ def _operations(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--ray-address", default="", help="ray://host:10001, or empty for a local Ray")
     p.add_argument(
+        "--parallel-searches", type=int, default=D.parallel_searches,
+        help="operations that search at once, idle rounds over different tasks included; 0: 1 with the local "
+        "executor (a search fills the machine), 2 with Ray (the cluster trains the candidates)",
+    )  # fmt: skip
+    p.add_argument(
         "--ray-gpus-per-candidate", type=float, default=D.ray_gpus_per_candidate, help="GPUs a Ray candidate asks for (fractions share)"
     )
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
@@ -335,5 +349,6 @@ def _config(args: argparse.Namespace, env: dict[str, str], root: RootConfig) -> 
         follow_interval=args.follow_interval,
         executor=args.executor,
         ray_address=args.ray_address,
+        parallel_searches=args.parallel_searches,
         ray_gpus_per_candidate=args.ray_gpus_per_candidate,
     )

@@ -138,6 +138,7 @@ class MunetService:
             on_commit=lambda task: self.on_tasks_changed([]),
             on_progress=lambda op: self.on_operation(op),
             executor_factory=self.executor_factory,
+            workers=self.config.searches_at_once,
         )
 
     def start(self) -> None:
@@ -146,7 +147,8 @@ class MunetService:
         if cfg.idle_improvement and not cfg.read_only:
             budget = replace(cfg.default_budget, seconds=cfg.idle_round_seconds)
             self.improver = IdleImprover(lambda: self.operations, lambda: self.system, budget,
-                                         quiet_seconds=cfg.idle_quiet_seconds, predict_quiet=GATE.quiet_for)  # fmt: skip
+                                         quiet_seconds=cfg.idle_quiet_seconds, predict_quiet=GATE.quiet_for,
+                                         parallel=cfg.searches_at_once)  # fmt: skip
             self.improver.start()
         self._serving = True
 
@@ -170,10 +172,10 @@ class MunetService:
         return True
 
     def improvement_queue(self) -> dict[str, Any]:
-        """What idle improvement will do: on or off, the task of the round running, the tasks next."""
+        """What idle improvement will do: on or off, the tasks of the rounds running, the tasks next."""
         cfg, imp = self.config, self.improver
         running = [j.task_name for j in self.operations.list() if j.spec.get("origin") == Origin.IDLE.value and not j.terminal]
-        return {"enabled": imp is not None, "running": running[0] if running else "", "next": imp.queue() if imp else [],
+        return {"enabled": imp is not None, "running": running, "next": imp.queue() if imp else [],
                 "round_seconds": cfg.idle_round_seconds, "quiet_seconds": cfg.idle_quiet_seconds}  # fmt: skip
 
     # ---- AddTask -------------------------------------------------------------------------------

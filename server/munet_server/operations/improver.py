@@ -6,7 +6,8 @@ stopped; what it published stays). Every publication is a version with its own g
 
 Order: the task whose last round is oldest goes first, the lowest estimate breaking ties; a task whose
 round published nothing waits twice as long before its next one (up to a day), so that a system with
-nothing left to gain goes quiet."""
+nothing left to gain goes quiet. With `parallel` > 1 (Ray: the cluster trains the candidates) rounds
+over different tasks run at the same time, each its own operation."""
 
 from __future__ import annotations
 
@@ -44,14 +45,16 @@ class IdleImprover:
         quiet_seconds: float = 10.0,
         retry_seconds: float = 60.0,
         predict_quiet: Callable[[float], bool] = lambda seconds: True,
+        parallel: int = 1,
     ) -> None:
         """`operations`, `system`: the live ones (a restore replaces both). `predict_quiet(s)`: no
         Predict work in the last s seconds. `retry_seconds`: the wait after a round that published
-        nothing, doubled after each further one."""
+        nothing, doubled after each further one. `parallel`: rounds at once (over different tasks)."""
         self.operations, self.system, self.budget = operations, system, budget
         self.quiet_seconds, self.retry_seconds, self.predict_quiet = quiet_seconds, retry_seconds, predict_quiet
+        self.parallel = max(1, parallel)
         self.rounds: dict[str, _Rounds] = {}
-        self._running: str | None = None  # the operation id of the round in flight
+        self._running: set[str] = set()  # the operation ids of the rounds in flight
         self._stop = threading.Event()
         self.held = threading.Event()  # set: start no round (a restore is switching the system)
         self._thread = threading.Thread(target=self._loop, name="munet-idle-improvement", daemon=True)
@@ -71,22 +74,15 @@ class IdleImprover:
                 log.exception("idle improvement: a round could not be started")
 
     def tick(self) -> str | None:
-        """Note how the last round ended, and start the next one if the server is idle; its
-        operation id, or None."""
+        """Note how rounds ended, and start one more if the server is idle and fewer than `parallel`
+        run; its operation id, or None."""
         ops = self.operations()
-        if self._running is not None:
-            try:
-                op = ops.get(self._running)
-            except MunetError:
-                op = None
-            if op is not None and op.state not in TERMINAL_STATES:
-                return None
-            if op is not None:
-                r = self.rounds.setdefault(op.task_name, _Rounds())
-                published = int(op.progress.get("published", 0)) > 0  # it published at least one version
-                r.last, r.fruitless = time.monotonic(), 0 if published else r.fruitless + 1
-            self._running = None
-        if self.held.is_set() or not ops.idle() or not self.predict_quiet(self.quiet_seconds):
+        for op_id in list(self._running):
+            self._note_end(ops, op_id)
+        if len(self._running) >= self.parallel:
+            return None
+        quiet = ops.idle() if not self._running else ops.clients_idle()  # a client's operation comes first
+        if self.held.is_set() or not quiet or not self.predict_quiet(self.quiet_seconds):
             return None
         task = self.next_task()
         if task is None:
@@ -104,9 +100,22 @@ class IdleImprover:
             log.info("idle improvement: %s skipped (%s)", task, e.message)
             r.last, r.fruitless = time.monotonic(), r.fruitless + 1
             return None
-        self._running = op.id
+        self._running.add(op.id)
         log.info("idle improvement: a round over %r (operation %s)", task, op.id)
         return op.id
+
+    def _note_end(self, ops: OperationManager, op_id: str) -> None:
+        try:
+            op = ops.get(op_id)
+        except MunetError:
+            op = None
+        if op is not None and op.state not in TERMINAL_STATES:
+            return
+        if op is not None:
+            r = self.rounds.setdefault(op.task_name, _Rounds())
+            published = int(op.progress.get("published", 0)) > 0  # it published at least one version
+            r.last, r.fruitless = time.monotonic(), 0 if published else r.fruitless + 1
+        self._running.discard(op_id)
 
     def next_task(self) -> str | None:
         """The task whose last round is oldest (never: first), of those not waiting out a backoff."""
@@ -114,10 +123,11 @@ class IdleImprover:
         return order[0] if order else None
 
     def queue(self) -> list[str]:
-        """The tasks in the order their next rounds would run (those waiting out a backoff left out)."""
-        system, now = self.system(), time.monotonic()
+        """The tasks in the order their next rounds would run (those waiting out a backoff, or with an
+        operation queued or running, left out)."""
+        system, now, busy = self.system(), time.monotonic(), self.operations().improving()
         ready = []
-        for name in sorted(system.tasks):
+        for name in sorted(set(system.tasks) - busy):
             r = self.rounds.get(name, _Rounds())
             wait = min(MAX_BACKOFF_SECONDS, self.retry_seconds * 2 ** (r.fruitless - 1)) if r.fruitless else 0.0
             if r.last and now - r.last < wait:

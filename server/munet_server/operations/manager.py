@@ -1,8 +1,9 @@
 """Long-running operations (AddTask, ImproveTask): queue, background worker, progress, cancel, wait,
 resume.
 
-One worker thread runs one search at a time (searches saturate the machine; more AddTasks queue,
-and past `max_pending` they are refused with RESOURCE_EXHAUSTED). Predict keeps serving meanwhile
+`workers` threads run one search each (one by default: a search saturates the machine; with Ray the
+cluster trains the candidates of several). More operations queue, and past `max_pending` they are
+refused with RESOURCE_EXHAUSTED. Predict keeps serving meanwhile
 because a search only trains its own draft copies and publishes through `MunetSystem.commit`.
 
 Durability: the op record lives in LMDB. After every generation the population's draft tensors go
@@ -71,8 +72,10 @@ class OperationManager:
         on_commit: Callable[[str], None] | None = None,
         on_progress: Callable[[OperationRecord], None] | None = None,
         executor_factory: Callable[[], Executor] | None = None,
+        workers: int = 1,
     ) -> None:
         self.system = system
+        self.workers = max(1, workers)
         self.store = system.store
         self.max_pending = max_pending
         self.history = history  # finished operation records kept; older ones are deleted
@@ -85,7 +88,7 @@ class OperationManager:
         self._queue: deque[str] = deque()
         self._cond = threading.Condition()
         self._stopping = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._last_persist: dict[str, float] = {}
         self._clocks: dict[str, Clock] = {}  # running operations' clocks: an idle round's is stopped early
 
@@ -114,8 +117,10 @@ class OperationManager:
                 self._finish(
                     op.id, OperationState.FAILED.value, error={"code": "ABORTED", "message": "interrupted by a restart"}
                 )
-        self._worker = threading.Thread(target=self._loop, name="munet-operations", daemon=True)
-        self._worker.start()
+        for i in range(self.workers):
+            t = threading.Thread(target=self._loop, name=f"munet-operations-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Interrupt the running search; it stays RUNNING in the store and resumes on restart.
@@ -125,10 +130,10 @@ class OperationManager:
             self._cond.notify_all()
         for ev in self._cancel.values():
             ev.set()
-        if self._worker is not None:
-            self._worker.join(timeout)
-            return not self._worker.is_alive()
-        return True
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)
 
     # ---- API -----------------------------------------------------------------------------------
     def submit(self, spec: AddTaskSpec, dataset: DatasetRecord) -> OperationRecord:
@@ -243,6 +248,10 @@ class OperationManager:
     def idle(self) -> bool:
         """No operation is queued or running."""
         return self.active() == 0
+
+    def clients_idle(self) -> bool:
+        """No client's operation is queued or running (idle rounds may be)."""
+        return not any(j.spec.get("origin") != IDLE and j.state not in TERMINAL_STATES for j in self._ops.values())
 
     def yield_idle_rounds(self) -> None:
         """Stop the idle improvement round that runs (it ends at its next step, keeping what it

@@ -77,7 +77,7 @@ async function refresh() {
     }).join("");
     const q = await get("/munet/v1/improvement");
     document.getElementById("queue").textContent = !q.enabled ? "Idle improvement is off." :
-      "Idle improvement: " + (q.running ? `improving ${q.running} now; ` : "") +
+      "Idle improvement: " + (q.running.length ? `improving ${q.running.join(", ")} now; ` : "") +
       (q.next.length ? "next: " + q.next.join(", ") : "nothing waiting") + ` (rounds of ${q.round_seconds} s, when Predict has been quiet ${q.quiet_seconds} s)`;
   } catch (e) { document.getElementById("system").textContent = "error: " + e.message; }
 }

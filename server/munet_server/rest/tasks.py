@@ -63,7 +63,7 @@ def system(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B00
 
 @router.get("/improvement", dependencies=reader)
 def improvement(svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
-    """Idle improvement: on or off, the round running now, and the order of the tasks next in line."""
+    """Idle improvement: on or off, the tasks whose rounds run now, and the order of the tasks next in line."""
     return svc.improvement_queue()
 
 
