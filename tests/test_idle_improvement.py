@@ -90,7 +90,7 @@ def test_with_ray_rounds_over_different_tasks_run_at_once(tmp_path, tiny_vit):
 
     executor = RayExecutor(local_num_cpus=2)
     endless = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)  # rounds run until stopped
-    app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: executor, executor="ray",
+    app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: executor, executor="ray", http_port=0,
                    default_budget=endless, idle_improvement=True, idle_quiet_seconds=3600.0,
                    idle_round_seconds=600.0)  # fmt: skip
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
