@@ -148,6 +148,8 @@ def test_a_stalled_body_is_ended(served):
         ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [True, 2, 2, 1], "data": [0, 0, 0, 0]}]}, "shape"),
         ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 1, 1, 4], "data": [0, 0, 0, 0]}]}, "C 1 or 3"),
         ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [True], "data": ["AAAA"]}]}, "shape"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [2**70], "data": ["AAAA"]}]}, "needs"),  # fuzz
+        ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [2**40, 2**40, 1, 1], "data": [0]}]}, "needs"),
     ],
 )
 def test_malformed_infer_requests_are_400(served, change, words):

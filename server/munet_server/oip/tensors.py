@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import struct
 from dataclasses import dataclass
 from enum import Enum
@@ -62,7 +63,7 @@ def shape_of(value: Any, where: str) -> tuple[int, ...]:
 
 
 def elements(shape: tuple[int, ...]) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape else 1
+    return math.prod(shape)  # Python ints: a shape of huge dimensions is refused by count, never overflows
 
 
 def from_json(name: str, dtype: Datatype, shape: tuple[int, ...], data: Any) -> Tensor:
