@@ -79,10 +79,9 @@ class IdleImprover:
         ops = self.operations()
         for op_id in list(self._running):
             self._note_end(ops, op_id)
-        if len(self._running) >= self.parallel:
-            return None
-        quiet = ops.idle() if not self._running else ops.clients_idle()  # a client's operation comes first
-        if self.held.is_set() or not quiet or not self.predict_quiet(self.quiet_seconds):
+        if self.held.is_set() or not ops.clients_idle() or ops.idle_rounds() >= self.parallel:
+            return None  # a client's operation comes first; rounds resumed after a restart count too
+        if not self.predict_quiet(self.quiet_seconds):
             return None
         task = self.next_task()
         if task is None:

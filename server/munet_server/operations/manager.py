@@ -235,7 +235,7 @@ class OperationManager:
         """Wait (at most `timeout`) for stopped idle rounds to end."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while any(j.spec.get("origin") == IDLE and j.state not in TERMINAL_STATES for j in self._ops.values()):
+            while self.idle_rounds():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -245,9 +245,9 @@ class OperationManager:
         """The tasks an operation is queued or running for."""
         return {j.task_name for j in self._ops.values() if j.state not in TERMINAL_STATES}
 
-    def idle(self) -> bool:
-        """No operation is queued or running."""
-        return self.active() == 0
+    def idle_rounds(self) -> int:
+        """Idle improvement rounds queued or running."""
+        return sum(1 for j in self._ops.values() if j.spec.get("origin") == IDLE and j.state not in TERMINAL_STATES)
 
     def clients_idle(self) -> bool:
         """No client's operation is queued or running (idle rounds may be)."""
