@@ -16,6 +16,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.evolve.executors import Candidate
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
+from munet_server.evolve.judge import margin_sd
 from munet_server.evolve.mutations import FirstGeneration, MutationConfig, Mutator
 from munet_server.evolve.offspring import Brood, first_generation
 from munet_server.evolve.population import Kind
@@ -221,20 +222,45 @@ def test_a_tie_keeps_the_champion(vit_system):
     assert not d.publish and d.challenger_score < d.champion_score
 
 
-def test_the_margin_grows_with_the_judgements_on_the_same_images(vit_system):
-    """Two more images right and none fewer: a win at a search's first judgement, not at its tenth,
-    where the luckiest of ten equals would win by as much."""
+def test_the_margin_grows_with_the_tests_on_the_same_images(vit_system):
+    """Two more images right and none fewer: a win at a search's first test, not at its tenth, where
+    the luckiest of ten equals would win by as much."""
     search = _search(vit_system, "margin", digits_dataset(classes=4, per_class=40), generations=0)
     search.run()
-    champion = search.population[search.state.champion]
-    same = search.recipe(champion)
+    same = search.recipe(search.population[search.state.champion])
     n = len(search.judge.images)
-    search.judge._right[996] = torch.arange(n) >= 2  # the champion: all but two right
-    search.judge._right[997] = torch.ones(n, dtype=torch.bool)  # the challenger: every one
-    first = search.judge.decide((997, same), (996, same), trials=1)
-    tenth = search.judge.decide((997, same), (996, same), trials=10)
+    right = search.judge._right
+    right[996] = torch.arange(n) >= 3  # the champion: all but the first three right
+    right[997] = right[996] | (torch.arange(n) < 2)  # two of those three right too
+    right[998] = right[996] | ((torch.arange(n) >= 1) & (torch.arange(n) < 3))  # two others of them
+    first = search.judge.decide((997, same), (996, same), tests_before=0)
+    tenth = search.judge.decide((998, same), (996, same), tests_before=9)
     assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (2, 0)
     assert first.publish and not tenth.publish and tenth.margin > first.margin
+    assert not first.repeat and not tenth.repeat
+
+
+def test_answers_judged_before_are_not_a_new_test(vit_system):
+    """A challenger whose answers equal an earlier challenger's, or the champion's, repeats a test
+    rather than adding one: it needs the margin of the tests so far, and the search counts it once,
+    in its own family (probe tests do not raise a trained path's bar)."""
+    search = _search(vit_system, "repeat", digits_dataset(classes=4, per_class=40), generations=0)
+    search.run()
+    same = search.recipe(search.population[search.state.champion])
+    n = len(search.judge.images)
+    right = search.judge._right
+    right[996] = torch.arange(n) >= 3
+    right[997] = right[996] | (torch.arange(n) < 2)
+    right[998] = right[997].clone()  # another recipe, the same answers
+    right[999] = right[996].clone()  # the champion's answers
+    new = search.judge.decide((997, same), (996, same), tests_before=1)
+    again = search.judge.decide((998, same), (996, same), tests_before=2)
+    tie = search.judge.decide((999, same), (996, same), tests_before=2)
+    assert not new.repeat and new.margin == margin_sd(2)
+    assert again.repeat and again.margin == margin_sd(2) and (again.wins, again.losses) == (new.wins, new.losses)
+    assert tie.repeat and not tie.publish and tie.wins == tie.losses == 0
+    search.state.decisions = [replace(d, family="trained") for d in (new, again, tie)]
+    assert search.tests(Kind.TRAINED) == 1 and search.tests(Kind.PROBE) == 0
 
 
 def test_challengers_are_nominated_on_the_holdout_only(vit_system):

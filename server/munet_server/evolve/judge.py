@@ -22,8 +22,12 @@ from munet_server.model.path import TaskPath
 JUDGE_FOLDS = 2
 # A win counts when the images the challenger alone gets right outnumber those the champion alone gets
 # right by a margin (McNemar) that a challenger no better than the champion passes with probability
-# FALSE_WIN / n, n the judgements on these images so far: a search judges many challengers on the
+# FALSE_WIN / n, n the distinct tests on these images so far: a search judges many challengers on the
 # same images, and the luckiest of n equals would otherwise win (Bonferroni). The first needs 1 SD.
+# Answers equal to ones judged before (the champion's or an earlier challenger's) are the same test
+# again: they count once. Probes and trained paths are counted apart (`family`): a probe's variants
+# (seed path, image size, decay) say nothing of whether training layers helps, so they do not raise
+# a trained path's bar; the bound then holds per family.
 FALSE_WIN = 0.16
 
 
@@ -47,14 +51,17 @@ class Decision:
     wins: int  # images the challenger gets right and the champion wrong
     losses: int
     seconds: float
-    margin: float = 1.0  # the standard deviations a win needed (it grows with the judgements before it)
+    margin: float = 1.0  # the standard deviations a win needed (it grows with the tests before it)
+    repeat: bool = False  # its answers equal ones judged before: not a new test
+    family: str = ""  # the challenger's kind; tests are counted per family
 
     @property
     def reason(self) -> str:
         verdict = "publishes" if self.publish else "keeps the champion"
-        return (f"challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
+        seen = "; answers judged before" if self.repeat else ""
+        return (f"{self.family or 'a'} challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
                 f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
-                f"{self.champion_score:.4f}; a win needs {self.margin:.2f} SD): {verdict}")  # fmt: skip
+                f"{self.champion_score:.4f}; a win needs {self.margin:.2f} SD{seen}): {verdict}")  # fmt: skip
 
 
 class Judge:
@@ -72,6 +79,7 @@ class Judge:
         self.folds = [train_idx[p] for p in parts]
         self.images = torch.cat(self.folds)
         self._right: dict[int, torch.Tensor] = {}  # member id -> right or wrong on each judged image
+        self._seen: set[bytes] = set()  # the answers judged so far, champions' and challengers'
 
     def right(self, key: int, recipe: Recipe) -> torch.Tensor:
         """Right or wrong on each judged image, fold by fold (kept: a recipe's retraining is deterministic)."""
@@ -86,21 +94,26 @@ class Judge:
     def known(self, key: int) -> bool:
         return key in self._right
 
-    def decide(self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe], trials: int = 1) -> Decision:
-        """`trials`: this judgement's number among those on these images. OutOfTime when the clock
-        runs out first (the champion then stays)."""
+    def decide(
+        self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe], tests_before: int = 0, family: str = ""
+    ) -> Decision:
+        """`tests_before`: the distinct tests of the challenger's family on these images before this
+        one. OutOfTime when the clock runs out first (the champion then stays)."""
         t0 = time.monotonic()
         (ck, cr), (pk, pr) = challenger, champion
         a, b = self.right(pk, pr), self.right(ck, cr)
+        self._seen.add(_answers(a))
+        repeat = _answers(b) in self._seen
+        self._seen.add(_answers(b))
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
-        margin = margin_sd(trials)
+        margin = margin_sd(tests_before + (0 if repeat else 1))
         clear = wins - losses >= max(1.0, margin * math.sqrt(wins + losses))
         return Decision(
             publish=s_c > s_p and clear,  # a tie, a narrow win, or one bought with parameters keeps the champion
             size=len(b), challenger=ck, champion=pk, challenger_accuracy=acc_c, champion_accuracy=acc_p,
-            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, margin=margin,
+            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, margin=margin, repeat=repeat, family=family,
             seconds=time.monotonic() - t0,
         )  # fmt: skip
 
@@ -109,3 +122,7 @@ class Judge:
         images each retraining sees (k folds on all but one fold each, then all of them)."""
         n_train = max(1, len(self.images))
         return (sum(len(self.all_idx) - len(f) for f in self.folds) + len(self.all_idx)) / n_train
+
+
+def _answers(right: torch.Tensor) -> bytes:
+    return right.cpu().numpy().tobytes()

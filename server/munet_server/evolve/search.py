@@ -336,7 +336,7 @@ class Search:
             m.judged = True
             try:
                 decision = self.judge.decide((m.id, self.recipe(m)), (champion.id, self.recipe(champion)),
-                                             trials=len(self.state.decisions) + 1)  # fmt: skip
+                                             tests_before=self.tests(m.kind), family=m.kind.value)  # fmt: skip
             except OutOfTime:
                 log.info("task %s: the clock ran out while judging member %d; the champion stays", self.task, m.id)
                 return
@@ -345,10 +345,14 @@ class Search:
             if decision.publish:
                 self._publish(m, decision)
 
+    def tests(self, kind: Kind) -> int:
+        """The distinct tests of challengers of this kind so far (answers judged before count once)."""
+        return sum(not d.repeat and d.family == kind.value for d in self.state.decisions)
+
     def _challengers(self) -> list[Member]:
         """The best unjudged probe and trained member that beat the champion on the holdout: nominated
-        there, judged on the other images. One of each: every judgement raises the margin of the next
-        (judge.py). A probe's cross-validation counts the judged images, so it nominates none."""
+        there, judged on the other images. One of each: every new test raises the margin of the next of
+        its kind (judge.py). A probe's cross-validation counts the judged images, so it nominates none."""
         if self.state.champion is None:
             return []
         champion = self.population[self.state.champion]
