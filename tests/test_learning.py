@@ -16,7 +16,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.evolve.executors import Candidate
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
-from munet_server.evolve.judge import margin_sd
+from munet_server.evolve.judge import level, p_value
 from munet_server.evolve.mutations import FirstGeneration, MutationConfig, Mutator
 from munet_server.evolve.offspring import Brood, first_generation
 from munet_server.evolve.population import Kind
@@ -222,28 +222,38 @@ def test_a_tie_keeps_the_champion(vit_system):
     assert not d.publish and d.challenger_score < d.champion_score
 
 
-def test_the_margin_grows_with_the_tests_on_the_same_images(vit_system):
-    """Two more images right and none fewer: a win at a search's first test, not at its tenth, where
-    the luckiest of ten equals would win by as much."""
+def test_a_win_gets_harder_with_the_tests_on_the_same_images(vit_system):
+    """Four more images right and none fewer (a chance of 1 in 16 for a challenger no better than the
+    champion): a win at a search's first test, not at its tenth, where the luckiest of ten equals
+    would win by as much."""
     search = _search(vit_system, "margin", digits_dataset(classes=4, per_class=40), generations=0)
     search.run()
     same = search.recipe(search.population[search.state.champion])
     n = len(search.judge.images)
+    i = torch.arange(n)
     right = search.judge._right
-    right[996] = torch.arange(n) >= 3  # the champion: all but the first three right
-    right[997] = right[996] | (torch.arange(n) < 2)  # two of those three right too
-    right[998] = right[996] | ((torch.arange(n) >= 1) & (torch.arange(n) < 3))  # two others of them
+    right[996] = i >= 5  # the champion: all but the first five right
+    right[997] = right[996] | (i < 4)  # four of those five right too
+    right[998] = right[996] | ((i >= 1) & (i < 5))  # four others of them
     first = search.judge.decide((997, same), (996, same), tests_before=0)
     tenth = search.judge.decide((998, same), (996, same), tests_before=9)
-    assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (2, 0)
-    assert first.publish and not tenth.publish and tenth.margin > first.margin
+    assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (4, 0)
+    assert first.p_value == tenth.p_value == 1 / 16
+    assert first.publish and not tenth.publish and tenth.level < first.level
     assert not first.repeat and not tenth.repeat
+
+
+def test_a_win_is_judged_by_the_exact_test():
+    """Three won and none lost happens by chance 1 time in 8, which the normal approximation passed
+    at 1.4 SD; the exact sign test does not."""
+    assert p_value(3, 0) == 1 / 8 and p_value(5, 2) == 29 / 128 and p_value(0, 0) == 1.0
+    assert p_value(3, 0) > level(2) and p_value(14, 6) < level(2)
 
 
 def test_answers_judged_before_are_not_a_new_test(vit_system):
     """A challenger whose answers equal an earlier challenger's, or the champion's, repeats a test
-    rather than adding one: it needs the margin of the tests so far, and the search counts it once,
-    in its own family (probe tests do not raise a trained path's bar)."""
+    rather than adding one: it needs the level of the tests so far, and the search counts it once,
+    in its own family (probe tests do not make a trained path's win harder)."""
     search = _search(vit_system, "repeat", digits_dataset(classes=4, per_class=40), generations=0)
     search.run()
     same = search.recipe(search.population[search.state.champion])
@@ -256,8 +266,8 @@ def test_answers_judged_before_are_not_a_new_test(vit_system):
     new = search.judge.decide((997, same), (996, same), tests_before=1)
     again = search.judge.decide((998, same), (996, same), tests_before=2)
     tie = search.judge.decide((999, same), (996, same), tests_before=2)
-    assert not new.repeat and new.margin == margin_sd(2)
-    assert again.repeat and again.margin == margin_sd(2) and (again.wins, again.losses) == (new.wins, new.losses)
+    assert not new.repeat and new.level == level(2)
+    assert again.repeat and again.level == level(2) and (again.wins, again.losses) == (new.wins, new.losses)
     assert tie.repeat and not tie.publish and tie.wins == tie.losses == 0
     search.state.decisions = [replace(d, family="trained") for d in (new, again, tie)]
     assert search.tests(Kind.TRAINED) == 1 and search.tests(Kind.PROBE) == 0

@@ -11,7 +11,6 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import torch
 
@@ -21,19 +20,27 @@ from munet_server.model.path import TaskPath
 
 JUDGE_FOLDS = 2
 # A win counts when the images the challenger alone gets right outnumber those the champion alone gets
-# right by a margin (McNemar) that a challenger no better than the champion passes with probability
-# FALSE_WIN / n, n the distinct tests on these images so far: a search judges many challengers on the
-# same images, and the luckiest of n equals would otherwise win (Bonferroni). The first needs 1 SD.
-# Answers equal to ones judged before (the champion's or an earlier challenger's) are the same test
-# again: they count once. Probes and trained paths are counted apart (`family`): a probe's variants
-# (seed path, image size, decay) say nothing of whether training layers helps, so they do not raise
-# a trained path's bar; the bound then holds per family.
+# right so clearly that a challenger no better than the champion would do so with probability at most
+# FALSE_WIN / n (exact McNemar: a one-sided sign test on the images where they differ; the normal
+# approximation passed 3 won and 0 lost, a chance of 1 in 8), n the distinct tests on these images so
+# far: a search judges many challengers on the same images, and the luckiest of n equals would
+# otherwise win (Bonferroni). Answers equal to ones judged before (the champion's or an earlier
+# challenger's) are the same test again: they count once. Probes and trained paths are counted apart
+# (`family`): a probe's variants (seed path, image size, decay) say nothing of whether training layers
+# helps, so they do not raise a trained path's bar; the bound then holds per family.
 FALSE_WIN = 0.16
 
 
-def margin_sd(trials: int) -> float:
-    """Standard deviations of the McNemar difference a win needs at the `trials`-th judgement."""
-    return NormalDist().inv_cdf(1.0 - FALSE_WIN / max(1, trials))
+def level(tests: int) -> float:
+    """The chance of a false win allowed at a family's `tests`-th distinct test."""
+    return FALSE_WIN / max(1, tests)
+
+
+def p_value(wins: int, losses: int) -> float:
+    """The chance that a challenger no better than the champion wins at least `wins` of the images
+    where the two differ (each image a fair coin)."""
+    n = wins + losses
+    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ class Decision:
     wins: int  # images the challenger gets right and the champion wrong
     losses: int
     seconds: float
-    margin: float = 1.0  # the standard deviations a win needed (it grows with the tests before it)
+    p_value: float = 1.0  # of `wins` and `losses` under a challenger no better than the champion
+    level: float = FALSE_WIN  # the p-value a win needed (it falls with the tests before it)
     repeat: bool = False  # its answers equal ones judged before: not a new test
     family: str = ""  # the challenger's kind; tests are counted per family
 
@@ -61,7 +69,7 @@ class Decision:
         seen = "; answers judged before" if self.repeat else ""
         return (f"{self.family or 'a'} challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
                 f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
-                f"{self.champion_score:.4f}; a win needs {self.margin:.2f} SD{seen}): {verdict}")  # fmt: skip
+                f"{self.champion_score:.4f}; p {self.p_value:.3f}, a win needs {self.level:.3f}{seen}): {verdict}")  # fmt: skip
 
 
 class Judge:
@@ -108,12 +116,12 @@ class Judge:
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
-        margin = margin_sd(tests_before + (0 if repeat else 1))
-        clear = wins - losses >= max(1.0, margin * math.sqrt(wins + losses))
+        alpha, p = level(tests_before + (0 if repeat else 1)), p_value(wins, losses)
+        clear = wins > losses and p <= alpha
         return Decision(
             publish=s_c > s_p and clear,  # a tie, a narrow win, or one bought with parameters keeps the champion
             size=len(b), challenger=ck, champion=pk, challenger_accuracy=acc_c, champion_accuracy=acc_p,
-            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, margin=margin, repeat=repeat, family=family,
+            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, p_value=p, level=alpha, repeat=repeat, family=family,
             seconds=time.monotonic() - t0,
         )  # fmt: skip
 

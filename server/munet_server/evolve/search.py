@@ -351,8 +351,8 @@ class Search:
 
     def _challengers(self) -> list[Member]:
         """The best unjudged probe and trained member that beat the champion on the holdout: nominated
-        there, judged on the other images. One of each: every new test raises the margin of the next of
-        its kind (judge.py). A probe's cross-validation counts the judged images, so it nominates none."""
+        there, judged on the other images. One of each: every new test makes a win of its kind
+        harder (judge.py). A probe's cross-validation counts the judged images, so it nominates none."""
         if self.state.champion is None:
             return []
         champion = self.population[self.state.champion]
