@@ -50,3 +50,27 @@ def test_quality_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
     text = report(out, tmp_path / "RESULTS.md")
     assert "| muNet, 30 s budget | 2 |" in text and "| munet30 | 2 |" in text  # both seeds counted
     assert (tmp_path / "RESULTS.md").read_text().count("## Quality") == 1
+
+
+@pytest.mark.timeout(600)
+def test_anytime_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
+    """The anytime stream is `learn` itself, every version timed and scored on test images, every
+    version verified after the stream; the report reads the curve off those publications."""
+    from bench import anytime
+
+    monkeypatch.setattr(anytime, "TASKS", ("digits3", "digits5"))
+    stream = [_task("digits3", 3), _task("digits5", 5)]
+    rows = []
+    for seed in (0, 1):
+        for r in anytime.run_stream(seed, stream, 10.0, tiny_vit, tmp_path / f"s{seed}"):
+            pubs = r["publications"]
+            assert r["all_versions_verified"] and pubs[0]["version"] == 1 and pubs[0]["kind"] == "probe"
+            assert [p["version"] for p in pubs] == list(range(1, len(pubs) + 1))
+            assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in pubs)
+            assert anytime.served_at(r, pubs[0]["seconds"]) == pubs[0] and anytime.served_at(r, -1.0) is None
+            rows.append({**r, "seed": seed, "machine": "test"})
+    out = tmp_path / "a.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = anytime.report(out)
+    assert "muNet seeds [0, 1]" in text and "| digits3 |" in text and "| digits5 |" in text
+    assert "Every version of every task re-verified after its stream: True." in text
