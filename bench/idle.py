@@ -9,6 +9,8 @@ re-verified against its golden digest (nothing forgotten, by construction and ch
 
     .venv/bin/python -m bench.idle --seeds 0 --minutes 20   # ~30 min a seed on 2 CPU cores
     .venv/bin/python -m bench.idle --report
+
+The server's log of each seed (every judgement with its evidence) is kept beside the rows.
 """
 
 from __future__ import annotations
@@ -41,7 +43,10 @@ from munet_server.system import MunetSystem
 OUT = Path(__file__).resolve().parent / "out" / "idle.jsonl"
 
 
-def run_seed(seed: int, stream: list[TaskData], minutes: float, add_seconds: float, tmp: Path) -> list[dict[str, Any]]:
+def run_seed(
+    seed: int, stream: list[TaskData], minutes: float, add_seconds: float, tmp: Path, server_log: Path
+) -> list[dict[str, Any]]:
+    """`server_log`: the server's own log (every judgement and publication, at INFO)."""
     from munet_client import MunetClient
 
     folders = {}
@@ -50,8 +55,10 @@ def run_seed(seed: int, stream: list[TaskData], minutes: float, add_seconds: flo
         folders[data.name] = offline.write_image_folder(raw, tmp / data.name)
     port = _free_port()
     cmd = [sys.executable, "-m", "munet_server", "--store", str(tmp / "store"), "--port", str(port),
-           "--idle-improvement", "--log-level", "WARNING"]  # fmt: skip
-    proc = subprocess.Popen(cmd)
+           "--idle-improvement", "--log-level", "INFO"]  # fmt: skip
+    server_log.parent.mkdir(parents=True, exist_ok=True)
+    with server_log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     try:
         client = MunetClient(f"127.0.0.1:{port}", timeout=120)
         _wait_serving(client)
@@ -139,7 +146,7 @@ def main() -> None:
         stream = [load_task(t, seed) for t in a.tasks.split(",")]
         log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
         with tempfile.TemporaryDirectory() as tmp:
-            rows = run_seed(seed, stream, a.minutes, a.add_seconds, Path(tmp))
+            rows = run_seed(seed, stream, a.minutes, a.add_seconds, Path(tmp), a.out.with_name(f"idle-seed{seed}.log"))
         append(a.out, [{**r, "seed": seed, **env} for r in rows])
 
 
