@@ -14,6 +14,8 @@ acknowledgement (AddTask returned) to the first Predict that answers.
     .venv/bin/python -m bench.anytime --seeds 0-1 --baselines     # the linear probe and fine-tuning
     .venv/bin/python -m bench.anytime --first-answer
     .venv/bin/python -m bench.anytime --report
+
+Each seed's search log (every judgement with its evidence) is kept beside the rows.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported
 
 import argparse
+import contextlib
+import logging
 import subprocess
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -302,9 +307,27 @@ def main() -> None:
         if all((seed, d.name, "munet") in have for d in stream):
             continue
         log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp, search_log(a.out.with_name(f"anytime-seed{seed}.log")):
             rows = run_stream(seed, stream, a.seconds, root, Path(tmp))
         append(a.out, [{**r, "seed": seed, **env} for r in rows])
+
+
+@contextlib.contextmanager
+def search_log(path: Path) -> Iterator[None]:
+    """The server's log (every judgement with its evidence, every publication) into `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger = logging.getLogger("munet_server")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 def _seeds(text: str) -> list[int]:
