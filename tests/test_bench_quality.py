@@ -62,7 +62,11 @@ def test_anytime_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
     stream = [_task("digits3", 3), _task("digits5", 5)]
     rows = []
     for seed in (0, 1):
-        for r in anytime.run_stream(seed, stream, 10.0, tiny_vit, tmp_path / f"s{seed}"):
+        with anytime.search_log(tmp_path / f"s{seed}.log"):
+            streamed = anytime.run_stream(seed, stream, 10.0, tiny_vit, tmp_path / f"s{seed}")
+        kept = (tmp_path / f"s{seed}.log").read_text()  # the seed's search log: each task's publications
+        assert "task digits3: version 1 serves (probe" in kept and "task digits5: version 1 serves (probe" in kept
+        for r in streamed:
             pubs = r["publications"]
             assert r["all_versions_verified"] and pubs[0]["version"] == 1 and pubs[0]["kind"] == "probe"
             assert [p["version"] for p in pubs] == list(range(1, len(pubs) + 1))

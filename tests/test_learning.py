@@ -224,8 +224,8 @@ def test_a_tie_keeps_the_champion(vit_system):
 
 def test_a_win_gets_harder_with_the_tests_on_the_same_images(vit_system):
     """Four more images right and none fewer (a chance of 1 in 16 for a challenger no better than the
-    champion, mid-p 1 in 32): a win at a search's first test, not at its tenth, where the luckiest of
-    ten equals would win by as much."""
+    champion): a win at a search's first test, not at its tenth, where the luckiest of ten equals
+    would win by as much."""
     search = _search(vit_system, "margin", digits_dataset(classes=4, per_class=40), generations=0)
     search.run()
     same = search.recipe(search.population[search.state.champion])
@@ -238,18 +238,16 @@ def test_a_win_gets_harder_with_the_tests_on_the_same_images(vit_system):
     first = search.judge.decide((997, same), (996, same), tests_before=0)
     tenth = search.judge.decide((998, same), (996, same), tests_before=9)
     assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (4, 0)
-    assert first.p_value == tenth.p_value == 1 / 32
+    assert first.p_value == tenth.p_value == 1 / 16
     assert first.publish and not tenth.publish and tenth.level < first.level
     assert not first.repeat and not tenth.repeat
 
 
-def test_a_win_is_judged_by_the_mid_p_value():
-    """Three won and none lost: mid-p 1/16 (1/8 that many or more, half of it that many); four won and
-    one lost passes at the first test (the exact p-value, 3/16, would not: at five differing images its
-    false wins are 1 in 32 where 0.16 is allowed), five won and two lost does not at the second."""
-    assert p_value(3, 0) == 1 / 16 and p_value(4, 1) == 7 / 64 and p_value(5, 2) == 37 / 256
-    assert p_value(4, 1) <= level(1) and p_value(5, 2) > level(2) and p_value(14, 6) < level(2)
-    assert p_value(1, 1) == 1 / 2 and p_value(0, 3) > 0.9
+def test_a_win_is_judged_by_the_exact_test():
+    """Three won and none lost happens by chance 1 time in 8, which the normal approximation passed
+    at 1.4 SD; the exact sign test does not."""
+    assert p_value(3, 0) == 1 / 8 and p_value(5, 2) == 29 / 128 and p_value(0, 0) == 1.0
+    assert p_value(3, 0) > level(2) and p_value(14, 6) < level(2)
 
 
 def test_answers_judged_before_are_not_a_new_test(vit_system):
