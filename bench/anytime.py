@@ -44,6 +44,7 @@ from bench.quality import append, done_rows, log, run_baseline, test_accuracy
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.learn import learn
+from munet_server.logs import TEXT_FORMAT
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import TaskRecord
@@ -317,7 +318,7 @@ def search_log(path: Path) -> Iterator[None]:
     """The server's log (every judgement with its evidence, every publication) into `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logger = logging.getLogger("munet_server")
     level = logger.level
     logger.addHandler(handler)

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import Any
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the lines people read
 # LogRecord attributes that are not user extras.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
@@ -36,7 +37,7 @@ def configure(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
