@@ -121,8 +121,21 @@ def report(out: Path) -> str:
     b, a = np.mean([r["before_test"] for r in rows]), np.mean([r["after_test"] for r in rows])
     ok = all(r["all_versions_verified"] for r in rows)
     lines.append(f"| **mean** | {100 * b:.1f} % | {100 * a:.1f} % | **{100 * (a - b):+.1f}** | | |")
-    lines += ["", f"Every version of every task verified against its golden digest afterwards: {'yes' if ok else 'NO'}."]
+    lines += ["", _per_seed(rows, seeds), "", f"Every version of every task verified against its golden digest "
+              f"afterwards: {'yes' if ok else 'NO'} (forgetting: 0)."]  # fmt: skip
     return "\n".join(lines)
+
+
+def _per_seed(rows: list[dict[str, Any]], seeds: list[int]) -> str:
+    """Each seed's mean gain over its tasks (backward transfer from idle improvement), its spread, and
+    the tasks that idle improvement left lower on test."""
+    gains = np.array([100 * np.mean([r["after_test"] - r["before_test"] for r in rows if r["seed"] == s]) for s in seeds])
+    sd = f" ± {gains.std(ddof=1):.1f}" if len(seeds) > 1 else ""
+    lower = [f"{r['task']} s{r['seed']}" for r in rows if r["after_test"] < r["before_test"]]
+    each = ", ".join(f"seed {s} {g:+.1f}" for s, g in zip(seeds, gains, strict=True))
+    return (f"Per seed (mean over tasks): {each}; gain {gains.mean():+.1f}{sd} pt (mean ± sd over seeds). "
+            f"Publications: {sum(r['published'] for r in rows)} in {sum(r['rounds'] for r in rows)} rounds; "
+            f"tasks lower on test after idle: {len(lower)} ({', '.join(lower) or 'none'}).")
 
 
 def main() -> None:

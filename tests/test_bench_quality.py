@@ -78,3 +78,23 @@ def test_anytime_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
     text = anytime.report(out)
     assert "muNet seeds [0, 1]" in text and "| digits3 |" in text and "| digits5 |" in text
     assert "Every version of every task re-verified after its stream: True." in text
+
+
+def test_idle_report_reads_gains_per_seed(tmp_path):
+    """The idle report's table and its per-seed line come from the rows: the mean gain of each seed,
+    its spread, and every task left lower on test named."""
+    from bench import idle
+
+    def row(seed: int, task: str, before: float, after: float, published: int) -> dict:
+        return {"method": "idle", "task": task, "minutes": 20.0, "before_test": before, "after_test": after,
+                "rounds": 2, "published": published, "all_versions_verified": True, "seed": seed,
+                "machine": "test", "date": "2026-12-07"}  # fmt: skip
+
+    rows = [row(0, "a", 0.50, 0.60, 1), row(0, "b", 0.80, 0.80, 0), row(1, "a", 0.50, 0.50, 0), row(1, "b", 0.80, 0.78, 1)]
+    out = tmp_path / "idle.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = idle.report(out)
+    assert "| a | 50.0 % | 55.0 % | +5.0 | 4 | 1 |" in text and "| b | 80.0 % | 79.0 % | -1.0 | 4 | 1 |" in text
+    assert "seed 0 +5.0, seed 1 -1.0; gain +2.0 ± 4.2 pt" in text
+    assert "Publications: 2 in 8 rounds; tasks lower on test after idle: 1 (b s1)." in text
+    assert "(forgetting: 0)" in text
