@@ -98,3 +98,29 @@ def test_idle_report_reads_gains_per_seed(tmp_path):
     assert "seed 0 +5.0, seed 1 -1.0; gain +2.0 ± 4.2 pt" in text
     assert "Publications: 2 in 8 rounds; tasks lower on test after idle: 1 (b s1)." in text
     assert "(forgetting: 0)" in text
+
+
+def test_anytime_report_pairs_seeds_with_the_better_baseline(tmp_path):
+    """Per task the baseline with the higher mean over seeds is the one compared against, seed by seed:
+    the headline difference is the mean of the seeds' differences, and their spread is given."""
+    from bench import anytime
+
+    def munet(seed: int, task: str, v1: float, v2: float) -> dict:
+        pubs = [{"seconds": 2.0, "version": 1, "kind": "probe", "test_accuracy": v1, "params_added": 10},
+                {"seconds": 200.0, "version": 2, "kind": "trained", "test_accuracy": v2, "params_added": 30}]  # fmt: skip
+        return {"method": "munet", "task": task, "budget": 360.0, "publications": pubs, "all_versions_verified": True, "seed": seed}
+
+    def base(method: str, seed: int, task: str, acc: float) -> dict:
+        return {"method": method, "task": task, "seed": seed, "test_accuracy": acc, "params_added": 1000 if method == "finetune" else 10}
+
+    task = anytime.TASKS[0]
+    rows = [munet(0, task, 0.80, 0.84), munet(1, task, 0.70, 0.70),
+            base("linear_probe", 0, task, 0.78), base("linear_probe", 1, task, 0.70),
+            base("finetune", 0, task, 0.70), base("finetune", 1, task, 0.72)]  # fmt: skip
+    out = tmp_path / "a.jsonl"
+    out.write_text("".join(json.dumps({**r, "machine": "test"}) + "\n" for r in rows))
+    text = anytime.report(out)
+    # The probe (mean 74 %) is the better baseline; against it: seed 0 +2 / +6, seed 1 +0 / +0.
+    assert "75.0 % at 90 s and 77.0 % at 360 s, against 74.0 %" in text
+    assert "(+1.0 ± 1.4 and +3.0 ± 4.2 pt" in text and "seed 0 +2.0 / +6.0, seed 1 +0.0 / +0.0" in text
+    assert "Publications after version 1: 2; that lowered test accuracy: 0 (none)" in text
