@@ -110,8 +110,9 @@ def report(out: Path) -> str:
     if not rows:
         return "no rows yet"
     seeds = sorted({r["seed"] for r in rows})
+    machines, dates = sorted({r["machine"] for r in rows}), sorted({r["date"] for r in rows})
     lines = [f"Seeds {', '.join(map(str, seeds))}; {rows[0]['minutes']:.0f} minutes idle after the stream; "
-             f"{rows[0]['machine']}; {rows[0]['date']}.", "",
+             f"{' / '.join(machines)}; {' to '.join(dict.fromkeys([dates[0], dates[-1]]))}.", "",
              "| task | after AddTask (90 s) | after idle | gain (pt) | rounds | published |", "|---|---|---|---|---|---|"]  # fmt: skip
     for task in dict.fromkeys(r["task"] for r in rows):
         rs = [r for r in rows if r["task"] == task]
