@@ -156,6 +156,25 @@ def _search(system: MunetSystem, name: str, ds, seed: int = 1, published: list |
     return Search(system, name, ds, SearchConfig(budget=b, seed=seed), publish=publish)
 
 
+def test_the_probes_include_the_root_without_its_top_blocks(vit_system):
+    """Earlier features can suit a task better than the root's last ones: the probe generation fits
+    the root one and two blocks shallower too, at the best size, each a head-only probe with its CV."""
+    ds = digits_dataset(classes=5)
+    search = _search(vit_system, "shallow", ds, generations=0)
+    search.run()
+    depth = int(vit_system.root_path.hparams["num_layers"])
+    probes = search.population.probes()
+    layers = [int(m.path.hparams["num_layers"]) for m in probes]
+    assert depth in layers and all(layers.count(n) == 1 for n in (depth - 1, depth - 2) if n >= 1)
+    assert min(layers) == max(1, depth - 2)  # the tiny root has 2 blocks: one shallower probe
+    best_size = max((m for m in probes if int(m.path.hparams["num_layers"]) == depth), key=lambda m: m.cv.key())
+    for m in probes:
+        if int(m.path.hparams["num_layers"]) < depth:
+            assert [c.spec.name for c in m.path.trainable()] == ["head"] and m.cv is not None
+            assert m.path.hparams["ds_image_size"] == best_size.path.hparams["ds_image_size"]
+            assert len([c for c in m.path.components if c.spec.kind == "block"]) == int(m.path.hparams["num_layers"])
+
+
 def test_a_child_that_trains_only_its_head_is_fitted_as_a_probe(vit_system):
     """SGD on a head alone only moves it off the converged fit (and the best of its checkpoints on the
     holdout flatters it), so such a child gets its head by L-BFGS like a probe, with CV weight decay,

@@ -2,9 +2,11 @@
 image size and weight decay chosen by k-fold cross-validation over every labelled image.
 
 The root comes first, at every probed size (largest first: ImageNet features like large images), so
-the first probe is ready in seconds; the other seeds (newest tasks first) follow at the root's best size
-while the probes have used less than PROBE_SHARE of the budget: with many committed tasks or a large
-upload, muNet's seed phase would otherwise eat the whole search."""
+the first probe is ready in seconds; then the root without its top PROBE_DEPTHS blocks at its best size
+(earlier, less ImageNet-specific features: the probes idle rounds published were these); then the other
+seeds (newest tasks first) at that size, while the probes have used less than PROBE_SHARE of the
+budget: with many committed tasks or a large upload, muNet's seed phase would otherwise eat the whole
+search."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from munet_server.model.hparams import SearchSpace
 from munet_server.model.path import TaskPath
 
 PROBE_SHARE = 0.4  # of the budget, at most, for probes beyond the root's first size
+PROBE_DEPTHS = 2  # shallower root probes: num_layers one and two below the root's
 PROBE_CHUNK = 8  # seed probe paths built at a time (their shared prefixes are cached within one)
 CV_FOLDS = 5  # k of the probes' cross-validation (3 from 1,000 images)
 
@@ -93,12 +96,12 @@ def probe_seeds(
     best_size = default
     last = 0.0  # the last probe's seconds: a probe is not started if it would end past the share
 
-    def paths(size: int, which: list[TaskPath]) -> Iterator[tuple[TaskPath, TaskPath, tuple[int, ...]]]:
+    def paths(size: int, which: list[TaskPath], **hp_set: Any) -> Iterator[tuple[TaskPath, TaskPath, tuple[int, ...]]]:
         for at in range(0, len(which), PROBE_CHUNK):  # a few at a time: probes the share stops cost nothing
             chunk = which[at : at + PROBE_CHUNK]
             made = []
             for s in chunk:
-                hp = mutator.fix_architecture({**copy.deepcopy(s.hparams), "ds_image_size": size})
+                hp = mutator.fix_architecture({**copy.deepcopy(s.hparams), "ds_image_size": size, **hp_set})
                 made.append(mutator.make_child(s, task, num_classes, hp, mutate=False))
             keys = [tuple(split_path(p, arch).prefix_ids) for p in made]
             yield from zip(chunk, made, branch_points(keys))
@@ -117,6 +120,13 @@ def probe_seeds(
             feats, cv, last = fit(path, keep)
             if best is None or cv.evaluation.key() > best:
                 best, best_size = cv.evaluation.key(), size
+            yield Probe(path, s, feats, cv, last)
+    depth = int(root.hparams["num_layers"])
+    for layers in range(depth - 1, max(0, depth - 1 - PROBE_DEPTHS), -1):
+        if clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds:
+            break
+        for s, path, keep in paths(best_size, [root], num_layers=layers):
+            feats, cv, last = fit(path, keep)
             yield Probe(path, s, feats, cv, last)
     for s, path, keep in paths(best_size, others):
         if clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds:
