@@ -240,13 +240,18 @@ def _paired(munet: dict, base: dict, tasks: list[str], seeds: list[int], last: i
         return np.array([np.mean([(served_at(munet[t][s], c) or {"test_accuracy": np.nan})["test_accuracy"]
                                   for t in tasks]) for s in seeds])  # fmt: skip
 
-    early, late = 100 * (on(90) - best), 100 * (on(last) - best)
-    sd = (lambda d: f" ± {d.std(ddof=1):.1f}" if len(seeds) > 1 else "")  # noqa: E731
+    at90, at_last = on(90), on(last)
+    early, late = 100 * (at90 - best), 100 * (at_last - best)
     each = ", ".join(f"seed {s} {a:+.1f} / {b:+.1f}" for s, a, b in zip(seeds, early, late, strict=True))
-    return (f"Paired on the baseline seeds {seeds}: the served version {100 * on(90).mean():.1f} % at 90 s and "
-            f"{100 * on(last).mean():.1f} % at {last} s, against {100 * best.mean():.1f} % for the better of the "
-            f"linear probe and fine-tuning on each task ({early.mean():+.1f}{sd(early)} and {late.mean():+.1f}"
-            f"{sd(late)} pt, mean ± sd over seeds; per seed, 90 s / {last} s: {each}).")
+    return (f"Paired on the baseline seeds {seeds}: the served version {100 * at90.mean():.1f} % at 90 s and "
+            f"{100 * at_last.mean():.1f} % at {last} s, against {100 * best.mean():.1f} % for the better of the "
+            f"linear probe and fine-tuning on each task ({early.mean():+.1f}{spread(early)} and {late.mean():+.1f}"
+            f"{spread(late)} pt, mean ± sd over seeds; per seed, 90 s / {last} s: {each}).")
+
+
+def spread(values: np.ndarray) -> str:
+    """The spread over seeds as " ± sd", or nothing for one seed."""
+    return f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
 
 
 def _per_seed(curve: Any, tasks: list[str], seeds: list[int], last: int) -> str:
@@ -254,9 +259,8 @@ def _per_seed(curve: Any, tasks: list[str], seeds: list[int], last: int) -> str:
     early = 100 * np.nanmean([curve(t, 90) for t in tasks], axis=0)
     late = 100 * np.nanmean([curve(t, last) for t in tasks], axis=0)
     gain = late - early
-    sd = f" ± {gain.std(ddof=1):.1f}" if len(seeds) > 1 else ""
     each = ", ".join(f"seed {s} {a:.1f} -> {b:.1f} ({b - a:+.1f})" for s, a, b in zip(seeds, early, late, strict=True))
-    return f"Per seed (mean over tasks), 90 s -> {last} s: {each}; gain {gain.mean():+.1f}{sd} pt (mean ± sd over seeds)."
+    return f"Per seed (mean over tasks), 90 s -> {last} s: {each}; gain {gain.mean():+.1f}{spread(gain)} pt (mean ± sd over seeds)."
 
 
 def _plot(munet: dict, tasks: list[str], seeds: list[int], marks: list[int], lp: float, ft: float) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.anytime import TASKS, _free_port, _seeds, _wait_serving
+from bench.anytime import TASKS, _free_port, _seeds, _wait_serving, spread
 from bench.quality import append, done_rows, log
 from bench.tasks import TaskData, load_task
 from munet_server.data import offline
@@ -131,10 +131,9 @@ def _per_seed(rows: list[dict[str, Any]], seeds: list[int]) -> str:
     """Each seed's mean gain over its tasks (backward transfer from idle improvement), its spread, and
     the tasks that idle improvement left lower on test."""
     gains = np.array([100 * np.mean([r["after_test"] - r["before_test"] for r in rows if r["seed"] == s]) for s in seeds])
-    sd = f" ± {gains.std(ddof=1):.1f}" if len(seeds) > 1 else ""
     lower = [f"{r['task']} s{r['seed']}" for r in rows if r["after_test"] < r["before_test"]]
     each = ", ".join(f"seed {s} {g:+.1f}" for s, g in zip(seeds, gains, strict=True))
-    return (f"Per seed (mean over tasks): {each}; gain {gains.mean():+.1f}{sd} pt (mean ± sd over seeds). "
+    return (f"Per seed (mean over tasks): {each}; gain {gains.mean():+.1f}{spread(gains)} pt (mean ± sd over seeds). "
             f"Publications: {sum(r['published'] for r in rows)} in {sum(r['rounds'] for r in rows)} rounds; "
             f"tasks lower on test after idle: {len(lower)} ({', '.join(lower) or 'none'}).")
 

@@ -106,6 +106,9 @@ def probe_seeds(
             keys = [tuple(split_path(p, arch).prefix_ids) for p in made]
             yield from zip(chunk, made, branch_points(keys))
 
+    def share_spent() -> bool:  # the next probe, as long as the last, would end past the share
+        return clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds
+
     def fit(path: TaskPath, keep: tuple[int, ...]) -> tuple[list[torch.Tensor], CVResult, float]:
         if cancel is not None and cancel.is_set():
             raise Cancelled("the operation was cancelled")
@@ -114,7 +117,7 @@ def probe_seeds(
         return feats, cross_validate(feats, labels, num_classes, folds), time.monotonic() - t0
 
     for i, size in enumerate(sorted(probe_sizes(space, default), reverse=True)):
-        if i > 0 and (clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds):
+        if i > 0 and share_spent():
             break
         for s, path, keep in paths(size, [root]):
             feats, cv, last = fit(path, keep)
@@ -123,13 +126,13 @@ def probe_seeds(
             yield Probe(path, s, feats, cv, last)
     depth = int(root.hparams["num_layers"])
     for layers in range(depth - 1, max(0, depth - 1 - PROBE_DEPTHS), -1):
-        if clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds:
+        if share_spent():
             break
         for s, path, keep in paths(best_size, [root], num_layers=layers):
             feats, cv, last = fit(path, keep)
             yield Probe(path, s, feats, cv, last)
     for s, path, keep in paths(best_size, others):
-        if clock.expired() or clock.elapsed() + last > PROBE_SHARE * clock.seconds:
+        if share_spent():
             break
         feats, cv, last = fit(path, keep)
         yield Probe(path, s, feats, cv, last)
