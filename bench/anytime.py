@@ -179,7 +179,8 @@ def report(out: Path, results_md: Path | None = None) -> str:
     def curve(t: str, c: float) -> np.ndarray:
         return np.array([(served_at(munet[t][s], c) or {"test_accuracy": np.nan})["test_accuracy"] for s in seeds])
 
-    base_seeds = sorted({s for m in base.values() for t in tasks for s in m[t] if s in seeds})
+    # A seed is paired only once both baselines have every task (a run in progress has some).
+    base_seeds = [s for s in seeds if all(s in base[m][t] for m in ("linear_probe", "finetune") for t in tasks)]
     lines = [f"Machine: {rows[-1].get('machine', '?')}. muNet seeds {seeds}, baseline seeds {base_seeds}; test "
              f"accuracy in % of the version serving at each second of AddTask (mean over seeds; `-`: nothing "
              f"served yet); the baselines on the same splits.", "",

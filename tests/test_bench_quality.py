@@ -124,3 +124,40 @@ def test_anytime_report_pairs_seeds_with_the_better_baseline(tmp_path):
     assert "75.0 % at 90 s and 77.0 % at 360 s, against 74.0 %" in text
     assert "(+1.0 ± 1.4 and +3.0 ± 4.2 pt" in text and "seed 0 +2.0 / +6.0, seed 1 +0.0 / +0.0" in text
     assert "Publications after version 1: 2; that lowered test accuracy: 0 (none)" in text
+
+
+def test_calibration_replays_every_judgement_on_test_images(tmp_path, tiny_vit):
+    """Each judgement of a real search is replayed: both recipes retrained on the judge's folds and
+    refitted on every labelled image, each scored on the test images the search never saw."""
+    from bench import calibration
+
+    data = _task("digits5", 5)
+    budget = Budget(seconds=600.0, generations=0)  # the probes and their judgements: no clock decides
+    rows = calibration.run_seed(data, [], 0, budget, tiny_vit, tmp_path)
+    assert rows and all(r["family"] == "probe" for r in rows)
+    for r in rows:
+        assert all(0.0 <= x <= 1.0 for x in r["judged"] + r["folds_test"] + r["refit_test"])
+        assert r["wins"] + r["losses"] <= r["judged_on"] and r["test_images"] == len(data.test)
+    out = tmp_path / "c.jsonl"
+    out.write_text("".join(json.dumps({**r, "seed": 0, "machine": "test"}) + "\n" for r in rows))
+    assert f"| digits5 | 0 | {len(rows)} |" in calibration.report(out)
+
+
+def test_calibration_report_reads_gains_from_the_rows(tmp_path):
+    """The report's columns are the rows' gains in points: their range, their correlation, the judged
+    gain's error against the fold models' test gain, the refit's drift from its fold models."""
+    from bench import calibration
+
+    def row(judged: tuple, folds: tuple, refit: tuple, published: bool) -> dict:
+        return {"task": "t", "seed": 0, "family": "trained", "published": published, "wins": 3, "losses": 1,
+                "judged_on": 40, "p_value": 0.3, "judged": judged, "folds_test": folds, "refit_test": refit,
+                "params_added": [10, 5], "machine": "test", "date": "2026-12-07"}  # fmt: skip
+
+    rows = [row((0.90, 0.80), (0.82, 0.80), (0.83, 0.80), True), row((0.70, 0.80), (0.78, 0.80), (0.77, 0.80), False),
+            row((0.85, 0.80), (0.80, 0.80), (0.79, 0.80), True)]  # fmt: skip
+    out = tmp_path / "c.jsonl"
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = calibration.report(out)
+    # judged gains +10, -10, +5; refits' test gains +3, -3, -1; judged minus folds' gains: +8, -8, +5
+    assert "| t | 0 | 3 | -10.0 to +10.0 | -3.0 to +3.0 |" in text
+    assert "| +1.7 ± 8.5 | -0.3 ± 1.2 |" in text and "| 2 (1) |" in text
