@@ -125,7 +125,8 @@ def report(out: Path, results_md: Path | None = None) -> str:
                       "champion; the test images are the task's own, never labelled for the search.", "", *lines])  # fmt: skip
     if results_md is not None:
         head = "## The judge's calibration: judged gains against test gains\n\n"
-        cmd = "`.venv/bin/python -m bench.calibration --task fmnist_shirts100 --before fmnist_shirts10 --seeds 0`, then `--report`.\n\n"
+        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
+        cmd = f"`.venv/bin/python -m bench.calibration --task fmnist_shirts100 --before fmnist_shirts10 --seeds {seeds}`, then `--report`.\n\n"
         machine.update_section(str(results_md), "calibration", head + cmd + text)
     return text
 
