@@ -198,8 +198,8 @@ def report(out: Path, results_md: Path | None = None) -> str:
         lines.append(f"| {t} | " + " | ".join(cell(curve(t, c)) for c in marks)
                      + f" | {cell(baseline('linear_probe', t))} | {cell(baseline('finetune', t))} |")  # fmt: skip
     mean_curve = {c: np.nanmean([curve(t, c) for t in tasks], axis=0) for c in marks}
-    lp = np.nanmean([baseline("linear_probe", t).mean() for t in tasks])
-    ft = np.nanmean([baseline("finetune", t).mean() for t in tasks])
+    lp = _mean_or_nan([baseline("linear_probe", t).mean() for t in tasks])
+    ft = _mean_or_nan([baseline("finetune", t).mean() for t in tasks])
     lines.append("| **mean** | " + " | ".join(cell(mean_curve[c]) for c in marks) + f" | {100 * lp:.1f} | {100 * ft:.1f} |")
     if base_seeds and 90 in marks:
         lines += ["", _paired(munet, base, tasks, base_seeds, max(marks))]

@@ -49,7 +49,7 @@ OUT = Path(__file__).resolve().parent / "out" / "calibration.jsonl"
 BEFORE_BUDGET = Budget(seconds=60.0)  # AddTask's for each --before task
 
 
-class TestScorer:
+class JudgementReplay:
     """Recipes of one search retrained the way its judge retrains them, scored on the test images."""
 
     def __init__(self, system: MunetSystem, search: Search, data: TaskData) -> None:
@@ -95,9 +95,9 @@ def run_seed(
     config = SearchConfig(budget=budget, seed=seed)
     search = Search(system, data.name, data.train, config, publish=lambda *_: len(search.state.publications) + 1)
     search.run()
-    scorer = TestScorer(system, search, data)
-    head = {"task": data.name, "seconds": budget.seconds, "test_images": len(data.test)}
-    return [{**head, **scorer.row(d)} for d in search.state.decisions]
+    replay = JudgementReplay(system, search, data)
+    head = {"task": data.name, "before": [d.name for d in before], "seconds": budget.seconds, "test_images": len(data.test)}
+    return [{**head, **replay.row(d)} for d in search.state.decisions]
 
 
 def report(out: Path, results_md: Path | None = None) -> str:
@@ -125,8 +125,12 @@ def report(out: Path, results_md: Path | None = None) -> str:
                       "champion; the test images are the task's own, never labelled for the search.", "", *lines])  # fmt: skip
     if results_md is not None:
         head = "## The judge's calibration: judged gains against test gains\n\n"
-        seeds = ",".join(str(s) for s in sorted({r["seed"] for r in rows}))
-        cmd = f"`.venv/bin/python -m bench.calibration --task fmnist_shirts100 --before fmnist_shirts10 --seeds {seeds}`, then `--report`.\n\n"
+        runs: dict[tuple[str, str], set[int]] = {}
+        for r in rows:
+            runs.setdefault((r["task"], ",".join(r.get("before", []))), set()).add(r["seed"])
+        cmd = "; ".join(f"`.venv/bin/python -m bench.calibration --task {t} --before '{b}' --seeds "
+                        f"{','.join(map(str, sorted(s)))}`" for (t, b), s in sorted(runs.items()))  # fmt: skip
+        cmd += ", then `--report`.\n\n"
         machine.update_section(str(results_md), "calibration", head + cmd + text)
     return text
 
