@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.anytime import _seeds
+from bench.anytime import _seeds, spread
 from bench.quality import append, done_rows, log
 from bench.tasks import TaskData, load_task
 from munet_server.data.dataset import ImageDataset
@@ -136,7 +136,7 @@ def report(out: Path, results_md: Path | None = None) -> str:
 
 
 def _mean_sd(x: np.ndarray) -> str:
-    return f"{x.mean():+.1f} ± {x.std(ddof=1) if len(x) > 1 else 0.0:.1f}"
+    return f"{x.mean():+.1f}{spread(x)}"
 
 
 def main() -> None:
