@@ -40,7 +40,9 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.quality import append, done_rows, log, run_baseline, test_accuracy
+from bench.quality import run_baseline, test_accuracy
+from bench.rows import append, done_rows, log, parse_seeds, spread
+from bench.serving import free_port
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.learn import learn
@@ -97,13 +99,13 @@ def first_answer(tasks: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        port = _free_port()
+        port = free_port()
         cmd = [sys.executable, "-m", "munet_server", "--store", f"{tmp}/store", "--port", str(port),
                "--no-idle-improvement", "--log-level", "WARNING"]  # fmt: skip
         proc = subprocess.Popen(cmd)
         try:
             client = MunetClient(f"127.0.0.1:{port}", timeout=120)
-            _wait_serving(client)
+            wait_serving(client)
             for name in tasks:
                 data = load_task(name, seed)
                 raw = offline.RawImages(data.train.images.permute(0, 2, 3, 1).numpy(), data.train.labels.numpy(),
@@ -132,15 +134,7 @@ def first_answer(tasks: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_serving(client: Any) -> None:
+def wait_serving(client: Any) -> None:
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         try:
@@ -197,7 +191,8 @@ def report(out: Path, results_md: Path | None = None) -> str:
     for t in tasks:
         lines.append(f"| {t} | " + " | ".join(cell(curve(t, c)) for c in marks)
                      + f" | {cell(baseline('linear_probe', t))} | {cell(baseline('finetune', t))} |")  # fmt: skip
-    mean_curve = {c: np.nanmean([curve(t, c) for t in tasks], axis=0) for c in marks}
+    # The mean over tasks only where every task serves: a mean over those that do would flatter early seconds.
+    mean_curve = {c: np.mean([curve(t, c) for t in tasks], axis=0) for c in marks}
     lp = _mean_or_nan([baseline("linear_probe", t).mean() for t in tasks])
     ft = _mean_or_nan([baseline("finetune", t).mean() for t in tasks])
     lines.append("| **mean** | " + " | ".join(cell(mean_curve[c]) for c in marks) + f" | {100 * lp:.1f} | {100 * ft:.1f} |")
@@ -250,11 +245,6 @@ def _paired(munet: dict, base: dict, tasks: list[str], seeds: list[int], last: i
             f"{spread(late)} pt, mean ± sd over seeds; per seed, 90 s / {last} s: {each}).")
 
 
-def spread(values: np.ndarray) -> str:
-    """The spread over seeds as " ± sd", or nothing for one seed."""
-    return f" ± {values.std(ddof=1):.1f}" if len(values) > 1 else ""
-
-
 def _per_seed(curve: Any, tasks: list[str], seeds: list[int], last: int) -> str:
     """The mean over tasks at 90 s and at `last` s, seed by seed, and the gain's spread over seeds."""
     early = 100 * np.nanmean([curve(t, 90) for t in tasks], axis=0)
@@ -299,15 +289,15 @@ def main() -> None:
     p.add_argument("--baselines", action="store_true", help="run the linear probe and fine-tuning instead")
     p.add_argument("--first-answer", action="store_true", help="measure the first answer through the real server")
     p.add_argument("--report", action="store_true")
-    p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--out", type=Path, default=OUT, help="rows file (default: %(default)s)")
     a = p.parse_args()
-    if a.report:
-        print(report(a.out, BENCH / "RESULTS.md"))
+    if a.report:  # RESULTS.md shows the default rows; another --out (an experiment) is only printed
+        print(report(a.out, BENCH / "RESULTS.md" if a.out == OUT else None))
         return
     machine.prepare_process()
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"machine": machine.describe(), "date": time.strftime("%Y-%m-%d")}
-    seeds = _seeds(a.seeds)
+    seeds = parse_seeds(a.seeds)
     tasks = tuple(a.tasks.split(","))
     root = RootConfig()
     if a.first_answer:
@@ -346,13 +336,6 @@ def search_log(path: Path) -> Iterator[None]:
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
-
-
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        lo, hi = text.split("-")
-        return list(range(int(lo), int(hi) + 1))
-    return [int(s) for s in text.split(",")]
 
 
 if __name__ == "__main__":

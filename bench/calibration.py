@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.anytime import _seeds, spread
-from bench.quality import append, done_rows, log
+from bench.rows import append, done_rows, log, parse_seeds, spread
 from bench.tasks import TaskData, load_task
 from munet_server.data.dataset import ImageDataset
 from munet_server.evolve.budget import Budget
@@ -72,7 +71,7 @@ class JudgementReplay:
         if member not in self._scores:
             s = self.search
             recipe = s.recipe(s.population[member])
-            folds = [self.test_accuracy(recipe, s.all_idx[~torch.isin(s.all_idx, f)]) for f in s.judge.folds]
+            folds = [self.test_accuracy(recipe, s.judge.trained_on(f)) for f in s.judge.folds]
             self._scores[member] = (float(np.mean(folds)), self.test_accuracy(recipe, s.all_idx))
         return self._scores[member]
 
@@ -154,7 +153,7 @@ def main() -> None:
     machine.prepare_process()
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"machine": machine.describe(), "date": time.strftime("%Y-%m-%d")}
-    for seed in _seeds(a.seeds):
+    for seed in parse_seeds(a.seeds):
         log(f"seed {seed}: {a.task} after {a.before or 'nothing'}, {a.seconds:.0f} s")
         before = [load_task(t, seed) for t in a.before.split(",") if t]
         with tempfile.TemporaryDirectory() as tmp:

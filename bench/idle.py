@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.anytime import TASKS, _free_port, _seeds, _wait_serving, spread
-from bench.quality import append, done_rows, log
+from bench.anytime import TASKS, wait_serving
+from bench.rows import append, done_rows, log, parse_seeds, spread
+from bench.serving import free_port
 from bench.tasks import TaskData, load_task
 from munet_server.data import offline
 from munet_server.model.root import RootConfig
@@ -53,7 +54,7 @@ def run_seed(
     for data in stream:  # written before the server starts: no quiet gap between the AddTasks
         raw = offline.RawImages(data.train.images.permute(0, 2, 3, 1).numpy(), data.train.labels.numpy(), data.class_names)
         folders[data.name] = offline.write_image_folder(raw, tmp / data.name)
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "munet_server", "--store", str(tmp / "store"), "--port", str(port),
            "--idle-improvement", "--log-level", "INFO"]  # fmt: skip
     server_log.parent.mkdir(parents=True, exist_ok=True)
@@ -61,7 +62,7 @@ def run_seed(
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     try:
         client = MunetClient(f"127.0.0.1:{port}", timeout=120)
-        _wait_serving(client)
+        wait_serving(client)
         before = {}
         for data in stream:
             op = client.add_task_from_folder(data.name, folders[data.name], budget={"seconds": add_seconds}, seed=seed)
@@ -153,7 +154,7 @@ def main() -> None:
     machine.prepare_process()
     torch.set_num_threads(os.cpu_count() or 1)
     env = {"machine": machine.describe(), "date": time.strftime("%Y-%m-%d")}
-    for seed in _seeds(a.seeds):
+    for seed in parse_seeds(a.seeds):
         if any(r["seed"] == seed for r in done_rows(a.out)):
             continue
         stream = [load_task(t, seed) for t in a.tasks.split(",")]

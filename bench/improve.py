@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.quality import _ci95, _seeds, append, done_rows, test_accuracy
+from bench.quality import test_accuracy
+from bench.rows import append, ci95, done_rows, parse_seeds
 from bench.tasks import load_task
 from munet_server.data.dataset import ImageDataset
 from munet_server.evolve.budget import Budget
@@ -154,7 +155,7 @@ def report(out: Path, results_md: Path, stream: str = "garments") -> str:
         pub = sum(r["published"] for r in rs)
         params = np.mean([r["params_added"] for r in rs if r["published"]]) if pub else 0.0
         later = np.mean([r["layers_from_later_tasks"] for r in rs])
-        ci = f"± {_ci95(d):.1f}" if len(d) > 1 else "(1 seed)"
+        ci = f"± {ci95(d):.1f}" if len(d) > 1 else "(1 seed)"
         trained = sum(r.get("kind_v1") == "trained" for r in rs)
         lines.append(f"| {pos + 1} | {name} | {trained}/{len(rs)} | {before.mean():.1f} | {after.mean():.1f} | {d.mean():+.1f} {ci} | "
                      f"{pub}/{len(rs)} | {params / 1e3:,.0f} K | {later:.1f} |")  # fmt: skip
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     out = a.out or (OUT if a.stream == "garments" else OUT.with_name(f"improve_{a.stream}.jsonl"))
     if not a.report:
-        run(_seeds(a.seeds), STREAMS[a.stream], Budget(seconds=a.seconds), out, RootConfig())
+        run(parse_seeds(a.seeds), STREAMS[a.stream], Budget(seconds=a.seconds), out, RootConfig())
     print(report(out, BENCH / "RESULTS.md", a.stream))
     return 0
 

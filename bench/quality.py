@@ -24,10 +24,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import json
 import math
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import numpy as np
 import torch
 
 from bench import baselines, machine
+from bench.rows import append, ci95, done_rows, log, parse_seeds
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.evolve.scoring import DEFAULT_SCALE_FACTOR
@@ -52,10 +51,6 @@ BASELINES = ("linear_probe", "finetune", "finetune_bn_train", "finetune_top", "f
 MUNET_BUDGETS = {"munet30": 30.0, "munet90": 90.0, "munet360": 360.0}
 METHODS = (*BASELINES, "adapters", *MUNET_BUDGETS)
 PROBE_SIZES = (64, 96, 112)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @torch.no_grad()
@@ -145,19 +140,6 @@ def run_baseline(method: str, data: TaskData, seed: int, root: RootConfig, lp_si
     }
 
 
-def done_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def append(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        for r in rows:
-            f.write(json.dumps(r, default=float) + "\n")
-
-
 def run(
     seeds: list[int],
     tasks: tuple[str, ...],
@@ -203,12 +185,6 @@ LABELS = {
     "munet90": "muNet, 90 s budget (default)",
     "munet360": "muNet, 360 s budget (4x)",
 }
-
-
-def _ci95(x: np.ndarray) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
 
 
 def report(out: Path, results_md: Path) -> str:
@@ -270,8 +246,8 @@ def report(out: Path, results_md: Path) -> str:
         per = ", ".join(f"{t} {d.mean():+.1f}" for t, d in d_lp.items())
         worst = min(d_lp, key=lambda t: d_lp[t].mean())
         lines.append(
-            f"| {m} | {len(common)} | {per} | {d_lp_mean.mean():+.1f} ± {_ci95(d_lp_mean):.1f} | "
-            f"{d_best.mean():+.1f} ± {_ci95(d_best):.1f} | {worst} {d_lp[worst].mean():+.1f} |"
+            f"| {m} | {len(common)} | {per} | {d_lp_mean.mean():+.1f} ± {ci95(d_lp_mean):.1f} | "
+            f"{d_best.mean():+.1f} ± {ci95(d_best):.1f} | {worst} {d_lp[worst].mean():+.1f} |"
         )
     lines += ["", "Parameters added per task as a share of full fine-tuning's, and forgetting after the stream:", ""]
     lines += ["| method | n | params / fine-tune | forgetting (pp) | golden digests verified |", "|---|---:|---:|---:|---:|"]
@@ -312,13 +288,6 @@ def _plot(acc: dict, cpu: dict, methods: list[str], tasks: list[str], path: Path
     plt.close(fig)
 
 
-def _seeds(text: str) -> list[int]:
-    if "-" in text:
-        a, b = text.split("-")
-        return list(range(int(a), int(b) + 1))
-    return [int(s) for s in text.split(",")]
-
-
 def main(argv: list[str] | None = None) -> int:
     machine.prepare_process()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not a.report:
         methods = tuple(a.methods.split(","))
-        run(_seeds(a.seeds), tuple(a.tasks.split(",")), methods, a.out, RootConfig(), a.scale_factor)
+        run(parse_seeds(a.seeds), tuple(a.tasks.split(",")), methods, a.out, RootConfig(), a.scale_factor)
     if not a.no_report:
         print(report(a.out, BENCH / "RESULTS.md"))
     return 0

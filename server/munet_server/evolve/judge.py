@@ -94,10 +94,13 @@ class Judge:
         if key not in self._right:
             out = []
             for fold in self.folds:
-                rest = self.all_idx[~torch.isin(self.all_idx, fold)]
-                out.append(self.fitter.correct(self.fitter.fit(recipe, rest), fold))
+                out.append(self.fitter.correct(self.fitter.fit(recipe, self.trained_on(fold)), fold))
             self._right[key] = torch.cat(out)
         return self._right[key]
+
+    def trained_on(self, fold: torch.Tensor) -> torch.Tensor:
+        """The images a fold's model learns from: every labelled image but the fold's."""
+        return self.all_idx[~torch.isin(self.all_idx, fold)]
 
     def known(self, key: int) -> bool:
         return key in self._right
