@@ -315,7 +315,7 @@ def main() -> None:
         if all((seed, d.name, "munet") in have for d in stream):
             continue
         log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
-        with tempfile.TemporaryDirectory() as tmp, search_log(a.out.with_name(f"anytime-seed{seed}.log")):
+        with tempfile.TemporaryDirectory() as tmp, search_log(a.out.with_name(f"{a.out.stem}-seed{seed}.log")):
             rows = run_stream(seed, stream, a.seconds, root, Path(tmp))
         append(a.out, [{**r, "seed": seed, **env} for r in rows])
 
