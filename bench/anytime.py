@@ -195,7 +195,7 @@ def report(out: Path, results_md: Path | None = None) -> str:
     mean_curve = {c: np.mean([curve(t, c) for t in tasks], axis=0) for c in marks}
     lp = _mean_or_nan([baseline("linear_probe", t).mean() for t in tasks])
     ft = _mean_or_nan([baseline("finetune", t).mean() for t in tasks])
-    lines.append("| **mean** | " + " | ".join(cell(mean_curve[c]) for c in marks) + f" | {100 * lp:.1f} | {100 * ft:.1f} |")
+    lines.append("| **mean** | " + " | ".join(cell(mean_curve[c]) for c in marks) + f" | {cell(np.array([lp]))} | {cell(np.array([ft]))} |")
     if base_seeds and 90 in marks:
         lines += ["", _paired(munet, base, tasks, base_seeds, max(marks))]
     if 90 in marks and max(marks) > 90:
