@@ -51,6 +51,7 @@ from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.records import TaskRecord
 from munet_server.store.store import Store
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 BENCH = Path(__file__).resolve().parent
@@ -74,9 +75,9 @@ def run_stream(seed: int, stream: list[TaskData], seconds: float, root: RootConf
         wall = time.monotonic() - t0
         pubs = []
         for at, rec in published:
-            m = rec.metrics
-            pubs.append({"seconds": at, "version": rec.version, "kind": m["kind"], "estimate": m["validation_accuracy"],
-                         "judged_on": m["holdout_size"], "params_added": m["params_added"],
+            m = TaskMetrics.of(rec)
+            pubs.append({"seconds": at, "version": rec.version, "kind": m.kind, "estimate": m.validation_accuracy,
+                         "judged_on": m.holdout_size, "params_added": m.params_added,
                          "test_accuracy": test_accuracy(system, f"{data.name}@{rec.version}", data)})  # fmt: skip
         rows.append({"method": "munet", "task": data.name, "budget": seconds, "wall_seconds": wall, "publications": pubs,
                      "train_images": len(data.train), "test_images": len(data.test)})  # fmt: skip

@@ -44,6 +44,7 @@ from munet_server.learn import champion_of, learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 BENCH = Path(__file__).resolve().parent
@@ -79,8 +80,9 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
         learned = learn(system, spec, d.train)
         data[d.name] = d.train
         acc = test_accuracy(system, d.name, d)
-        rows.append({"task": d.name, "position": i, "before": acc, "params_v1": learned.record.metrics["params_added"],
-                     "kind_v1": learned.record.metrics.get("kind"), "train_images": len(d.train), "test_images": len(d.test)})  # fmt: skip
+        v1 = TaskMetrics.of(learned.record)
+        rows.append({"task": d.name, "position": i, "before": acc, "params_v1": v1.params_added,
+                     "kind_v1": v1.kind, "train_images": len(d.train), "test_images": len(d.test)})  # fmt: skip
         log(f"  seed {seed} add {d.name}: test {acc:.3f}")
     order = {d.name: i for i, d in enumerate(stream)}
     for row, d in zip(rows, stream):
@@ -96,7 +98,7 @@ def run_seed(seed: int, names: tuple[str, ...], budget: Budget, root: RootConfig
         row.update(
             after=test_accuracy(system, d.name, d),
             published=improved.record is not None,
-            params_added=improved.record.metrics["params_added"] if improved.record else 0,
+            params_added=TaskMetrics.of(improved.record).params_added if improved.record else 0,
             layers_from_later_tasks=len(later),
             params_from_later_tasks=sum(c.num_params for c in later),
             versus=None if vs is None else {"new": vs.challenger_accuracy, "current": vs.champion_accuracy, "size": vs.size},

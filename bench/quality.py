@@ -42,6 +42,7 @@ from munet_server.learn import learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 BENCH = Path(__file__).resolve().parent
@@ -86,7 +87,7 @@ def run_learned(
         )
         with baselines.Timer() as t:
             learned = learn(system, spec, data.train)
-        m = learned.record.metrics
+        m = TaskMetrics.of(learned.record)
         rows.append(
             {
                 "method": method,
@@ -95,18 +96,18 @@ def run_learned(
                 "test_accuracy": test_accuracy(system, data.name, data),
                 "cpu_seconds": t.cpu,
                 "wall_seconds": t.wall,
-                "params_added": m["params_added"],
-                "image_size": m["image_size"],
-                "validation_accuracy": m["validation_accuracy"],
-                "probe_validation_accuracy": m["probe_validation_accuracy"],
+                "params_added": m.params_added,
+                "image_size": m.image_size,
+                "validation_accuracy": m.validation_accuracy,
+                "probe_validation_accuracy": m.probe_validation_accuracy,
                 "versions": len(learned.records),
-                "kind": m["kind"],
-                "candidates": m["candidates"],
+                "kind": m.kind,
+                "candidates": m.candidates,
                 "new_components": _new_names(system, data.name),
             }
         )
-        log(f"  {method} {data.name}: test {rows[-1]['test_accuracy']:.3f} (val {m['validation_accuracy']:.3f}, "
-            f"probe {m['probe_validation_accuracy']:.3f}) {t.wall:.0f} s, +{m['params_added']:,} params")  # fmt: skip
+        log(f"  {method} {data.name}: test {rows[-1]['test_accuracy']:.3f} (val {m.validation_accuracy:.3f}, "
+            f"probe {m.probe_validation_accuracy:.3f}) {t.wall:.0f} s, +{m.params_added:,} params")  # fmt: skip
     # After the whole stream: nothing learned later changed an earlier task.
     for row, data in zip(rows, stream):
         row["test_accuracy_end"] = test_accuracy(system, data.name, data)
@@ -118,7 +119,7 @@ def run_learned(
 
 def _new_names(system: MunetSystem, task: str) -> list[str]:
     e = system.tasks[task]
-    new = set(e.record.metrics.get("new_components", []))
+    new = set(TaskMetrics.of(e.record).new_components)
     return [c.spec.name for c in e.path.components if c.id in new]
 
 

@@ -50,6 +50,7 @@ from munet_server.learn import learn
 from munet_server.model.root import RootConfig
 from munet_server.spec import AddTaskSpec
 from munet_server.store.store import Store
+from munet_server.store.task_metrics import TaskMetrics
 from munet_server.system import MunetSystem
 
 OUT = Path(__file__).parent / "out"
@@ -95,9 +96,9 @@ def build_system(store_dir: Path, cfg: ServingConfig) -> list[str]:
         name = f"fmnist-{a}-{b}"
         ds = to_dataset(offline.sample_per_class(raw, cfg.per_class, 0), system.storage_size)
         spec = AddTaskSpec(name=name, class_names=ds.class_names, budget=Budget(seconds=30))
-        m = learn(system, spec, ds).record.metrics  # exactly what AddTask runs
+        m = TaskMetrics.of(learn(system, spec, ds).record)  # exactly what AddTask runs
         names.append(name)
-        print(f"  task {name}: val acc {m['validation_accuracy']:.3f}, params added {m['params_added']:,}")
+        print(f"  task {name}: val acc {m.validation_accuracy:.3f}, params added {m.params_added:,}")
     system.store.close()
     return names
 

@@ -24,6 +24,7 @@ from munet_server.rest.context import admin_auth, predict_auth, service, writabl
 from munet_server.rpc import convert
 from munet_server.service import MunetService
 from munet_server.spec import AddTaskSpec
+from munet_server.store.task_metrics import TaskMetrics
 
 router = APIRouter(prefix="/munet/v1")
 reader = [Depends(predict_auth)]
@@ -84,7 +85,7 @@ def task(task: str, svc: MunetService = Depends(service)) -> dict[str, Any]:  # 
 def candidates(task: str, svc: MunetService = Depends(service)) -> dict[str, Any]:  # noqa: B008
     """Every candidate the task's search tried: what the dashboard plots."""
     keys = ("generation", "parent", "kind", "validation_accuracy", "score", "accepted", "params_added", "seconds")
-    history = svc.system.entry(task).record.metrics.get("history", [])
+    history = TaskMetrics.of(svc.system.entry(task).record).history
     return {"candidates": [{k: h.get(k) for k in keys} for h in history]}
 
 
