@@ -211,6 +211,8 @@ def report(out: Path, results_md: Path | None = None) -> str:
               + (f" ({100 * np.mean(params) / np.mean(ft_params):.1f} % of fine-tuning's)" if ft_params else "") + ". "
               f"Every version of every task re-verified after its stream: "
               f"{all(munet[t][s]['all_versions_verified'] for t in tasks for s in seeds)}."]  # fmt: skip
+    if base_seeds:
+        lines += ["", _continual(munet, base, tasks, base_seeds)]
     if answers:
         lines += ["", "First answer through the real server (AddTask acknowledged -> first Predict answered): "
                   + ", ".join(f"{a['task']} {a['seconds']:.1f} s ({a['images']} images)" for a in answers) + "."]
@@ -244,6 +246,17 @@ def _paired(munet: dict, base: dict, tasks: list[str], seeds: list[int], last: i
             f"{100 * at_last.mean():.1f} % at {last} s, against {100 * best.mean():.1f} % for the better of the "
             f"linear probe and fine-tuning on each task ({early.mean():+.1f}{spread(early)} and {late.mean():+.1f}"
             f"{spread(late)} pt, mean ± sd over seeds; per seed, 90 s / {last} s: {each}).")
+
+
+def _continual(munet: dict, base: dict, tasks: list[str], seeds: list[int]) -> str:
+    """The stream in the figures continual-learning benchmarks (Avalanche, Mammoth) report, per seed."""
+    end = np.array([np.mean([munet[t][s]["publications"][-1]["test_accuracy"] for t in tasks]) for s in seeds])
+    probe = np.array([np.mean([base["linear_probe"][t][s]["test_accuracy"] for t in tasks]) for s in seeds])
+    acc, fwt = 100 * end, 100 * (end - probe)
+    return (f"As a continual-learning stream (seeds {seeds}, mean ± sd over seeds): average accuracy at the end "
+            f"of the stream {acc.mean():.1f}{spread(acc)} %; forward transfer against a linear probe on the root "
+            f"{fwt.mean():+.1f}{spread(fwt)} pt; backward transfer 0 within the stream (a task changes only by its "
+            "own publications; idle improvement's: the idle section) and forgetting 0 (every version re-verified).")
 
 
 def _per_seed(curve: Any, tasks: list[str], seeds: list[int], last: int) -> str:
