@@ -44,10 +44,11 @@ from munet_server.system import MunetSystem
 OUT = Path(__file__).resolve().parent / "out" / "idle.jsonl"
 HEAD = """## Idle improvement: what the server adds when nobody asks it anything
 
-`.venv/bin/python -m bench.idle --seeds 0-4 --minutes 20`, then `--report`. A real `munet-server` (idle
+`.venv/bin/python -m bench.idle --seeds {seeds} --minutes 20`, then `--report`. A real `munet-server` (idle
 improvement on, its default 120 s rounds) learns the five tasks through AddTask (90 s each), then is
 left alone for 20 minutes; the version each task served when its AddTask ended and the one it serves
-afterwards are scored on the test images (the judge of commit 5f24377: the exact McNemar test).
+afterwards are scored on the test images (the judge of commit 5f24377, the exact McNemar test; the
+probes of commit b1e1d1c, which include the root one and two blocks shallower).
 
 """
 
@@ -135,7 +136,7 @@ def report(out: Path, results_md: Path | None = None) -> str:
               f"afterwards: {'yes' if ok else 'NO'} (forgetting: 0)."]  # fmt: skip
     text = "\n".join(lines)
     if results_md is not None:
-        machine.update_section(str(results_md), "idle", HEAD + text)
+        machine.update_section(str(results_md), "idle", HEAD.format(seeds=",".join(map(str, seeds))) + text)
     return text
 
 
