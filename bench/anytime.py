@@ -40,9 +40,9 @@ import numpy as np
 import torch
 
 from bench import machine
+from bench.process import free_port, wait_serving
 from bench.quality import run_baseline, test_accuracy
 from bench.rows import append, done_rows, log, parse_seeds, spread
-from bench.serving import free_port
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.learn import learn
@@ -105,8 +105,8 @@ def first_answer(tasks: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
                "--no-idle-improvement", "--log-level", "WARNING"]  # fmt: skip
         proc = subprocess.Popen(cmd)
         try:
+            wait_serving(f"127.0.0.1:{port}", proc)
             client = MunetClient(f"127.0.0.1:{port}", timeout=120)
-            wait_serving(client)
             for name in tasks:
                 data = load_task(name, seed)
                 raw = offline.RawImages(data.train.images.permute(0, 2, 3, 1).numpy(), data.train.labels.numpy(),
@@ -133,18 +133,6 @@ def first_answer(tasks: tuple[str, ...], seed: int) -> list[dict[str, Any]]:
             proc.terminate()
             proc.wait(60)
     return rows
-
-
-def wait_serving(client: Any) -> None:
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if client.health() == "SERVING":
-                return
-        except Exception:  # not listening yet
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("the server did not start")
 
 
 def served_at(row: dict[str, Any], second: float) -> dict[str, Any] | None:

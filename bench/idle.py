@@ -32,9 +32,9 @@ import numpy as np
 import torch
 
 from bench import machine
-from bench.anytime import TASKS, wait_serving
+from bench.anytime import TASKS
+from bench.process import free_port, wait_serving
 from bench.rows import append, done_rows, log, parse_seeds, spread
-from bench.serving import free_port
 from bench.tasks import TaskData, load_task
 from munet_server.data import offline
 from munet_server.model.root import RootConfig
@@ -70,8 +70,8 @@ def run_seed(
     with server_log.open("w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     try:
+        wait_serving(f"127.0.0.1:{port}", proc, server_log)
         client = MunetClient(f"127.0.0.1:{port}", timeout=120)
-        wait_serving(client)
         before = {}
         for data in stream:
             op = client.add_task_from_folder(data.name, folders[data.name], budget={"seconds": add_seconds}, seed=seed)

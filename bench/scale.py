@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from bench.machine import describe, prepare_process, update_section
-from bench.serving import free_port
+from bench.process import free_port, wait_serving
 from munet_client import MunetClient
 from munet_proto.v1 import munet_pb2 as pb
 from munet_server.data import offline
@@ -62,15 +62,8 @@ class Server:
         with open(self.logfile, "a") as f:
             self.proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
         self.target = f"127.0.0.1:{port}"
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"the server exited; see {self.logfile}")
-            try:
-                with MunetClient(self.target, timeout=2) as c:
-                    if c.health() == "SERVING":
-                        return time.perf_counter() - t0
-            except Exception:
-                time.sleep(0.05)
+        wait_serving(self.target, self.proc, self.logfile)
+        return time.perf_counter() - t0
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 
 from bench.machine import describe, prepare_process, update_section
+from bench.process import free_port, wait_serving
 from munet_client import MunetClient
 from munet_server.data import offline
 from munet_server.data.dataset import ImageDataset
@@ -237,12 +237,6 @@ def multitask(system: MunetSystem, tasks: list[str], pngs: list[bytes], cfg: Ser
 
 
 # ---- 3 + 5. over gRPC --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(store_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Popen, str, str]:
     """The server process; returns it, its gRPC target and its /metrics URL."""
     port, mport = free_port(), free_port()
@@ -251,15 +245,8 @@ def start_server(store_dir: Path, log: Path, *extra: str) -> tuple[subprocess.Po
     with open(log, "a") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
     target = f"127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            with MunetClient(target, timeout=2) as c:
-                if c.health() == "SERVING":
-                    return proc, target, f"http://127.0.0.1:{mport}/metrics"
-        except Exception:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit(f"server did not start; see {log}")
+    wait_serving(target, proc, log)
+    return proc, target, f"http://127.0.0.1:{mport}/metrics"
 
 
 def many_tasks(target: str, tasks: list[str], pngs: list[bytes], cfg: ServingConfig) -> dict:
