@@ -43,7 +43,6 @@ from bench import machine
 from bench.process import free_port, wait_serving
 from bench.quality import run_baseline, test_accuracy
 from bench.rows import append, done_rows, log, parse_seeds, spread
-from bench.tasks import TASKS as ALL_TASKS
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
 from munet_server.learn import learn
@@ -153,7 +152,7 @@ def report(out: Path, results_md: Path | None = None) -> str:
             munet[r["task"]][r["seed"]] = r
         elif r["method"] in ("linear_probe", "finetune"):
             base[r["method"]][r["task"]][r["seed"]] = r
-    tasks = [t for t in ALL_TASKS if t in munet]  # any task a stream was run on (--tasks), in a fixed order
+    tasks = list(munet)  # the tasks the streams ran (--tasks), in their order
     if not tasks:
         return "no muNet rows yet"
     seeds = sorted(set.intersection(*(set(munet[t]) for t in tasks)))
