@@ -124,11 +124,11 @@ def report(out: Path, results_md: Path | None = None) -> str:
                       "champion; the test images are the task's own, never labelled for the search.", "", *lines])  # fmt: skip
     if results_md is not None:
         head = "## The judge's calibration: judged gains against test gains\n\n"
-        runs: dict[tuple[str, str], set[int]] = {}
+        runs: dict[tuple[str, str, float], set[int]] = {}
         for r in rows:
-            runs.setdefault((r["task"], ",".join(r.get("before", []))), set()).add(r["seed"])
-        cmd = "; ".join(f"`.venv/bin/python -m bench.calibration --task {t} --before '{b}' --seeds "
-                        f"{','.join(map(str, sorted(s)))}`" for (t, b), s in sorted(runs.items()))  # fmt: skip
+            runs.setdefault((r["task"], ",".join(r.get("before", [])), r["seconds"]), set()).add(r["seed"])
+        cmd = "; ".join(f"`.venv/bin/python -m bench.calibration --task {t} --before '{b}' --seconds {sec:g} --seeds "
+                        f"{','.join(map(str, sorted(s)))}`" for (t, b, sec), s in sorted(runs.items()))  # fmt: skip
         cmd += ", then `--report`.\n\n"
         machine.update_section(str(results_md), "calibration", head + cmd + text)
     return text

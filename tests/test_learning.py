@@ -160,7 +160,8 @@ def test_the_probes_include_the_root_without_its_top_blocks(vit_system):
     """Earlier features can suit a task better than the root's last ones: the probe generation fits
     the root one and two blocks shallower too, at the best size, each a head-only probe with its CV."""
     ds = digits_dataset(classes=5)
-    search = _search(vit_system, "shallow", ds, generations=0)
+    # A budget the probes' share of it never cuts, however slow the machine (generations=0 ends the search).
+    search = _search(vit_system, "shallow", ds, generations=0, seconds=3600.0)
     search.run()
     depth = int(vit_system.root_path.hparams["num_layers"])
     probes = search.population.probes()
