@@ -18,7 +18,7 @@ from tests.helpers import commit_poor_version, image_folder, make_app
 def _until(cond, timeout=300.0, what="condition"):
     deadline = time.monotonic() + timeout
     while not (value := cond()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what() if callable(what) else what}"
         time.sleep(0.2)
     return value
 
@@ -52,7 +52,9 @@ def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
         app.service.improver.quiet_seconds = 0.5
         idle = _until(lambda: _idle_ops(client), what="an idle round")[0]
         assert idle.kind == "improve_task" and idle.task == "a"
-        _until(lambda: client.operation(idle.name).progress.phase == "searching", what="the round to train")
+        # On a timeout the message carries the round's operation: its state, phase and error say where it stopped.
+        _until(lambda: client.operation(idle.name).progress.phase == "searching",
+               what=lambda: f"the round to train; it is {client.operation(idle.name)}")  # fmt: skip
 
         # Predict traffic: the round waits for it (it does not merely slow down).
         waits = GATE.background_waits
