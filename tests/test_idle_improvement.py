@@ -29,9 +29,13 @@ def _idle_ops(client: MunetClient):
 
 @pytest.mark.slow
 def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
-    # Quiet for an hour before a round: none starts while the test sets its tasks up.
-    app = make_app(tmp_path / "store", tiny_vit, http_port=0, idle_improvement=True, idle_quiet_seconds=3600.0,
-                   idle_round_seconds=600.0)  # fmt: skip
+    from munet_server.spec import Budget
+
+    # Quiet for an hour before a round: none starts while the test sets its tasks up. The round searches
+    # until the AddTask below stops it (2 generations of a tiny model could end it between two polls).
+    endless = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)
+    app = make_app(tmp_path / "store", tiny_vit, http_port=0, default_budget=endless, idle_improvement=True,
+                   idle_quiet_seconds=3600.0, idle_round_seconds=600.0)  # fmt: skip
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
     try:
         # Two tasks, added while idle rounds cannot start (an operation is running or queued).
