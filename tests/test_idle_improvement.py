@@ -12,7 +12,11 @@ from munet_client import MunetClient
 from munet_server.data.dataset import build_dataset
 from munet_server.data.images import encode_png
 from munet_server.priority import GATE
+from munet_server.spec import Budget
 from tests.helpers import commit_poor_version, image_folder, make_app
+
+# A round's budget that its generations never end: it runs until something stops it.
+ENDLESS = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)
 
 
 def _until(cond, timeout=300.0, what="condition"):
@@ -29,12 +33,9 @@ def _idle_ops(client: MunetClient):
 
 @pytest.mark.slow
 def test_idle_rounds_improve_yield_and_change_no_other_task(tmp_path, tiny_vit):
-    from munet_server.spec import Budget
-
     # Quiet for an hour before a round: none starts while the test sets its tasks up. The round searches
     # until the AddTask below stops it (2 generations of a tiny model could end it between two polls).
-    endless = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)
-    app = make_app(tmp_path / "store", tiny_vit, http_port=0, default_budget=endless, idle_improvement=True,
+    app = make_app(tmp_path / "store", tiny_vit, http_port=0, default_budget=ENDLESS, idle_improvement=True,
                    idle_quiet_seconds=3600.0, idle_round_seconds=600.0)  # fmt: skip
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
     try:
@@ -92,12 +93,10 @@ def test_with_ray_rounds_over_different_tasks_run_at_once(tmp_path, tiny_vit):
     same time (each its own operation); the task without a round stays bit-identical."""
     pytest.importorskip("ray")
     from munet_server.evolve.ray_executor import RayExecutor
-    from munet_server.spec import Budget
 
     executor = RayExecutor(local_num_cpus=2)
-    endless = Budget(seconds=60.0, generations=1000, candidates_per_generation=2, epochs=3)  # rounds run until stopped
     app = make_app(tmp_path / "store", tiny_vit, executor_factory=lambda: executor, executor="ray", http_port=0,
-                   default_budget=endless, idle_improvement=True, idle_quiet_seconds=3600.0,
+                   default_budget=ENDLESS, idle_improvement=True, idle_quiet_seconds=3600.0,
                    idle_round_seconds=600.0)  # fmt: skip
     client = MunetClient(f"127.0.0.1:{app.port}", timeout=120)
     try:
