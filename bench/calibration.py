@@ -79,7 +79,8 @@ class JudgementReplay:
         (cf, cr), (pf, pr) = self.scores(d.challenger), self.scores(d.champion)
         added = {k: sum(c.num_params for c in self.search.population[k].path.trainable()) for k in (d.challenger, d.champion)}
         return {"family": d.family, "published": d.publish, "wins": d.wins, "losses": d.losses, "judged_on": d.size,
-                "p_value": d.p_value, "judged": [d.challenger_accuracy, d.champion_accuracy], "folds_test": [cf, pf],
+                "p_value": d.p_value, "family_p_value": d.family_p_value, "tests": d.tests,
+                "judged": [d.challenger_accuracy, d.champion_accuracy], "folds_test": [cf, pf],
                 "refit_test": [cr, pr], "params_added": [added[d.challenger], added[d.champion]]}  # fmt: skip
 
 

@@ -6,6 +6,7 @@ are published only when sound, and the search's state round-trips through its ch
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import replace
 
 import pytest
@@ -16,7 +17,7 @@ from munet_server.evolve.budget import Budget
 from munet_server.evolve.executors import Candidate
 from munet_server.evolve.features import FeatureCache, View, pool
 from munet_server.evolve.heads import cross_validate, fit_head, stratified_folds
-from munet_server.evolve.judge import level, p_value
+from munet_server.evolve.judge import family_p_value, p_value
 from munet_server.evolve.mutations import FirstGeneration, MutationConfig, Mutator
 from munet_server.evolve.offspring import Brood, first_generation
 from munet_server.evolve.population import Kind
@@ -242,55 +243,76 @@ def test_a_tie_keeps_the_champion(vit_system):
     assert not d.publish and d.challenger_score < d.champion_score
 
 
-def test_a_win_gets_harder_with_the_tests_on_the_same_images(vit_system):
-    """Four more images right and none fewer (a chance of 1 in 16 for a challenger no better than the
-    champion): a win at a search's first test, not at its tenth, where the luckiest of ten equals
-    would win by as much."""
-    search = _search(vit_system, "margin", digits_dataset(classes=4, per_class=40), generations=0)
+def _judged(vit_system, name: str):
+    """A search's judge, without the tests its search made, and a recipe to hand it (the answers under
+    test are set by hand)."""
+    search = _search(vit_system, name, digits_dataset(classes=4, per_class=40), generations=0)
     search.run()
-    same = search.recipe(search.population[search.state.champion])
-    n = len(search.judge.images)
-    i = torch.arange(n)
-    right = search.judge._right
-    right[996] = i >= 5  # the champion: all but the first five right
-    right[997] = right[996] | (i < 4)  # four of those five right too
-    right[998] = right[996] | ((i >= 1) & (i < 5))  # four others of them
-    first = search.judge.decide((997, same), (996, same), tests_before=0)
-    tenth = search.judge.decide((998, same), (996, same), tests_before=9)
+    search.judge._tests.clear()
+    return search.judge, search.recipe(search.population[search.state.champion]), torch.arange(len(search.judge.images))
+
+
+def test_a_win_gets_harder_with_independent_tests_on_the_same_images(vit_system):
+    """Four more images right and none fewer (a chance of 1 in 16 for a challenger no better than the
+    champion): a win at a family's first test, not at its tenth when the ten won on different images,
+    where the luckiest of ten equals would win by as much (1 - (15/16)^10 = 0.48)."""
+    judge, same, i = _judged(vit_system, "margin")
+    judge._right[900] = i >= 50  # the champion: all but the first fifty right
+    decisions = []
+    for k in range(10):  # challenger k gets four of the champion's wrong images k*5..k*5+4 right
+        judge._right[901 + k] = judge._right[900] | ((i >= 5 * k) & (i < 5 * k + 4))
+        decisions.append(judge.decide((901 + k, same), (900, same), "trained"))
+    first, tenth = decisions[0], decisions[-1]
     assert (first.wins, first.losses) == (tenth.wins, tenth.losses) == (4, 0)
-    assert first.p_value == tenth.p_value == 1 / 16
-    assert first.publish and not tenth.publish and tenth.level < first.level
-    assert not first.repeat and not tenth.repeat
+    assert first.p_value == tenth.p_value == 1 / 16 and first.family_p_value == 1 / 16
+    assert first.publish and not tenth.publish and tenth.tests == 10
+    assert 0.4 < tenth.family_p_value < 0.56  # ten independent coins of 1/16 (Monte Carlo error ~0.005)
+
+
+def test_near_copies_of_a_challenger_do_not_raise_the_bar(vit_system):
+    """Ten challengers that win on the same six images and each lose a different one (6 won, 1 lost,
+    p 1/16 each) are nearly one test: the tenth still publishes, where Bonferroni's 0.16 / 10 refused
+    it. The luckiest of them wins as clearly by chance when all six shared images fall its way (1/64)
+    or five do and its own loss turns (6/64): 7/64."""
+    judge, same, i = _judged(vit_system, "copies")
+    judge._right[900] = i >= 6
+    for k in range(10):
+        judge._right[901 + k] = (judge._right[900] | (i < 6)) & (i != 6 + k)
+        d = judge.decide((901 + k, same), (900, same), "trained")
+    assert (d.wins, d.losses, d.tests) == (6, 1, 10) and d.p_value == 1 / 16
+    assert d.publish and abs(d.family_p_value - 7 / 64) < 0.02 and d.family_p_value > 0.16 / 10
 
 
 def test_a_win_is_judged_by_the_exact_test():
     """Three won and none lost happens by chance 1 time in 8, which the normal approximation passed
-    at 1.4 SD; the exact sign test does not."""
+    at 1.4 SD; the exact sign test does not, nor a family of one test (its permutations' p is the
+    exact p)."""
     assert p_value(3, 0) == 1 / 8 and p_value(5, 2) == 29 / 128 and p_value(0, 0) == 1.0
-    assert p_value(3, 0) > level(2) and p_value(14, 6) < level(2)
+    assert p_value(14, 6) == sum(math.comb(20, k) for k in range(14, 21)) / 2**20
+    one = torch.tensor([1, 1, 1, 1, 1, 0, -1, 0], dtype=torch.int8)  # 5 won, 1 lost: 7/64
+    assert family_p_value([one], p_value(5, 1), seed=0) == pytest.approx(7 / 64, abs=0.01)
+    assert family_p_value([one, one.clone()], p_value(5, 1), seed=0) == pytest.approx(7 / 64, abs=0.01)
 
 
-def test_answers_judged_before_are_not_a_new_test(vit_system):
-    """A challenger whose answers equal an earlier challenger's, or the champion's, repeats a test
-    rather than adding one: it needs the level of the tests so far, and the search counts it once,
-    in its own family (probe tests do not make a trained path's win harder)."""
-    search = _search(vit_system, "repeat", digits_dataset(classes=4, per_class=40), generations=0)
-    search.run()
-    same = search.recipe(search.population[search.state.champion])
-    n = len(search.judge.images)
-    right = search.judge._right
-    right[996] = torch.arange(n) >= 3
-    right[997] = right[996] | (torch.arange(n) < 2)
-    right[998] = right[997].clone()  # another recipe, the same answers
-    right[999] = right[996].clone()  # the champion's answers
-    new = search.judge.decide((997, same), (996, same), tests_before=1)
-    again = search.judge.decide((998, same), (996, same), tests_before=2)
-    tie = search.judge.decide((999, same), (996, same), tests_before=2)
-    assert not new.repeat and new.level == level(2)
-    assert again.repeat and again.level == level(2) and (again.wins, again.losses) == (new.wins, new.losses)
-    assert tie.repeat and not tie.publish and tie.wins == tie.losses == 0
-    search.state.decisions = [replace(d, family="trained") for d in (new, again, tie)]
-    assert search.tests(Kind.TRAINED) == 1 and search.tests(Kind.PROBE) == 0
+def test_tests_judged_before_and_other_kinds_do_not_raise_the_bar(vit_system):
+    """A challenger whose differences from the champion equal an earlier challenger's repeats that
+    test rather than adding one, and a challenger whose answers equal the champion's wins nothing;
+    probe tests do not make a trained path's win harder (the bound holds per kind)."""
+    judge, same, i = _judged(vit_system, "repeat")
+    right = judge._right
+    right[900] = i >= 3
+    right[901] = right[900] | (i < 2)
+    right[902] = right[901].clone()  # another recipe, the same answers
+    right[903] = right[900].clone()  # the champion's answers
+    new = judge.decide((901, same), (900, same), "trained")
+    again = judge.decide((902, same), (900, same), "trained")
+    tie = judge.decide((903, same), (900, same), "trained")
+    assert not new.repeat and again.repeat and (again.wins, again.losses) == (new.wins, new.losses)
+    assert again.family_p_value == new.family_p_value == 1 / 4
+    assert tie.tests == 2 and not tie.publish and tie.wins == tie.losses == 0
+    right[904] = right[900] | (i < 3)  # 3 won, 0 lost: 1/8 alone
+    probe = judge.decide((904, same), (900, same), "probe")
+    assert probe.tests == 1 and probe.family_p_value == 1 / 8 and probe.publish
 
 
 def test_challengers_are_nominated_on_the_holdout_only(vit_system):
@@ -388,15 +410,21 @@ def _decision():
 
 def test_the_search_state_round_trips_with_a_field_added(vit_system):
     """The checkpoint is derived from the dataclasses: a resumed search has the same members, history
-    and judgements; a field added later is written and read without a hand-written list, and an older
-    checkpoint without it takes the default."""
+    and judgements, and its judge the tests that make its next win harder; a field added later is
+    written and read without a hand-written list, and an older checkpoint without it takes the default."""
     ds = digits_dataset(classes=4, per_class=30)
     search = _search(vit_system, "resumable", ds, generations=1, epochs=1)
     search.run()
+    i, recipe = torch.arange(len(search.judge.images)), search.recipe(search.population[search.state.champion])
+    search.judge._right.update({990: i >= 2, 991: i >= 0})
+    search.judge.decide((991, recipe), (990, recipe), "trained")
     saved, tensors = search.checkpoint()
     again = _search(vit_system, "resumable", ds, generations=1, epochs=1)
     again.restore(saved, tensors)
     assert to_json(again.state) == to_json(search.state)
+    tests = search.judge.saved_tests()
+    assert tests.keys() == again.judge.saved_tests().keys() and "judge/trained" in tests
+    assert all(torch.equal(tests[k], again.judge.saved_tests()[k]) for k in tests)
     for a, b in zip(again.population.members, search.population.members, strict=True):
         assert [c.id for c in a.path.components if c.frozen] == [c.id for c in b.path.components if c.frozen]
         for x, y in zip(a.path.trainable(), b.path.trainable(), strict=True):

@@ -7,7 +7,7 @@ that nominated the challenger."""
 
 from __future__ import annotations
 
-import math
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,27 +20,64 @@ from munet_server.model.path import TaskPath
 
 JUDGE_FOLDS = 2
 # A win counts when the images the challenger alone gets right outnumber those the champion alone gets
-# right so clearly that a challenger no better than the champion would do so with probability at most
-# FALSE_WIN / n (exact McNemar: a one-sided sign test on the images where they differ; the normal
-# approximation passed 3 won and 0 lost, a chance of 1 in 8), n the distinct tests on these images so
-# far: a search judges many challengers on the same images, and the luckiest of n equals would
-# otherwise win (Bonferroni). Answers equal to ones judged before (the champion's or an earlier
-# challenger's) are the same test again: they count once. Probes and trained paths are counted apart
-# (`family`): a probe's variants (seed path, image size, decay) say nothing of whether training layers
-# helps, so they do not raise a trained path's bar; the bound then holds per family.
+# right so clearly that, were the challenger and every one judged before it on these images no better
+# than their champions, the luckiest of them would win as clearly with probability at most FALSE_WIN.
+# Each test is the exact McNemar test (a one-sided sign test on the images where the two differ; the
+# normal approximation passed 3 won and 0 lost, a chance of 1 in 8); the luckiest of a family is
+# judged by Westfall-Young's min-p: every image's outcome flipped at once in all of the family's
+# tests, which keeps their correlation (challengers of one search are near copies of each other;
+# Bonferroni's FALSE_WIN / n treated them as independent and refused what they all agreed on). Tests
+# of a family with the same differences are one test. Probes and trained paths are families apart: a
+# probe's variants (seed path, image size, decay) say nothing of whether training layers helps.
 FALSE_WIN = 0.16
+TESTS = "judge"  # the checkpoint's tensors of the family tests, under "judge/<family>"
+PERMUTATIONS = 10_000  # the Monte Carlo error of a family p-value near 0.16 is then below 0.004
 
 
-def level(tests: int) -> float:
-    """The chance of a false win allowed at a family's `tests`-th distinct test."""
-    return FALSE_WIN / max(1, tests)
+@functools.lru_cache(maxsize=4096)
+def _tails(n: int) -> tuple[float, ...]:
+    """P(at least w of n fair coins come up heads), for w = 0..n, exactly."""
+    counts, c = [], 1
+    for k in range(n + 1):
+        counts.append(c)
+        c = c * (n - k) // (k + 1)
+    tails, total = [], 0
+    for c in reversed(counts):
+        total += c
+        tails.append(total)
+    return tuple(t / 2**n for t in reversed(tails))
 
 
 def p_value(wins: int, losses: int) -> float:
     """The chance that a challenger no better than the champion wins at least `wins` of the images
     where the two differ (each image a fair coin)."""
-    n = wins + losses
-    return sum(math.comb(n, k) for k in range(wins, n + 1)) / 2**n
+    return _tails(wins + losses)[wins]
+
+
+def family_p_value(differences: list[torch.Tensor], observed: float, seed: int) -> float:
+    """The chance that the smallest p-value among a family's tests is at most `observed` when no
+    challenger is better than its champion. `differences`: one row per test, +1 where the challenger
+    alone is right, -1 where the champion alone is, 0 elsewhere, on the same images; under the null
+    each image's row signs are a fair coin, flipped together (Westfall & Young 1993, min-p). A family of
+    one test is the exact test."""
+    if len(differences) == 1:
+        return observed
+    d = torch.stack(differences).to(torch.float64)
+    d = d[:, d.abs().sum(0) > 0]  # images where no test differs decide nothing
+    n = d.abs().sum(1).long()
+    width = int(n.max()) + 1 if len(n) else 1
+    tails = torch.ones(len(n), width, dtype=torch.float64)
+    for i, k in enumerate(n.tolist()):
+        tails[i, : k + 1] = torch.tensor(_tails(k), dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    hits, chunk = 0, 1000
+    for start in range(0, PERMUTATIONS, chunk):
+        signs = torch.randint(0, 2, (d.shape[1], min(chunk, PERMUTATIONS - start)), generator=g).to(d) * 2 - 1
+        wins = ((d @ signs + n[:, None]) / 2).round().long()
+        smallest = tails.gather(1, wins).min(0).values
+        hits += int((smallest <= observed * (1 + 1e-9)).sum())
+    # The identity is one of the flips (a p-value never 0); a single test's exact p bounds it below.
+    return max(observed, (hits + 1) / (PERMUTATIONS + 1))
 
 
 @dataclass(frozen=True)
@@ -59,17 +96,19 @@ class Decision:
     losses: int
     seconds: float
     p_value: float = 1.0  # of `wins` and `losses` under a challenger no better than the champion
-    level: float = FALSE_WIN  # the p-value a win needed (it falls with the tests before it)
-    repeat: bool = False  # its answers equal ones judged before: not a new test
+    family_p_value: float = 1.0  # of the luckiest of the family's tests so far winning as clearly
+    tests: int = 1  # the family's distinct tests on these images, this one included
+    repeat: bool = False  # its differences equal a test's before: not a new test
     family: str = ""  # the challenger's kind; tests are counted per family
 
     @property
     def reason(self) -> str:
         verdict = "publishes" if self.publish else "keeps the champion"
-        seen = "; answers judged before" if self.repeat else ""
+        seen = "; a test judged before" if self.repeat else ""
         return (f"{self.family or 'a'} challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
                 f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
-                f"{self.champion_score:.4f}; p {self.p_value:.3f}, a win needs {self.level:.3f}{seen}): {verdict}")  # fmt: skip
+                f"{self.champion_score:.4f}; p {self.p_value:.3f} alone, {self.family_p_value:.3f} as the luckiest of "
+                f"{self.tests} tests of its kind, a win needs {FALSE_WIN:.3f}{seen}): {verdict}")  # fmt: skip
 
 
 class Judge:
@@ -86,8 +125,9 @@ class Judge:
         parts = stratified_folds(labels[train_idx], JUDGE_FOLDS, seed + 1)
         self.folds = [train_idx[p] for p in parts]
         self.images = torch.cat(self.folds)
+        self.seed = seed
         self._right: dict[int, torch.Tensor] = {}  # member id -> right or wrong on each judged image
-        self._seen: set[bytes] = set()  # the answers judged so far, champions' and challengers'
+        self._tests: dict[str, dict[bytes, torch.Tensor]] = {}  # family -> its distinct tests' differences
 
     def right(self, key: int, recipe: Recipe) -> torch.Tensor:
         """Right or wrong on each judged image, fold by fold (kept: a recipe's retraining is deterministic)."""
@@ -105,28 +145,39 @@ class Judge:
     def known(self, key: int) -> bool:
         return key in self._right
 
-    def decide(
-        self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe], tests_before: int = 0, family: str = ""
-    ) -> Decision:
-        """`tests_before`: the distinct tests of the challenger's family on these images before this
-        one. OutOfTime when the clock runs out first (the champion then stays)."""
+    def decide(self, challenger: tuple[int, Recipe], champion: tuple[int, Recipe], family: str = "") -> Decision:
+        """Judge the challenger against the champion, as one more test of its `family`. OutOfTime when
+        the clock runs out first (the champion then stays)."""
         t0 = time.monotonic()
         (ck, cr), (pk, pr) = challenger, champion
         a, b = self.right(pk, pr), self.right(ck, cr)
-        self._seen.add(_answers(a))
-        repeat = _answers(b) in self._seen
-        self._seen.add(_answers(b))
+        difference = b.to(torch.int8) - a.to(torch.int8)
+        tests = self._tests.setdefault(family, {})
+        key = difference.cpu().numpy().tobytes()
+        repeat = key in tests
+        tests[key] = difference
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
-        alpha, p = level(tests_before + (0 if repeat else 1)), p_value(wins, losses)
-        clear = wins > losses and p <= alpha
+        p = p_value(wins, losses)
+        family_p = family_p_value(list(tests.values()), p, self.seed + len(tests)) if wins > losses else 1.0
         return Decision(
-            publish=s_c > s_p and clear,  # a tie, a narrow win, or one bought with parameters keeps the champion
+            # a tie, a narrow win, or one bought with parameters keeps the champion
+            publish=s_c > s_p and wins > losses and family_p <= FALSE_WIN,
             size=len(b), challenger=ck, champion=pk, challenger_accuracy=acc_c, champion_accuracy=acc_p,
-            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, p_value=p, level=alpha, repeat=repeat, family=family,
-            seconds=time.monotonic() - t0,
+            challenger_score=s_c, champion_score=s_p, wins=wins, losses=losses, p_value=p,
+            family_p_value=family_p, tests=len(tests), repeat=repeat, family=family, seconds=time.monotonic() - t0,
         )  # fmt: skip
+
+    def saved_tests(self) -> dict[str, torch.Tensor]:
+        """Each family's tests so far, for a checkpoint: a resumed search's next win stays as hard."""
+        return {f"{TESTS}/{family}": torch.stack(list(rows.values())) for family, rows in self._tests.items() if rows}
+
+    def restore_tests(self, tensors: dict[str, torch.Tensor]) -> None:
+        for key, rows in tensors.items():
+            if key.startswith(f"{TESTS}/"):
+                family = self._tests.setdefault(key.removeprefix(f"{TESTS}/"), {})
+                family.update((r.cpu().numpy().tobytes(), r) for r in rows.to(torch.int8))
 
     def retrainings(self) -> float:
         """A judgement and the winner's refit, in units of one training on the training part, by the
@@ -134,6 +185,3 @@ class Judge:
         n_train = max(1, len(self.images))
         return (sum(len(self.all_idx) - len(f) for f in self.folds) + len(self.all_idx)) / n_train
 
-
-def _answers(right: torch.Tensor) -> bytes:
-    return right.cpu().numpy().tobytes()

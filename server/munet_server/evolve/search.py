@@ -335,8 +335,7 @@ class Search:
             self._report("judging")
             m.judged = True
             try:
-                decision = self.judge.decide((m.id, self.recipe(m)), (champion.id, self.recipe(champion)),
-                                             tests_before=self.tests(m.kind), family=m.kind.value)  # fmt: skip
+                decision = self.judge.decide((m.id, self.recipe(m)), (champion.id, self.recipe(champion)), m.kind.value)
             except OutOfTime:
                 log.info("task %s: the clock ran out while judging member %d; the champion stays", self.task, m.id)
                 return
@@ -344,10 +343,6 @@ class Search:
             log.info("task %s: %s", self.task, decision.reason)
             if decision.publish:
                 self._publish(m, decision)
-
-    def tests(self, kind: Kind) -> int:
-        """The distinct tests of challengers of this kind so far (answers judged before count once)."""
-        return sum(not d.repeat and d.family == kind.value for d in self.state.decisions)
 
     def _challengers(self) -> list[Member]:
         """The best unjudged probe and trained member that beat the champion on the holdout: nominated
@@ -444,6 +439,7 @@ class Search:
         self.state.members = self.population.members
         tensors: dict[str, torch.Tensor] = {}
         paths = [path_to_state(m.path, str(m.id), self.ctx.pool, tensors) for m in self.population.members]
+        tensors.update(self.judge.saved_tests())
         return {"search": to_json(self.state), "paths": paths}, tensors
 
     def restore(self, saved: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
@@ -456,6 +452,7 @@ class Search:
             m.path.parent = state.members[m.parent].path if m.parent is not None else None
         self.state = state
         self.population = Population(state.members)
+        self.judge.restore_tests(tensors)
         self.clock.resume(spent=state.elapsed)
         r = state.rng
         if r:
