@@ -16,7 +16,10 @@ def test_json_log_lines_for_a_tasks_life(tmp_path, tiny_vit_weights):
         folder, _ = image_folder(tmp_path, classes=3, per_class=10)
         op = s.client.add_task_from_folder("digits", folder, budget={"generations": 0}, seed=0)
         assert s.client.wait(op.name, timeout=300).state == "SUCCEEDED"
-        slow = s.client.add_task_from_folder("slow", folder, budget={"seconds": 300}, seed=0)
+        # Other images: a probe "slow" publishes before the cancel would otherwise be digits' head to the
+        # byte (components are content-addressed), and deleting digits would free nothing.
+        other, _ = image_folder(tmp_path, classes=4, per_class=10, name="other")
+        slow = s.client.add_task_from_folder("slow", other, budget={"seconds": 300}, seed=0)
         s.client.cancel(slow.name)
         assert s.client.wait(slow.name, timeout=120).state == "CANCELLED"
         s.client.delete_task("digits")

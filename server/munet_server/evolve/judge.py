@@ -107,8 +107,8 @@ class Decision:
         seen = "; a test judged before" if self.repeat else ""
         return (f"{self.family or 'a'} challenger {self.challenger_accuracy:.3f} vs champion {self.champion_accuracy:.3f} on {self.size} "
                 f"images ({self.wins} won, {self.losses} lost; score {self.challenger_score:.4f} vs "
-                f"{self.champion_score:.4f}; p {self.p_value:.3f} alone, {self.family_p_value:.3f} as the luckiest of "
-                f"{self.tests} tests of its kind, a win needs {FALSE_WIN:.3f}{seen}): {verdict}")  # fmt: skip
+                f"{self.champion_score:.4f}; p {self.p_value:.3f} alone, {self.family_p_value:.3f} among "
+                f"{self.tests} test{'s' * (self.tests != 1)} of its kind, a win needs {FALSE_WIN:.3f}{seen}): {verdict}")  # fmt: skip
 
 
 class Judge:
@@ -160,7 +160,7 @@ class Judge:
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
         p = p_value(wins, losses)
-        family_p = family_p_value(list(tests.values()), p, self.seed + len(tests)) if wins > losses else 1.0
+        family_p = family_p_value(list(tests.values()), p, self.seed + len(tests))
         return Decision(
             # a tie, a narrow win, or one bought with parameters keeps the champion
             publish=s_c > s_p and wins > losses and family_p <= FALSE_WIN,
