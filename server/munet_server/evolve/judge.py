@@ -65,7 +65,7 @@ def family_p_value(differences: list[torch.Tensor], observed: float, seed: int) 
     d = torch.stack(differences).to(torch.float64)
     d = d[:, d.abs().sum(0) > 0]  # images where no test differs decide nothing
     n = d.abs().sum(1).long()
-    width = int(n.max()) + 1 if len(n) else 1
+    width = int(n.max()) + 1
     tails = torch.ones(len(n), width, dtype=torch.float64)
     for i, k in enumerate(n.tolist()):
         tails[i, : k + 1] = torch.tensor(_tails(k), dtype=torch.float64)
@@ -153,9 +153,8 @@ class Judge:
         a, b = self.right(pk, pr), self.right(ck, cr)
         difference = b.to(torch.int8) - a.to(torch.int8)
         tests = self._tests.setdefault(family, {})
-        key = difference.cpu().numpy().tobytes()
-        repeat = key in tests
-        tests[key] = difference
+        repeat = _key(difference) in tests
+        tests[_key(difference)] = difference
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
@@ -177,7 +176,7 @@ class Judge:
         for key, rows in tensors.items():
             if key.startswith(f"{TESTS}/"):
                 family = self._tests.setdefault(key.removeprefix(f"{TESTS}/"), {})
-                family.update((r.cpu().numpy().tobytes(), r) for r in rows.to(torch.int8))
+                family.update((_key(r), r) for r in rows.to(torch.int8))
 
     def retrainings(self) -> float:
         """A judgement and the winner's refit, in units of one training on the training part, by the
@@ -185,3 +184,7 @@ class Judge:
         n_train = max(1, len(self.images))
         return (sum(len(self.all_idx) - len(f) for f in self.folds) + len(self.all_idx)) / n_train
 
+
+def _key(difference: torch.Tensor) -> bytes:
+    """A test's identity: tests with the same differences on the same images are one test."""
+    return difference.cpu().numpy().tobytes()
