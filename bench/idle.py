@@ -47,8 +47,9 @@ HEAD = """## Idle improvement: what the server adds when nobody asks it anything
 `.venv/bin/python -m bench.idle --seeds {seeds} --minutes 20`, then `--report`. A real `munet-server` (idle
 improvement on, its default 120 s rounds) learns the five tasks through AddTask (90 s each), then is
 left alone for 20 minutes; the version each task served when its AddTask ended and the one it serves
-afterwards are scored on the test images (the judge of commit 5f24377, the exact McNemar test; the
-probes of commit b1e1d1c, which include the root one and two blocks shallower).
+afterwards are scored on the test images (the judge of commit b00e3f4: the exact McNemar test at
+Westfall-Young's level among the search's tests; the probes of commit b1e1d1c, which include the root
+one and two blocks shallower).
 
 """
 
