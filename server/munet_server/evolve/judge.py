@@ -153,8 +153,9 @@ class Judge:
         a, b = self.right(pk, pr), self.right(ck, cr)
         difference = b.to(torch.int8) - a.to(torch.int8)
         tests = self._tests.setdefault(family, {})
-        repeat = _key(difference) in tests
-        tests[_key(difference)] = difference
+        key = _key(difference)
+        repeat = key in tests
+        tests[key] = difference
         acc_c, acc_p = float(b.float().mean()), float(a.float().mean())
         s_c, s_p = self.score(cr.path, acc_c), self.score(pr.path, acc_p)
         wins, losses = int((b & ~a).sum()), int((~b & a).sum())
