@@ -5,4 +5,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 bash scripts/check_wheel.sh
-exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 "$@"
+# Two workers, a test file each at a time (its module fixtures built once): much of the suite waits on
+# servers starting and on sockets, so two share two cores well. Idle OpenMP threads sleep rather than
+# spin, so that neither worker's threads take the cores from the other's.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=900 -n 2 --dist loadfile "$@"

@@ -85,9 +85,11 @@ def test_layers_go_to_disk_and_come_back_bit_identical(store_dir):
 
     # Concurrent callers of different tasks: no call ever runs through a layer sent to disk.
     errors: list[BaseException] = []
+    team = torch.get_num_threads()  # a CPU convolution's bits depend on its OpenMP team's size
 
     def caller(t: str) -> None:
         try:
+            torch.set_num_threads(team)
             for _ in range(15):
                 assert torch.equal(system.logits(t, images), want[t])
         except BaseException as e:
@@ -100,6 +102,26 @@ def test_layers_go_to_disk_and_come_back_bit_identical(store_dir):
         th.join()
     assert not errors, errors[0]
     system.store.close()
+
+
+def test_a_digest_is_the_same_whatever_thread_computes_it(store_dir):
+    """A version's golden digest is computed on one thread: verified from threads whose OpenMP teams
+    differ (a gRPC worker, the Predict batcher on small batches), the outputs are still identical."""
+    system = MunetSystem.open(Store(store_dir), device="cpu")
+    verified: list[bool] = []
+
+    def verify(team: int) -> None:
+        torch.set_num_threads(team)
+        verified.append(all(system.verify_task(t) for t in TASKS))
+
+    try:
+        for team in (1, 2, 3):
+            th = threading.Thread(target=verify, args=(team,))
+            th.start()
+            th.join()
+        assert verified == [True, True, True]
+    finally:
+        system.store.close()
 
 
 def test_the_server_serves_within_the_bound_and_reports_it(tmp_path, store_dir):

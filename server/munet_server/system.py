@@ -11,10 +11,12 @@ delete: they never see a half-published task.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -418,7 +420,8 @@ class MunetSystem:
     @torch.no_grad()
     def golden_digest(self, model: PathModel, hp: dict[str, Any], images: torch.Tensor) -> str:
         x = preprocess(images, int(hp["ds_image_size"])).to(self.device)
-        out = model(x).float().cpu().contiguous()
+        with _one_thread():
+            out = model(x).float().cpu().contiguous()
         return hashlib.sha256(out.numpy().tobytes()).hexdigest()
 
     def golden_images(self, task: str) -> torch.Tensor:
@@ -473,3 +476,15 @@ def resolve_device(device: str) -> torch.device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FailedPrecondition("--device cuda was asked for but no CUDA device is available")
     return torch.device(device)
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The calling thread's OpenMP team at one thread: a CPU convolution's bits depend on the team's
+    size, which differs between the threads that commit and verify (a search's, a gRPC worker's)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
