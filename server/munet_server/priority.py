@@ -87,7 +87,8 @@ class ServingGate:
             self.background_wait_seconds += time.monotonic() - t0
 
     def _budget_threads(self) -> None:
-        # torch.set_num_threads sets the calling thread's OpenMP team size: only this search changes.
+        # torch.set_num_threads sets the calling thread's OpenMP team size (and the size a thread that
+        # has not run torch yet starts with); threads already running keep theirs.
         mine = self._threads
         if not hasattr(mine, "own"):
             mine.own = mine.now = torch.get_num_threads()
