@@ -45,6 +45,7 @@ from bench.quality import run_baseline, test_accuracy
 from bench.rows import append, done_rows, log, parse_seeds, spread
 from bench.tasks import TaskData, load_task
 from munet_server.evolve.budget import Budget
+from munet_server.evolve.population import Kind
 from munet_server.learn import learn
 from munet_server.logs import TEXT_FORMAT
 from munet_server.model.root import RootConfig
@@ -60,18 +61,19 @@ TASKS = ("photos", "mnist40", "fmnist_shirts10", "fmnist_shirts100", "animals10"
 CHECKPOINTS = (5, 10, 30, 90, 360, 1200)
 
 
-def run_stream(seed: int, stream: list[TaskData], seconds: float, root: RootConfig, workdir: Path) -> list[dict[str, Any]]:
+def run_stream(seed: int, stream: list[TaskData], budget: Budget, root: RootConfig, workdir: Path) -> list[dict[str, Any]]:
     system = MunetSystem.open(Store(workdir / "store"), root, device="cpu")
     rows = []
     for data in stream:
-        spec = AddTaskSpec(name=data.name, class_names=data.class_names, budget=Budget(seconds=seconds), seed=seed)
+        spec = AddTaskSpec(name=data.name, class_names=data.class_names, budget=budget, seed=seed)
         published: list[tuple[float, TaskRecord]] = []
         t0 = time.monotonic()
 
         def timed(record: TaskRecord, t0: float = t0, published: list = published) -> None:
             published.append((time.monotonic() - t0, record))
 
-        learn(system, spec, data.train, on_publish=timed)
+        state = learn(system, spec, data.train, on_publish=timed).state
+        trained = [m for m in state.members if m.kind is Kind.TRAINED]
         wall = time.monotonic() - t0
         pubs = []
         for at, rec in published:
@@ -79,7 +81,10 @@ def run_stream(seed: int, stream: list[TaskData], seconds: float, root: RootConf
             pubs.append({"seconds": at, "version": rec.version, "kind": m.kind, "estimate": m.validation_accuracy,
                          "judged_on": m.holdout_size, "params_added": m.params_added,
                          "test_accuracy": test_accuracy(system, f"{data.name}@{rec.version}", data)})  # fmt: skip
-        rows.append({"method": "munet", "task": data.name, "budget": seconds, "wall_seconds": wall, "publications": pubs,
+        rows.append({"method": "munet", "task": data.name, "budget": budget.seconds, "epochs": budget.epochs,
+                     "wall_seconds": wall, "publications": pubs, "judged": len(state.decisions),
+                     # trained members whose best holdout epoch was their last: a longer recipe might help them
+                     "trained_members": len(trained), "best_at_last_epoch": sum(m.best_epoch == m.epochs_run for m in trained),
                      "train_images": len(data.train), "test_images": len(data.test)})  # fmt: skip
         first = pubs[0]
         log(f"  {data.name}: v1 at {first['seconds']:.1f} s (test {first['test_accuracy']:.3f}); "
@@ -290,6 +295,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0", help="e.g. 0-4 or 0,2")
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--seconds", type=float, default=360.0, help="the AddTask budget of each task")
+    p.add_argument("--epochs", type=int, default=Budget.epochs, help="per trained candidate (the budget's)")
     p.add_argument("--baselines", action="store_true", help="run the linear probe and fine-tuning instead")
     p.add_argument("--first-answer", action="store_true", help="measure the first answer through the real server")
     p.add_argument("--report", action="store_true")
@@ -320,7 +326,7 @@ def main() -> None:
             continue
         log(f"seed {seed}: " + ", ".join(f"{d.name} ({len(d.train)}/{len(d.test)})" for d in stream))
         with tempfile.TemporaryDirectory() as tmp, search_log(a.out.with_name(f"{a.out.stem}-seed{seed}.log")):
-            rows = run_stream(seed, stream, a.seconds, root, Path(tmp))
+            rows = run_stream(seed, stream, Budget(seconds=a.seconds, epochs=a.epochs), root, Path(tmp))
         append(a.out, [{**r, "seed": seed, **env} for r in rows])
 
 

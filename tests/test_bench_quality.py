@@ -63,12 +63,13 @@ def test_anytime_benchmark_parts(tmp_path, tiny_vit, monkeypatch):
     rows = []
     for seed in (0, 1):
         with anytime.search_log(tmp_path / f"s{seed}.log"):
-            streamed = anytime.run_stream(seed, stream, 10.0, tiny_vit, tmp_path / f"s{seed}")
+            streamed = anytime.run_stream(seed, stream, Budget(seconds=10.0), tiny_vit, tmp_path / f"s{seed}")
         kept = (tmp_path / f"s{seed}.log").read_text()  # the seed's search log: each task's publications
         assert "task digits3: version 1 serves (probe" in kept and "task digits5: version 1 serves (probe" in kept
         for r in streamed:
             pubs = r["publications"]
             assert r["all_versions_verified"] and pubs[0]["version"] == 1 and pubs[0]["kind"] == "probe"
+            assert r["epochs"] == Budget.epochs and 0 <= r["best_at_last_epoch"] <= r["trained_members"]
             assert [p["version"] for p in pubs] == list(range(1, len(pubs) + 1))
             assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in pubs)
             assert anytime.served_at(r, pubs[0]["seconds"]) == pubs[0] and anytime.served_at(r, -1.0) is None
